@@ -1,0 +1,109 @@
+"""Image loading and preprocessing with PIL and torch only (no torchvision).
+
+Every model that sees pixels (a teacher, the student's vision tower) names an
+:class:`ImageTransform`: the side length, the normalisation statistics and the resampling.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from dsmd.errors import DsmdError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image as RGB; transparency is composited onto white.
+
+    Raises:
+        DsmdError: the file is missing, unreadable or not an image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DsmdError(f"image not found: {path}. Check the dataset's image root or manifest.")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                canvas.alpha_composite(rgba)
+                return canvas.convert("RGB")
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DsmdError(
+            f"cannot read image {path}: {exc}. Replace or remove the file from the dataset."
+        ) from exc
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """Resize the short side to ``size``, center-crop ``size`` x ``size``, normalise.
+
+    With ``train=True`` a random-resized crop (scale ``min_scale``..1) and a horizontal flip
+    replace the center crop.
+
+    Args:
+        size: output side length in pixels.
+        mean: per-channel mean in [0, 1].
+        std: per-channel standard deviation.
+        resample: PIL resampling filter name ("bicubic" or "bilinear").
+    """
+
+    size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    resample: str = "bicubic"
+    train: bool = False
+    min_scale: float = 0.6
+
+    def __post_init__(self) -> None:
+        if self.size <= 0:
+            raise ValueError(f"size must be positive, got {self.size}")
+        if self.resample not in ("bicubic", "bilinear"):
+            raise ValueError(f"resample must be 'bicubic' or 'bilinear', got {self.resample!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def _filter(self) -> int:
+        return Image.Resampling.BICUBIC if self.resample == "bicubic" else Image.Resampling.BILINEAR
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        """Returns a float tensor of shape ``(3, size, size)``."""
+        if self.train:
+            img = self._random_crop(img)
+        else:
+            w, h = img.size
+            scale = self.size / min(w, h)
+            nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
+            img = img.resize((nw, nh), self._filter())
+            left, top = (nw - self.size) // 2, (nh - self.size) // 2
+            img = img.crop((left, top, left + self.size, top + self.size))
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        x = torch.from_numpy(arr).permute(2, 0, 1)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x - mean) / std
+
+    def _random_crop(self, img: Image.Image) -> Image.Image:
+        w, h = img.size
+        area = w * h * random.uniform(self.min_scale, 1.0)
+        ratio = random.uniform(3 / 4, 4 / 3)
+        cw = min(w, max(1, round((area * ratio) ** 0.5)))
+        ch = min(h, max(1, round((area / ratio) ** 0.5)))
+        left, top = random.randint(0, w - cw), random.randint(0, h - ch)
+        img = img.crop((left, top, left + cw, top + ch)).resize((self.size, self.size), self._filter())
+        if random.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return img
