@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up dsmd on a fresh machine (Debian, Python >= 3.10): the Debian package of the demo's
+# images, a virtual environment in .venv, torch, and dsmd itself.
+#   bash scripts/setup.sh         # to run `dsmd demo`
+#   bash scripts/setup.sh --dev   # also the test tools
+# torch is installed first and pinned (TORCH_SPEC, default torch==2.13.0: the local CPU wheel
+# on our machines) so that nothing pulls a multi-GB CUDA build; GPU users set TORCH_SPEC.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+[ "${1:-}" = "--dev" ] && extras="[dev]"
+python=${PYTHON:-python3}
+torch_spec=${TORCH_SPEC:-torch==2.13.0}
+
+if [ ! -d /usr/share/tuxpaint/stamps ]; then
+  echo "setup: installing Debian package tuxpaint-stamps-default (the demo's captioned photos)"
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q tuxpaint-stamps-default >/dev/null
+fi
+
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+quiet_pip() {  # pip's failures still fail the script (pipefail); its noise about local indexes does not show
+  .venv/bin/python -m pip install -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }
+}
+quiet_pip "$torch_spec"
+quiet_pip -e ".$extras"
+.venv/bin/python - <<'PY'
+import importlib.util, sys
+import torch
+for bad in ("torchvision", "timm", "open_clip"):
+    if importlib.util.find_spec(bad) is not None:
+        sys.exit(f"setup: {bad} is installed in .venv; it breaks this torch. Remove it: .venv/bin/pip uninstall -y {bad}")
+import dsmd
+print(f"setup: ok (dsmd {dsmd.__version__}, torch {torch.__version__})")
+PY

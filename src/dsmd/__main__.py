@@ -1,0 +1,3 @@
+from dsmd.cli import main
+
+main()

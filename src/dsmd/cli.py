@@ -1,0 +1,148 @@
+"""The ``dsmd`` command: a thin shell over the library.
+
+Errors the user can fix are printed as one line (no traceback) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dsmd.errors import DsmdError
+
+EXAMPLES = {
+    "demo": "dsmd demo --out demo_out",
+    "extract": "dsmd extract --config my.yaml store=runs/store teacher.batch_size=128",
+    "train": "dsmd train --config my.yaml out_dir=runs/exp1 train.epochs=5 loss.losses=[cd,fd]\n"
+             "  dsmd train --resume out_dir=runs/exp1",
+    "eval": "dsmd eval --checkpoint runs/exp1/checkpoints/best.pt --split test --json\n"
+            "  dsmd eval --store runs/store --split test",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dsmd",
+        description="Distil a large image-text model into a small dual encoder (DSMD).",
+        epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=help_, epilog=f"example:\n  {EXAMPLES[name]}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def config_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--config", help="YAML config (default: the packaged demo config)")
+        q.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=3e-4")
+
+    q = add("demo", "Run the whole pipeline on the embedded offline default (Tux Paint stamps, offline teacher).")
+    q.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    q.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the demo config")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    q = add("extract", "Run the teacher once and write its features into a feature store.")
+    config_args(q)
+    q.add_argument("--overwrite", action="store_true", help="replace a store built differently")
+    q.add_argument("--quiet", action="store_true")
+
+    q = add("train", "Distil a student from a feature store.")
+    config_args(q)
+    q.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
+    q.add_argument("--quiet", action="store_true")
+
+    q = add("eval", "Retrieval metrics of a student checkpoint or of a feature store on a split.")
+    src = q.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="student checkpoint written by `dsmd train`")
+    src.add_argument("--store", help="feature store written by `dsmd extract` (scores the teacher's features)")
+    q.add_argument("--split", default="test", help="train, val or test (default: test)")
+    q.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    q.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="overrides of the checkpoint's config (e.g. data.root=/data/stamps)")
+    return p
+
+
+def _load(args):
+    from dsmd.config import load_config, packaged_config
+
+    return load_config(args.config or packaged_config("demo"), args.overrides)
+
+
+def _eval(args) -> dict:
+    import torch
+
+    from dsmd.data.datasets import load_split
+    from dsmd.evaluation.retrieval import retrieval_metrics
+    from dsmd.evaluation.student_eval import evaluate_student
+    from dsmd.store.feature_store import FeatureStore
+    from dsmd.training.checkpoint import load_student
+    from dsmd.training.device import resolve_device
+
+    if args.store:
+        if args.overrides:
+            raise DsmdError("--store takes no key=value overrides (the store holds everything it needs).")
+        feats = FeatureStore.open(args.store).split(args.split)
+        return retrieval_metrics(feats.image, feats.text, feats.caption_image)
+    from dsmd.config import RunConfig, apply_override, config_to_dict, from_dict
+
+    student, cfg, _ = load_student(args.checkpoint)
+    if args.overrides:
+        data = config_to_dict(cfg)
+        for o in args.overrides:
+            apply_override(data, o)
+        cfg = from_dict(RunConfig, data)
+    device = resolve_device(cfg.train.device)
+    data = load_split(cfg.data, args.split)
+    torch.set_grad_enabled(False)
+    return evaluate_student(student.to(device), data, cfg.train.eval_batch_size, device, progress=not args.json)
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    progress = not getattr(args, "quiet", False) and sys.stderr.isatty()
+    if args.command == "demo":
+        from dsmd.demo import run_demo
+
+        run_demo(args.out, args.overrides, progress=progress)
+    elif args.command == "extract":
+        from dsmd.store.extract import extract
+
+        store = extract(_load(args), overwrite=args.overwrite, progress=progress)
+        print(f"feature store: {store.path} ({store.dim}-d, teacher {store.teacher.get('name')})")
+    elif args.command == "train":
+        from dsmd.training.loop import train
+
+        if args.resume:  # the run's own saved config, plus what the command line changes
+            result = train(_load(args), resume=True, progress=progress,
+                           resume_overrides=[o for o in args.overrides if not o.startswith("out_dir=")])
+        else:
+            result = train(_load(args), progress=progress)
+        print(f"best val RSUM {result.best_rsum:.1f} at epoch {result.best_epoch}: {result.best_checkpoint}")
+    elif args.command == "eval":
+        metrics = _eval(args)
+        if args.json:
+            print(json.dumps(metrics))
+        else:
+            from dsmd.reports import format_table
+
+            print(format_table({Path(args.checkpoint or args.store).name: metrics}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = run(argv)
+    except DsmdError as exc:
+        print(f"dsmd: error: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("dsmd: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

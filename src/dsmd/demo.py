@@ -1,0 +1,73 @@
+"""``dsmd demo``: the whole pipeline on the embedded offline default.
+
+Tux Paint's captioned photo stamps, the offline teacher (EfficientNet-Lite0 + MiniLM), the
+packaged ``demo`` config: extract the teacher's features, distil the student, evaluate both on
+the held-out test split, write ``report.json`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from dsmd.config import load_config, packaged_config
+from dsmd.data.datasets import load_dataset
+from dsmd.reports import format_table, write_report
+from dsmd.reports.compare import student_row, teacher_row
+from dsmd.store.extract import extract
+from dsmd.teachers import build_teacher
+from dsmd.training.checkpoint import load_student
+from dsmd.training.device import resolve_device
+from dsmd.training.loop import train
+
+
+def run_demo(out_dir: str | Path = "demo_out", overrides: list[str] | None = None,
+             progress: bool = True, log=print) -> dict:
+    """Run the demo into ``out_dir``; an interrupted demo resumes where it stopped.
+
+    Returns:
+        The report: ``{"teacher": {...}, "student": {...}, "meta": {...}}``.
+    """
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    cfg = load_config(packaged_config("demo"), [f"store={out / 'store'}", f"out_dir={out / 'train'}",
+                                                *(overrides or [])])
+    log("1/4 teacher features -> feature store")
+    store = extract(cfg, progress=progress, log=log)
+    t_extract = time.perf_counter() - t0
+
+    log("2/4 distilling the student")
+    resume = (out / "train" / "checkpoints" / "last.pt").is_file()
+    result = train(cfg, resume=resume, progress=progress, log=log)
+    t_train = time.perf_counter() - t0 - t_extract
+
+    log("3/4 evaluating teacher and student on the test split")
+    torch.manual_seed(0)
+    device = resolve_device(cfg.train.device)
+    test = load_dataset(cfg.data)["test"]
+    store.check_dataset("test", test.fingerprint())
+    teacher = build_teacher(cfg.teacher, device)
+    rows = {"teacher": teacher_row(teacher, store.split("test"), test, device)}
+    del teacher
+    student, _, state = load_student(result.best_checkpoint, device)
+    rows["student"] = student_row(student, test, device)
+
+    log("4/4 report")
+    ratio = rows["student"]["rsum"] / rows["teacher"]["rsum"] if rows["teacher"]["rsum"] else float("nan")
+    meta = {
+        "split": f"test ({test.num_images} images, {len(test)} captions)",
+        "student_rsum_over_teacher": round(ratio, 4),
+        "best_epoch": result.best_epoch,
+        "best_val_rsum": round(result.best_rsum, 2),
+        "checkpoint": str(result.best_checkpoint),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "seconds": {"extract": round(t_extract, 1), "train": round(t_train, 1),
+                    "total": round(time.perf_counter() - t0, 1)},
+    }
+    write_report(out, rows, meta)
+    log("\n" + format_table(rows))
+    log(f"\nstudent RSUM / teacher RSUM = {ratio:.3f}; report: {out / 'report.json'}, {out / 'report.md'}")
+    return {**rows, "meta": meta}

@@ -1,0 +1,58 @@
+"""Score the teacher and a student the same way: retrieval on a split, size, latency.
+
+Latency is the median time per item of encoding a batch (``latency_batch`` images already
+decoded and resized, or captions including tokenisation) on the given device, after warm-up.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dsmd.data.datasets import CaptionedImages
+from dsmd.data.loader import ImageCache
+from dsmd.evaluation.latency import measure_latency
+from dsmd.evaluation.retrieval import retrieval_metrics
+from dsmd.evaluation.student_eval import encode_split
+from dsmd.store.feature_store import SplitFeatures
+
+
+def _pixels(transform, data: CaptionedImages, n: int, cache: ImageCache) -> torch.Tensor:
+    paths = [data.image_paths[i % data.num_images] for i in range(n)]
+    return torch.stack([transform(cache.get(p)) for p in paths])
+
+
+def _captions(data: CaptionedImages, n: int) -> list[str]:
+    return [data.captions[i % len(data.captions)] for i in range(n)]
+
+
+def teacher_row(teacher, feats: SplitFeatures, data: CaptionedImages, device: torch.device,
+                latency_batch: int = 32) -> dict:
+    """Metrics of the stored teacher features of a split, with the live teacher's size and latency."""
+    row = retrieval_metrics(feats.image, feats.text, feats.caption_image)
+    cache = ImageCache(enabled=False, max_side=10**9)
+    pixels = _pixels(teacher.image_transform, data, latency_batch, cache).to(device)
+    captions = _captions(data, latency_batch)
+    row["params"] = int(teacher.num_parameters())
+    row["image_latency_ms"] = measure_latency(teacher.encode_images, lambda: pixels, latency_batch)
+    row["text_latency_ms"] = measure_latency(teacher.encode_texts, lambda: captions, latency_batch)
+    return row
+
+
+def student_row(student, data: CaptionedImages, device: torch.device, batch_size: int = 128,
+                latency_batch: int = 32) -> dict:
+    """Metrics, size and latency of a student on a split."""
+    student.eval()
+    image, text = encode_split(student, data, batch_size, device)
+    row = retrieval_metrics(image, text, torch.tensor(data.caption_image))
+    cache = ImageCache(enabled=False, max_side=10**9)
+    pixels = _pixels(student.image_transform(train=False), data, latency_batch, cache).to(device)
+    captions = _captions(data, latency_batch)
+
+    def encode_texts(texts: list[str]) -> torch.Tensor:
+        tok = student.tokenize(texts)
+        return student.encode_texts(tok["input_ids"].to(device), tok["attention_mask"].to(device))
+
+    row["params"] = int(student.num_parameters())
+    row["image_latency_ms"] = measure_latency(student.encode_images, lambda: pixels, latency_batch)
+    row["text_latency_ms"] = measure_latency(encode_texts, lambda: captions, latency_batch)
+    return row

