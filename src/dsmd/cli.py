@@ -96,7 +96,6 @@ def _eval(args) -> dict:
         cfg = from_dict(RunConfig, data)
     device = resolve_device(cfg.train.device)
     data = load_split(cfg.data, args.split)
-    torch.set_grad_enabled(False)
     return evaluate_student(student.to(device), data, cfg.train.eval_batch_size, device, progress=not args.json)
 
 

@@ -57,7 +57,8 @@ def test_step_window_by_hand():
     assert w2["a"] > w2["b"] > w2["c"] and w3["a"] > w3["b"] > w3["c"]
     assert sum(w3.values()) == pytest.approx(3.0)
     # One literal value, worked out on paper: exp(.9)/(exp(.9)+exp(.8)+exp(.5)) * 3.
-    assert w2["a"] == pytest.approx(1.2291, abs=1e-4)
+    # = 3 * 2.4596 / (2.4596 + 2.2255 + 1.6487) = 1.1650.
+    assert w2["a"] == pytest.approx(1.1650, abs=1e-4)
     record = balancer.log_record()
     assert record["r_a"] == pytest.approx(1.7 / 1.8) and record["r_c"] == pytest.approx(0.4)
     assert record["s_a"] == pytest.approx(1.0) and record["s_c"] == pytest.approx(1.7 / 0.05)
@@ -74,7 +75,8 @@ def test_temperature_and_total():
 
 
 def test_ema_window_by_hand():
-    decay = 0.5
+    # An asymmetric decay, so swapping the roles of old and new values would show.
+    decay = 0.75
     balancer = LossBalancer(NAMES, window="ema", ema_decay=decay)
     ema0 = dict(STEPS[0])
     ema1 = {n: decay * ema0[n] + (1 - decay) * STEPS[1][n] for n in NAMES}
@@ -83,13 +85,15 @@ def test_ema_window_by_hand():
     check_step(balancer, STEPS[1], dict.fromkeys(NAMES, 1.0))
     check_step(balancer, STEPS[2], softmax_weights({n: ema1[n] / ema0[n] for n in NAMES}))
     check_step(balancer, STEPS[3], softmax_weights({n: ema2[n] / ema1[n] for n in NAMES}))
-    # By hand for a: ema1 = 1.9, ema2 = 1.8, so r_a = 1.8 / 1.9 at step 3.
-    assert balancer.log_record()["r_a"] == pytest.approx(1.8 / 1.9)
+    # By hand for a: ema1 = 0.75 * 2 + 0.25 * 1.8 = 1.95, ema2 = 0.75 * 1.95 + 0.25 * 1.7
+    # = 1.8875, so r_a = 1.8875 / 1.95 at step 3.
+    assert balancer.log_record()["r_a"] == pytest.approx(1.8875 / 1.95)
 
 
 def test_epoch_window_by_hand():
     balancer = LossBalancer(NAMES, window="epoch")
-    epochs = [STEPS[0:2], STEPS[2:4], STEPS[1:3], STEPS[0:2]]
+    # Epochs of different lengths, so a sum instead of a mean would show.
+    epochs = [STEPS[0:2], STEPS[1:4], STEPS[2:3], STEPS[0:2]]
     means = [{n: sum(s[n] for s in epoch) / len(epoch) for n in NAMES} for epoch in epochs]
     expected = [
         dict.fromkeys(NAMES, 1.0),
@@ -102,10 +106,10 @@ def test_epoch_window_by_hand():
             check_step(balancer, values, want)
         balancer.end_epoch()
         balancer.end_epoch()  # an empty epoch is not a window
-    # By hand for c: epoch 1 mean (0.1 + 0.05) / 2 = 0.075, epoch 0 mean 0.375.
-    assert expected[2]["c"] == pytest.approx(
-        softmax_weights({"a": 1.7 / 1.9, "b": 0.55 / 0.9, "c": 0.075 / 0.375})["c"]
-    )
+    # By hand for c: epoch 0 mean (0.5 + 0.25) / 2 = 0.375, epoch 1 mean
+    # (0.25 + 0.1 + 0.05) / 3 = 0.4 / 3; epoch 2 uses r_c = (0.4 / 3) / 0.375.
+    by_hand = {"a": (5.2 / 3) / 1.9, "b": (1.9 / 3) / 0.9, "c": (0.4 / 3) / 0.375}
+    assert expected[2] == pytest.approx(softmax_weights(by_hand))
 
 
 def test_end_epoch_is_a_no_op_for_step_window():

@@ -1,6 +1,13 @@
 import pytest
 
-from dsmd.config import RunConfig, config_to_dict, from_dict, load_config, packaged_config, save_config
+from dsmd.config import (
+    RunConfig,
+    config_to_dict,
+    from_dict,
+    load_config,
+    packaged_config,
+    save_config,
+)
 from dsmd.errors import DsmdError
 
 

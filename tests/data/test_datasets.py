@@ -118,3 +118,9 @@ def test_pair_dataset_batches_index_the_store(tmp_path):
     assert batch["pixel_values"].shape == (18, 3, 16, 16)
     assert batch["image_index"].tolist() == [j // 3 for j in range(18)]
     assert batch["caption_index"].tolist() == list(range(18))
+
+
+def test_random_split_is_by_image_with_several_captions(tmp_path):
+    manifest = write_synthetic_dataset(tmp_path / "syn", num_images=24, captions_per_image=3, size=16)
+    splits = load_dataset(DataConfig(kind="manifest", manifest=str(manifest), val_fraction=0.25, test_fraction=0.25))
+    assert [(splits[k].num_images, len(splits[k])) for k in ("train", "val", "test")] == [(12, 36), (6, 18), (6, 18)]

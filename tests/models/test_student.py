@@ -23,20 +23,50 @@ from transformers import (
 )
 
 from dsmd.config import StudentConfig
-from dsmd.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dsmd.data.transforms import (
+    EFFICIENTNET_LITE_MEAN,
+    EFFICIENTNET_LITE_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+)
 from dsmd.errors import DsmdError
 from dsmd.models import DualEncoder, build_student
 from dsmd.models.text import build_text_tower
 from dsmd.models.vision import EFFICIENTNET_LITE0_WIDTHS, build_vision_tower
 
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "red", "dog", "cat",
-         "the", "##s", "blue", "car", "on", "beach", "kangaroo", "."]
+WORDS = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "a",
+    "photo",
+    "of",
+    "red",
+    "dog",
+    "cat",
+    "the",
+    "##s",
+    "blue",
+    "car",
+    "on",
+    "beach",
+    "kangaroo",
+    ".",
+]
 CAPTIONS = ["a photo of a red dog on the beach .", "the blue cars", "a kangaroo"]
 
 
 def _vit_kwargs() -> dict:
-    return dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                image_size=32, patch_size=8)
+    return dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,19 +74,31 @@ def folders(tmp_path_factory):
     """Tiny ViT, DeiT, BERT and ALBERT folders, as save_pretrained writes them."""
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("models")
-    out = {name: root / name for name in ("vit", "deit", "bert", "albert", "vit_config", "bert_config")}
+    out = {
+        name: root / name for name in ("vit", "deit", "bert", "albert", "vit_config", "bert_config")
+    }
 
     ViTModel(ViTConfig(**_vit_kwargs())).save_pretrained(out["vit"])
     (out["vit"] / "preprocessor_config.json").write_text(
-        json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": 2}))
+        json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": 2})
+    )
     DeiTModel(DeiTConfig(**_vit_kwargs())).save_pretrained(out["deit"])
     (out["deit"] / "preprocessor_config.json").write_text(
-        json.dumps({"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD), "resample": 3}))
+        json.dumps(
+            {"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD), "resample": 3}
+        )
+    )
     ViTConfig(**_vit_kwargs()).save_pretrained(out["vit_config"])
 
     tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)})
-    text = dict(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                intermediate_size=64, max_position_embeddings=64)
+    text = dict(
+        vocab_size=len(WORDS),
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     BertModel(BertConfig(**text)).save_pretrained(out["bert"])
     tokenizer.save_pretrained(out["bert"])
     AlbertModel(AlbertConfig(embedding_size=16, **text)).save_pretrained(out["albert"])
@@ -135,8 +177,9 @@ def test_pretrained_vit_runs_at_another_image_size(folders):
 
 
 def test_random_vit_from_config_only_folder_is_built_for_the_image_size(folders):
-    student = build_student(_cfg(folders, vision=folders["vit_config"], vision_pretrained=False,
-                                 image_size=48), dim=8)
+    student = build_student(
+        _cfg(folders, vision=folders["vit_config"], vision_pretrained=False, image_size=48), dim=8
+    )
     assert student.vision.model.config.image_size == 48
     assert student.encode_images(torch.randn(1, 3, 48, 48)).shape == (1, 8)
 
@@ -147,11 +190,16 @@ def test_transform_statistics(folders):
     assert (t.mean, t.std, t.size, t.train) == ((0.5,) * 3, (0.5,) * 3, 32, True)
     assert t.resample == "bilinear"
     deit = build_vision_tower(folders["deit"]).image_transform(False, 64)
-    assert (deit.mean, deit.std, deit.resample, deit.size) == (IMAGENET_MEAN, IMAGENET_STD, "bicubic", 64)
+    assert (deit.mean, deit.std, deit.resample, deit.size) == (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        "bicubic",
+        64,
+    )
     no_file = build_vision_tower(folders["vit_config"], pretrained=False).image_transform(False, 32)
     assert (no_file.mean, no_file.std) == ((0.5,) * 3, (0.5,) * 3)  # the ViT default, not ImageNet
     eff = build_vision_tower("efficientnet_lite0", pretrained=False).image_transform(False, 160)
-    assert (eff.mean, eff.std, eff.size) == (IMAGENET_MEAN, IMAGENET_STD, 160)
+    assert (eff.mean, eff.std, eff.size) == (EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, 160)
 
 
 def test_text_projection_starts_as_identity_when_widths_match(folders):
@@ -160,7 +208,9 @@ def test_text_projection_starts_as_identity_when_widths_match(folders):
     assert torch.all(student.text_proj.bias == 0)
     batch = student.tokenize(CAPTIONS)
     with torch.no_grad():
-        torch.testing.assert_close(student.encode_texts(**batch), F.normalize(student.text(**batch), dim=-1))
+        torch.testing.assert_close(
+            student.encode_texts(**batch), F.normalize(student.text(**batch), dim=-1)
+        )
     other = build_student(_cfg(folders), dim=16)
     assert other.text_proj.weight.shape == (16, 32)
 
@@ -225,17 +275,20 @@ def test_efficientnet_lite0_pretrained_and_truncated():
     full = build_vision_tower("efficientnet_lite0").eval()
     assert full.width == 1280 and len(full.blocks) == 16
     reference = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
-    x = torch.randn(2, 3, 64, 64)
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    ).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(full(x), reference.extract_features(x).mean(dim=(2, 3)))
+        # Loose tolerance: the tower runs channels-last, the reference NCHW (other rounding).
+        expected = reference.extract_features(x).mean(dim=(2, 3))
+        torch.testing.assert_close(full(x), expected, atol=1e-4, rtol=1e-4)
         random = build_vision_tower("efficientnet_lite0", pretrained=False).eval()
         assert not torch.allclose(random(x), full(x))
 
-    sizes = [full.width and sum(p.numel() for p in full.parameters())]
-    for blocks in (12, 6, 1):
+    sizes = [sum(p.numel() for p in full.parameters())]
+    for blocks, width in ((12, 192), (6, 80), (1, 16)):
         tower = build_vision_tower("efficientnet_lite0", blocks=blocks).eval()
-        assert tower.width == EFFICIENTNET_LITE0_WIDTHS[blocks]
+        assert tower.width == width == EFFICIENTNET_LITE0_WIDTHS[blocks]
         with torch.no_grad():
             assert tower(x).shape == (2, tower.width)
         sizes.append(sum(p.numel() for p in tower.parameters()))
@@ -245,14 +298,17 @@ def test_efficientnet_lite0_pretrained_and_truncated():
     with torch.no_grad():
         one = build_vision_tower("efficientnet_lite0", blocks=1).eval()
         stem = reference._swish(reference._bn0(reference._conv_stem(x)))
-        torch.testing.assert_close(one(x), reference._blocks[0](stem).mean(dim=(2, 3)))
+        expected = reference._blocks[0](stem).mean(dim=(2, 3))
+        torch.testing.assert_close(one(x), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_minilm_loads_offline_and_can_be_cut():
     tower = build_text_tower("minilm").eval()
-    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    assert "HF_HUB_OFFLINE" in os.environ  # set before loading the packaged model
     assert tower.width == 384 and len(tower.model.encoder.layer) == 6
-    batch = tower.tokenize(["a dog runs on the grass", "a puppy plays in a field", "a red sports car"], 32)
+    batch = tower.tokenize(
+        ["a dog runs on the grass", "a puppy plays in a field", "a red sports car"], 32
+    )
     assert (batch["input_ids"] == tower.tokenizer.unk_token_id).sum() == 0
     with torch.no_grad():
         z = F.normalize(tower(**batch), dim=-1)
@@ -281,7 +337,10 @@ def test_default_student_is_the_packaged_pair():
         (dict(text_layers=4), "text_layers=4"),
         (dict(vision_blocks=2), "vision_blocks"),
         (dict(vision="efficientnet_lite0", vision_blocks=17), "vision_blocks=17"),
-        (dict(vision="efficientnet_lite0", vision_config={"width_coefficient": 2.0}), "vision_config"),
+        (
+            dict(vision="efficientnet_lite0", vision_config={"width_coefficient": 2.0}),
+            "vision_config",
+        ),
         (dict(text_config={"no_such_field": 1}), "no_such_field"),
         (dict(vision="/no/such/folder"), "/no/such/folder"),
         (dict(vision="./missing/vit"), "folder not found"),

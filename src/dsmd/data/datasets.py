@@ -163,7 +163,7 @@ def list_manifest(manifest: str | Path, root: str | None) -> list[tuple[str, str
 
 def _assign_splits(images: list[str], cfg: DataConfig) -> dict[str, str]:
     """Seeded split of the sorted unique images into test, val, train (in that order)."""
-    order = sorted(images)
+    order = sorted(set(images))
     random.Random(cfg.split_seed).shuffle(order)
     n = len(order)
     n_test = round(n * cfg.test_fraction)

@@ -112,7 +112,9 @@ def _validate(cfg: StudentConfig) -> None:
     if cfg.text_layers is not None and cfg.text_layers < 1:
         raise DsmdError(f"student.text_layers must be at least 1 or null, got {cfg.text_layers}")
     if cfg.vision_blocks is not None and cfg.vision_blocks < 1:
-        raise DsmdError(f"student.vision_blocks must be at least 1 or null, got {cfg.vision_blocks}")
+        raise DsmdError(
+            f"student.vision_blocks must be at least 1 or null, got {cfg.vision_blocks}"
+        )
 
 
 def build_student(cfg: StudentConfig, dim: int, *, normalize: bool = True) -> DualEncoder:

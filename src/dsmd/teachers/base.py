@@ -196,7 +196,10 @@ class Teacher(nn.Module, abc.ABC):
             "dim": self.dim,
             "weights_sha256": self.weights_sha256(),
             "dtype": str(self.compute_dtype).removeprefix("torch."),
-            "preprocessing": {"image": self.image_transform.to_dict(), **self._text_preprocessing()},
+            "preprocessing": {
+                "image": self.image_transform.to_dict(),
+                **self._text_preprocessing(),
+            },
             "num_parameters": self.num_parameters(),
             **self._extra_identity(),
         }
@@ -204,4 +207,3 @@ class Teacher(nn.Module, abc.ABC):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, dim={self.dim}"
-

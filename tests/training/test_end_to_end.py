@@ -1,0 +1,114 @@
+"""extract -> train -> eval -> resume on generated images and tiny models, through the library and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dsmd.cli import main
+from dsmd.config import load_config
+from dsmd.errors import DsmdError
+from dsmd.store.extract import extract
+from dsmd.store.feature_store import FeatureStore
+from dsmd.training.checkpoint import load_checkpoint
+from dsmd.training.loop import train
+
+METRICS = {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum"}
+
+
+def _cli(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
+def test_extract_train_eval_resume(tiny_overrides, tmp_path, capsys):
+    cfg = load_config(None, tiny_overrides)
+
+    # extract: image rows once per image, caption rows per caption, unit norm, manifest
+    store = extract(cfg, progress=False, log=lambda *_: None)
+    train_split = store.split("train")
+    assert train_split.image.shape == (12, 24) and train_split.text.shape == (24, 24)
+    assert train_split.caption_image.tolist() == [i // 2 for i in range(24)]
+    assert torch.allclose(train_split.image.norm(dim=-1), torch.ones(12), atol=1e-5)
+    assert store.manifest["teacher"]["kind"] == "hf_clip" and store.manifest["normalized"] is True
+    assert not (tmp_path / "store.partial").exists()
+    # a second extract reuses it; a different teacher setting is refused unless --overwrite
+    assert extract(cfg, progress=False, log=lambda *_: None).manifest == store.manifest
+    with pytest.raises(DsmdError, match="built differently.*--overwrite"):
+        extract(load_config(None, [*tiny_overrides, "teacher.normalize=false"]), progress=False, log=lambda *_: None)
+
+    # train through the CLI: run folder with config, per-step log, checkpoints
+    code, out, err = _cli(["train", "--quiet", *tiny_overrides], capsys)
+    assert code == 0, err
+    run = tmp_path / "run"
+    steps = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
+    assert len(steps) == 2 * 3  # 2 epochs x ceil(24 pairs / 8)
+    assert {"cd", "fd", "sd", "hnd", "w_cd", "w_hnd", "r_fd", "s_sd", "lr", "total"} <= set(steps[0])
+    assert steps[-1]["lr"] == pytest.approx(1e-4)  # decayed after epoch 1
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "best.pt").is_file()
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["epoch"] == 2 and state["config"]["train"]["epochs"] == 2
+    assert {"optimizer", "objective", "balancer"} <= set(state)
+    assert state["objective"]["queue.count"].item() == 16  # the queue wrapped: 48 pairs into 16 slots
+
+    # eval a checkpoint and the store, as JSON
+    code, out, _ = _cli(["eval", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--split", "test", "--json"], capsys)
+    assert code == 0 and set(json.loads(out)) == METRICS
+    code, out, _ = _cli(["eval", "--store", str(tmp_path / "store"), "--split", "test", "--json"], capsys)
+    assert code == 0 and set(json.loads(out)) == METRICS
+
+    # an interrupted run (stopped after epoch 1) resumed to the end matches the uninterrupted one
+    short = [o for o in tiny_overrides if not o.startswith(("out_dir=", "train.epochs="))]
+    train(load_config(None, [*short, "train.epochs=1", f"out_dir={tmp_path / 'run2'}"]), progress=False, log=lambda *_: None)
+    with pytest.raises(DsmdError, match="--resume"):
+        train(load_config(None, [*short, f"out_dir={tmp_path / 'run2'}"]), progress=False, log=lambda *_: None)
+    code, _, err = _cli(["train", "--quiet", "--resume", f"out_dir={tmp_path / 'run2'}", "train.epochs=2"], capsys)
+    assert code == 0, err
+    resumed = load_checkpoint(tmp_path / "run2" / "checkpoints" / "last.pt")
+    for key, value in state["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    for key, value in state["objective"].items():
+        torch.testing.assert_close(resumed["objective"][key], value, msg=key)
+    assert resumed["balancer"] == state["balancer"]
+    assert (tmp_path / "run2" / "steps.jsonl").read_text().count("\n") == 6
+
+
+def test_store_for_other_data_or_teacher_is_refused(tiny_overrides, tmp_path):
+    cfg = load_config(None, tiny_overrides)
+    extract(cfg, progress=False, log=lambda *_: None)
+    with pytest.raises(DsmdError, match="another dataset"):
+        train(load_config(None, [*tiny_overrides, "data.split_seed=5"]), progress=False, log=lambda *_: None)
+    with pytest.raises(DsmdError, match="built by teacher"):
+        train(load_config(None, [*tiny_overrides, "teacher.kind=offline"]), progress=False, log=lambda *_: None)
+    store = FeatureStore.open(tmp_path / "store")
+    with pytest.raises(DsmdError, match="no split 'dev'"):
+        store.split("dev")
+
+
+def test_interrupted_extraction_resumes_and_never_looks_finished(tiny_overrides, tmp_path, monkeypatch):
+    import dsmd.store.extract as ex
+
+    cfg = load_config(None, tiny_overrides)
+    real = ex.write_split
+    calls = []
+
+    def crash_on_second(folder, split, feats, dtype):
+        calls.append(split)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(folder, split, feats, dtype)
+
+    monkeypatch.setattr(ex, "write_split", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        extract(cfg, progress=False, log=lambda *_: None)
+    with pytest.raises(DsmdError, match="interrupted"):
+        FeatureStore.open(tmp_path / "store")
+    monkeypatch.setattr(ex, "write_split", real)
+    messages = []
+    store = extract(cfg, progress=False, log=messages.append)
+    assert "train: already extracted (resuming)" in messages
+    assert set(store.manifest["splits"]) == {"train", "val", "test"}
