@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import BertConfig, BertModel, CLIPConfig, CLIPModel, PreTrainedTokenizerFast, ViTConfig, ViTModel
+from transformers import (
+    BertConfig,
+    BertModel,
+    CLIPConfig,
+    CLIPModel,
+    PreTrainedTokenizerFast,
+    ViTConfig,
+    ViTModel,
+)
 
 from dsmd.data.synthetic import COLOURS, SHAPES, write_synthetic_dataset
 

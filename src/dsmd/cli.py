@@ -72,7 +72,6 @@ def _load(args):
 
 
 def _eval(args) -> dict:
-    import torch
 
     from dsmd.data.datasets import load_split
     from dsmd.evaluation.retrieval import retrieval_metrics
@@ -102,6 +101,11 @@ def _eval(args) -> dict:
 def run(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     progress = not getattr(args, "quiet", False) and sys.stderr.isatty()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its per-load "Loading weights" bars drown ours
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they happen in logs too
     if args.command == "demo":
         from dsmd.demo import run_demo
 

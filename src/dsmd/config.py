@@ -110,7 +110,11 @@ class BalancerConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation (paper §4.1.4): AdamW, step decay of the learning rate."""
+    """Optimisation (paper §4.1.4): AdamW, step decay of the learning rate.
+
+    ``head_lr_scale`` multiplies the learning rate of the two fresh projection layers (1 in
+    the paper); ``max_steps`` stops early (smoke tests).
+    """
 
     epochs: int = 20
     batch_size: int = 64
@@ -118,6 +122,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     lr_decay_epochs: list[int] = field(default_factory=lambda: [10])
     lr_decay: float = 0.1
+    head_lr_scale: float = 1.0
     seed: int = 0
     augment: bool = True
     device: str = "auto"

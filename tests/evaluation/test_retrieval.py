@@ -216,3 +216,19 @@ def test_invalid_inputs_raise(image, text, ids, message):
 def test_invalid_options_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         retrieval_metrics(HAND_IMAGES, HAND_TEXTS, HAND_IDS, **kwargs)
+
+
+@pytest.mark.parametrize("chunk_size", [3, None])
+def test_a_positive_never_beats_itself(chunk_size):
+    # Every caption is its image plus a little noise, so every rank is 0. At D = 768 the
+    # matrix product and a row-wise dot product round differently for most pairs; were the
+    # threshold taken from one and the entry from the other, an image's best caption would
+    # often count as scoring above itself.
+    generator = torch.Generator().manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(64, 768, generator=generator), dim=1)
+    ids = torch.arange(64).repeat_interleave(2)
+    text = image[ids] + 0.1 * torch.randn(128, 768, generator=generator) / 768**0.5
+    text = torch.nn.functional.normalize(text, dim=1)
+    ranks = retrieval_ranks(image, text, ids, chunk_size=chunk_size)
+    assert ranks.image_to_text.tolist() == [0] * 64
+    assert ranks.text_to_image.tolist() == [0] * 128

@@ -63,9 +63,11 @@ def test_extract_train_eval_resume(tiny_overrides, tmp_path, capsys):
 
     # an interrupted run (stopped after epoch 1) resumed to the end matches the uninterrupted one
     short = [o for o in tiny_overrides if not o.startswith(("out_dir=", "train.epochs="))]
-    train(load_config(None, [*short, "train.epochs=1", f"out_dir={tmp_path / 'run2'}"]), progress=False, log=lambda *_: None)
-    with pytest.raises(DsmdError, match="--resume"):
-        train(load_config(None, [*short, f"out_dir={tmp_path / 'run2'}"]), progress=False, log=lambda *_: None)
+    # (through the CLI both times: its default config is the packaged demo config)
+    code, _, err = _cli(["train", "--quiet", *short, "train.epochs=1", f"out_dir={tmp_path / 'run2'}"], capsys)
+    assert code == 0, err
+    code, _, err = _cli(["train", "--quiet", *short, f"out_dir={tmp_path / 'run2'}"], capsys)
+    assert code == 2 and "--resume" in err
     code, _, err = _cli(["train", "--quiet", "--resume", f"out_dir={tmp_path / 'run2'}", "train.epochs=2"], capsys)
     assert code == 0, err
     resumed = load_checkpoint(tmp_path / "run2" / "checkpoints" / "last.pt")

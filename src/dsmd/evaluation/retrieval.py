@@ -12,15 +12,22 @@ already L2-normalised features. Ranks are 0-based and count how many wrong items
 
 R@K is the percentage of queries whose rank is below ``K``.
 
+Exact ties are rare with float features but real at scale (the 125M pairs of MSCOCO 5K hold a
+few), and duplicate captions produce them; favouring the correct item makes the result
+independent of any sort order.
+
 How it stays fast and small: the ``(N_t, N_i)`` similarity matrix is never held whole. It is
 computed in blocks of ``chunk_size`` captions, and each block serves both directions with two
-comparisons and two counts, no sorting. The image→text side needs every image's best
-positive score *before* the pass, so positives are computed first, by the same float32
-matrix product on small tiles (about ``256 / N_i`` of the main product's work), and then
-written into each block over the block's own entries. Each (caption, image) pair therefore has
-exactly one score in both directions: a positive computed a second way (a gather-and-dot, say)
-can differ from the matrix product in its last bit, and the pair would then count as beating
-itself.
+comparisons and two counts, no sorting. The image→text side needs every image's best positive
+score *before* the pass, so the positive scores are computed first, as row-wise dot products
+(``N_t * D`` work, next to ``N_t * N_i * D`` for the product), and then written into each block
+over the product's own entries for those pairs. That makes every (caption, image) pair have
+exactly one score, used in both directions. Without it a positive would have two scores that
+can differ in the last bit (the product sums in another order than the dot product), and an
+image's best caption could count as beating itself. The price: a negative that scores within
+float32 rounding (~1e-7) of a positive may land on either side of it, as in any float
+implementation, so exact duplicate features are only guaranteed to tie when both scores come
+out bit-identical.
 """
 
 from __future__ import annotations
@@ -36,9 +43,6 @@ __all__ = ["RetrievalRanks", "retrieval_metrics", "retrieval_ranks"]
 # Default block budget in similarity entries (float32): 4M entries = 16 MiB per block, small
 # enough to stay bounded at any scale, large enough that the matrix product stays efficient.
 _BLOCK_ENTRIES = 1 << 22
-# Images per tile when computing positive scores; MKL gives bit-identical entries to the full
-# product at this width, so exact duplicate features tie as they would in one big product.
-_POSITIVE_TILE_IMAGES = 256
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,7 @@ def retrieval_ranks(
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
 
-    positive = _positive_scores(image, text, ids, chunk_size)
+    positive = _positive_scores(image, text, ids)
     captions_per_image = torch.bincount(ids, minlength=num_images)
     # An image without captions gets +inf as its best score, so nothing beats it; its rank is
     # replaced by -1 at the end.
@@ -148,39 +152,26 @@ def retrieval_ranks(
         block[row_index[: stop - start], ids[start:stop]] = positive[start:stop]
         # A positive never beats itself or the best positive, so "strictly higher than the
         # best positive" counts exactly the other images' captions.
-        i2t_rank += torch.gt(block, best_positive, out=above).sum(0)
-        t2i_rank[start:stop] = torch.gt(block, positive[start:stop, None], out=above).sum(1)
+        # int32 counts sum faster than the default int64 and cannot overflow within a block.
+        i2t_rank += torch.gt(block, best_positive, out=above).sum(0, dtype=torch.int32)
+        t2i_rank[start:stop] = torch.gt(block, positive[start:stop, None], out=above).sum(
+            1, dtype=torch.int32
+        )
 
     i2t_rank[captions_per_image == 0] = -1
     return RetrievalRanks(image_to_text=i2t_rank, text_to_image=t2i_rank)
 
 
-def _positive_scores(
-    image: torch.Tensor, text: torch.Tensor, ids: torch.Tensor, chunk_size: int
-) -> torch.Tensor:
-    """Score of every caption with its own image, by matrix-product tiles.
+def _positive_scores(image: torch.Tensor, text: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Score of every caption with its own image, ``(N_t,)`` float32.
 
-    Captions are grouped by image so that a tile ``(captions of images [a, b)) @ images[a:b].T``
-    holds all their positives; the tiles add up to ``N_t * 256 * D`` multiply-adds.
-
-    Returns:
-        ``(N_t,)`` float32 positive scores.
+    Gathered in chunks so that the ``(chunk, D)`` copy of images stays within the block budget.
     """
-    num_images = image.shape[0]
-    order = torch.argsort(ids, stable=True)
-    sorted_ids = ids[order]
-    edges = [*range(0, num_images, _POSITIVE_TILE_IMAGES), num_images]
-    caption_edges = torch.searchsorted(sorted_ids, torch.tensor(edges, device=ids.device))
-    caption_edges = caption_edges.tolist()
     positive = torch.empty(text.shape[0], device=text.device)
-    for first, last, row_start, row_stop in zip(
-        edges[:-1], edges[1:], caption_edges[:-1], caption_edges[1:], strict=True
-    ):
-        # Rows are split too, so that one image with very many captions stays bounded.
-        for start in range(row_start, row_stop, chunk_size):
-            rows = order[start : min(start + chunk_size, row_stop)]
-            tile = text[rows] @ image[first:last].T
-            positive[rows] = tile.gather(1, (ids[rows] - first)[:, None]).squeeze(1)
+    chunk_size = max(1, _BLOCK_ENTRIES // text.shape[1])
+    for start in range(0, text.shape[0], chunk_size):
+        stop = min(start + chunk_size, text.shape[0])
+        positive[start:stop] = (text[start:stop] * image[ids[start:stop]]).sum(1)
     return positive
 
 

@@ -33,8 +33,8 @@ def teacher_row(teacher, feats: SplitFeatures, data: CaptionedImages, device: to
     pixels = _pixels(teacher.image_transform, data, latency_batch, cache).to(device)
     captions = _captions(data, latency_batch)
     row["params"] = int(teacher.num_parameters())
-    row["image_latency_ms"] = measure_latency(teacher.encode_images, lambda: pixels, latency_batch)
-    row["text_latency_ms"] = measure_latency(teacher.encode_texts, lambda: captions, latency_batch)
+    row["image_latency_ms"] = measure_latency(teacher.encode_images, lambda _: pixels, latency_batch)
+    row["text_latency_ms"] = measure_latency(teacher.encode_texts, lambda _: captions, latency_batch)
     return row
 
 
@@ -53,6 +53,6 @@ def student_row(student, data: CaptionedImages, device: torch.device, batch_size
         return student.encode_texts(tok["input_ids"].to(device), tok["attention_mask"].to(device))
 
     row["params"] = int(student.num_parameters())
-    row["image_latency_ms"] = measure_latency(student.encode_images, lambda: pixels, latency_batch)
-    row["text_latency_ms"] = measure_latency(encode_texts, lambda: captions, latency_batch)
+    row["image_latency_ms"] = measure_latency(student.encode_images, lambda _: pixels, latency_batch)
+    row["text_latency_ms"] = measure_latency(encode_texts, lambda _: captions, latency_batch)
     return row

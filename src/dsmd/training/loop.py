@@ -114,7 +114,11 @@ def train(cfg: RunConfig, resume: bool = False, resume_overrides: list[str] | No
     b = cfg.balancer
     balancer = LossBalancer(list(cfg.loss.losses), mode=b.mode, temperature=b.temperature, window=b.window,
                             ema_decay=b.ema_decay, static_weights=b.static_weights, reference_k=b.reference_k)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    heads = [p for n, p in student.named_parameters() if n.startswith(("vision_proj.", "text_proj."))]
+    towers = [p for n, p in student.named_parameters() if not n.startswith(("vision_proj.", "text_proj."))]
+    optimizer = torch.optim.AdamW([{"params": towers, "lr_scale": 1.0},
+                                   {"params": heads, "lr_scale": cfg.train.head_lr_scale}],
+                                  lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
     start_epoch, step, best_rsum, best_epoch = 0, 0, float("-inf"), -1
     if state is not None:
@@ -150,7 +154,7 @@ def train(cfg: RunConfig, resume: bool = False, resume_overrides: list[str] | No
             seed_everything(_epoch_seed(cfg.train.seed, epoch))
             lr = learning_rate(cfg.train.lr, epoch, cfg.train.lr_decay_epochs, cfg.train.lr_decay)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             loader = DataLoader(pairs, batch_size=cfg.train.batch_size, shuffle=True, collate_fn=collate_pairs,
                                 num_workers=cfg.data.num_workers,
                                 generator=torch.Generator().manual_seed(_epoch_seed(cfg.train.seed, epoch)))
