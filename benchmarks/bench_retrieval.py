@@ -9,6 +9,10 @@ At the MSCOCO 5K test scale by default (5,000 images x 5 captions, D = 768, floa
   features, whose recalls are near zero, and correlated ones (each caption = its image +
   noise, renormalised) whose recalls are not.
 
+Ranks may differ by one where a negative scores within float32 rounding of a positive:
+``retrieval_metrics`` scores positive pairs with a row-wise dot product, the reference takes
+them from its one big product, and the two sum in different orders. The table counts them.
+
 Prints a table and a JSON line; ``--json PATH`` also writes the JSON there. Exits 1 when the
 metrics differ from the reference.
 
@@ -140,10 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         reference_s = time.perf_counter() - start
         same = ours == reference_metrics(i2t_rank, t2i_rank)
         identical &= same
-        same_ranks = torch.equal(ranks.image_to_text, i2t_rank) and torch.equal(
-            ranks.text_to_image, t2i_rank
-        )
-        rows.append((name, ours, same, same_ranks, reference_s))
+        rank_gap = torch.cat([ranks.image_to_text - i2t_rank, ranks.text_to_image - t2i_rank]).abs()
+        rows.append((name, ours, same, rank_gap, reference_s))
 
     print(f"{args.images} images x {args.captions} captions, D={args.dim}, float32, "
           f"{torch.get_num_threads()} threads")  # fmt: skip
@@ -151,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'retrieval_metrics':<22}{metrics_s:8.3f} s   ratio {metrics_s / matmul_s:.3f}")
     keys = list(rows[0][1])
     print(f"\n{'set':<12}" + "".join(f"{k:>9}" for k in keys) + "  vs brute force")
-    for name, ours, same, same_ranks, reference_s in rows:
+    for name, ours, same, rank_gap, reference_s in rows:
         values = "".join(f"{ours[k]:9.2f}" for k in keys)
-        verdict = (f"metrics {'identical' if same else 'DIFFERENT'}, "
-                   f"ranks {'identical' if same_ranks else 'differ'} ({reference_s:.0f} s)")  # fmt: skip
+        verdict = (f"metrics {'identical' if same else 'DIFFERENT'}; "
+                   f"{int((rank_gap > 0).sum())} of {len(rank_gap)} ranks differ, "
+                   f"by at most {int(rank_gap.max())} ({reference_s:.0f} s)")  # fmt: skip
         print(f"{name:<12}{values}  {verdict}")
 
     result = {
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         "metrics_s": round(metrics_s, 4),
         "ratio": round(metrics_s / matmul_s, 3),
         "identical": identical,
-        "ranks_identical": all(row[3] for row in rows),
+        "rank_mismatches": sum(int((row[3] > 0).sum()) for row in rows),
     }
     line = json.dumps(result)
     print(line)

@@ -67,13 +67,19 @@ class StudentConfig:
     ``*_pretrained=false`` builds the tower from its config with random weights;
     ``*_config`` overrides fields of that config (e.g. ``{num_hidden_layers: 2}``);
     ``text_layers`` keeps the first layers of the text tower; ``vision_blocks`` the first
-    blocks of an EfficientNet.
+    blocks of an EfficientNet. ``vision_head=imagenet_probs`` (efficientnet_lite0 only) keeps
+    the pretrained ImageNet classifier and outputs its class probabilities (width 1000);
+    ``vision_proj_init=imagenet_prompts`` then starts ``vision_proj`` from the MiniLM
+    embeddings of "a photo of a {class}." — the offline teacher's own image head, so the
+    student starts where the teacher is, as DistilBERT starts from its teacher's layers.
     """
 
     vision: str = "efficientnet_lite0"
     vision_pretrained: bool = True
     vision_config: dict[str, Any] = field(default_factory=dict)
     vision_blocks: int | None = None
+    vision_head: str = "features"
+    vision_proj_init: str = "default"
     image_size: int = 224
     text: str = "minilm"
     text_pretrained: bool = True
@@ -133,7 +139,13 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    """Everything one ``dsmd train`` needs; saved with the run and in its checkpoints."""
+    """Everything one ``dsmd train`` needs; saved with the run and in its checkpoints.
+
+    ``store_views``: how many fixed augmented views (random crop + flip) of each training
+    image the teacher encodes at extraction. With ``train.augment`` the student then sees one
+    of those views (or the plain image) and learns the teacher's feature of exactly that view
+    ("consistent teaching"); with 0 the student's crops have the plain image's target.
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -143,6 +155,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     store: str = "runs/store"
     store_dtype: str = "float32"
+    store_views: int = 0
     out_dir: str = "runs/train"
 
 

@@ -114,3 +114,44 @@ def test_interrupted_extraction_resumes_and_never_looks_finished(tiny_overrides,
     store = extract(cfg, progress=False, log=messages.append)
     assert "train: already extracted (resuming)" in messages
     assert set(store.manifest["splits"]) == {"train", "val", "test"}
+
+
+def test_consistent_views_are_stored_and_trained_on(tiny_overrides, tmp_path):
+    import torch.nn.functional as F
+
+    from dsmd.data.datasets import load_dataset
+    from dsmd.data.transforms import load_image, view_of
+    from dsmd.teachers import build_teacher
+
+    cfg = load_config(None, [*tiny_overrides, "store_views=2", "train.augment=true"])
+    store = extract(cfg, progress=False, log=lambda *_: None)
+    feats = store.split("train")
+    assert feats.image_views.shape == (12, 2, 24) and store.split("val").image_views is None
+    # view v of image i is the teacher's feature of exactly that crop
+    teacher = build_teacher(cfg.teacher, torch.device("cpu"))
+    data = load_dataset(cfg.data)["train"]
+    pixels = teacher.image_transform.view(load_image(data.image_paths[3]), view_of(3, 1))
+    expected = F.normalize(teacher.encode_images(pixels[None]), dim=-1)[0]
+    torch.testing.assert_close(feats.image_views[3, 1], expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(feats.image_views[3, 0], feats.image_views[3, 1])
+    # a store without views is a different store
+    with pytest.raises(DsmdError, match="built differently"):
+        extract(load_config(None, tiny_overrides), progress=False, log=lambda *_: None)
+    with pytest.raises(DsmdError, match="holds 2 views"):
+        train(load_config(None, [*tiny_overrides, "store_views=3", "train.augment=true"]), progress=False,
+              log=lambda *_: None)
+    result = train(cfg, progress=False, log=lambda *_: None)
+    assert result.steps == 6
+
+
+def test_view_crops_are_fixed_and_resolution_independent():
+    from PIL import Image
+
+    from dsmd.data.transforms import ImageTransform, view_of
+
+    assert view_of(5, 2) == view_of(5, 2) and view_of(5, 2) != view_of(5, 3) != view_of(6, 3)
+    img = Image.linear_gradient("L").convert("RGB").resize((120, 80))
+    small, large = ImageTransform(size=16, mean=(0, 0, 0), std=(1, 1, 1)), ImageTransform(size=64, mean=(0, 0, 0), std=(1, 1, 1))
+    a = small.view(img, view_of(1, 0))
+    b = torch.nn.functional.avg_pool2d(large.view(img, view_of(1, 0))[None], 4)[0]
+    assert (a - b).abs().mean() < 0.02  # the same region at two resolutions

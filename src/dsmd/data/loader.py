@@ -7,6 +7,7 @@ can shuffle and the teacher's features are fetched from the feature store by the
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import torch
@@ -14,7 +15,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from dsmd.data.datasets import CaptionedImages
-from dsmd.data.transforms import load_image
+from dsmd.data.transforms import ImageTransform, load_image, view_of
 
 
 class ImageCache:
@@ -43,50 +44,77 @@ class ImageCache:
 
 
 class ImageDataset(Dataset):
-    """The unique images of a split; item ``i`` is ``(i, pixels (3, H, W))``."""
+    """The unique images of a split; item ``i`` is ``(i, pixels (3, H, W))``.
 
-    def __init__(self, data: CaptionedImages, transform: Callable, cache: ImageCache | None = None):
+    With ``view=v``, the pixels are the fixed augmented view ``v`` of each image
+    (:func:`~dsmd.data.transforms.view_of`) instead of the plain transform.
+    """
+
+    def __init__(self, data: CaptionedImages, transform: ImageTransform, cache: ImageCache | None = None,
+                 view: int | None = None):
         self.data = data
         self.transform = transform
         self.cache = cache or ImageCache(enabled=False, max_side=10**9)
+        self.view = view
 
     def __len__(self) -> int:
         return self.data.num_images
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
-        return i, self.transform(self.cache.get(self.data.image_paths[i]))
+        img = self.cache.get(self.data.image_paths[i])
+        if self.view is None:
+            return i, self.transform(img)
+        return i, self.transform.view(img, view_of(i, self.view))
 
 
 class PairDataset(Dataset):
-    """Image-caption pairs; item ``j`` is ``(pixels (3, H, W), caption, j, image row)``."""
+    """Image-caption pairs; item ``j`` is ``(pixels (3, H, W), caption, j, image row, view)``.
 
-    def __init__(self, data: CaptionedImages, transform: Callable, cache: ImageCache | None = None):
+    With ``views=V > 0`` each item draws ``view`` uniformly from ``0..V``: 0 is the plain
+    (eval) transform, ``v >= 1`` the fixed augmented view ``v - 1`` whose teacher feature the
+    store holds. Otherwise ``view`` is 0 and ``transform`` (random crops, if any) applies.
+    """
+
+    def __init__(self, data: CaptionedImages, transform: Callable, cache: ImageCache | None = None,
+                 views: int = 0, view_transform: ImageTransform | None = None):
+        if views and view_transform is None:
+            raise ValueError("views > 0 needs a view_transform (the student's eval transform)")
         self.data = data
         self.transform = transform
         self.cache = cache or ImageCache(enabled=False, max_side=10**9)
+        self.views = views
+        self.view_transform = view_transform
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, j: int) -> tuple[torch.Tensor, str, int, int]:
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, str, int, int, int]:
         image = self.data.caption_image[j]
-        pixels = self.transform(self.cache.get(self.data.image_paths[image]))
-        return pixels, self.data.captions[j], j, image
+        img = self.cache.get(self.data.image_paths[image])
+        if not self.views:
+            return self.transform(img), self.data.captions[j], j, image, 0
+        view = random.randint(0, self.views)
+        if view == 0:
+            pixels = self.view_transform(img)
+        else:
+            pixels = self.view_transform.view(img, view_of(image, view - 1))
+        return pixels, self.data.captions[j], j, image, view
 
 
-def collate_pairs(batch: list[tuple[torch.Tensor, str, int, int]]) -> dict:
+def collate_pairs(batch: list[tuple[torch.Tensor, str, int, int, int]]) -> dict:
     """Stack a list of :class:`PairDataset` items.
 
     Returns:
         ``pixel_values (B, 3, H, W)``, ``captions`` (list of B str), ``caption_index (B,)``,
-        ``image_index (B,)`` (int64).
+        ``image_index (B,)``, ``view_index (B,)`` (int64).
     """
-    pixels, captions, caption_index, image_index = zip(*batch, strict=True)
+    pixels, captions, caption_index, image_index, view_index = zip(*batch, strict=True)
     return {
         "pixel_values": torch.stack(pixels),
         "captions": list(captions),
         "caption_index": torch.tensor(caption_index, dtype=torch.long),
         "image_index": torch.tensor(image_index, dtype=torch.long),
+        "view_index": torch.tensor(view_index, dtype=torch.long),
     }
 
 

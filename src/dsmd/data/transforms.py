@@ -51,6 +51,28 @@ def load_image(path: str | Path) -> Image.Image:
         ) from exc
 
 
+View = tuple[float, float, float, float, bool]
+
+
+def sample_view(rng, min_scale: float = 0.6) -> View:
+    """A random-resized crop ``(x0, y0, x1, y1)`` in relative coordinates, and a flip.
+
+    Args:
+        rng: ``random.Random`` or the ``random`` module.
+        min_scale: smallest share of the image's area kept.
+    """
+    area = rng.uniform(min_scale, 1.0)
+    ratio = rng.uniform(3 / 4, 4 / 3)
+    w, h = min(1.0, (area * ratio) ** 0.5), min(1.0, (area / ratio) ** 0.5)
+    x0, y0 = rng.uniform(0.0, 1.0 - w), rng.uniform(0.0, 1.0 - h)
+    return (x0, y0, x0 + w, y0 + h, rng.random() < 0.5)
+
+
+def view_of(image_index: int, view_index: int, min_scale: float = 0.6) -> View:
+    """The fixed augmented view ``view_index`` of image ``image_index`` (same for teacher and student)."""
+    return sample_view(random.Random(1_000_003 * (view_index + 1) + image_index), min_scale)
+
+
 @dataclass(frozen=True)
 class ImageTransform:
     """Resize the short side to ``size``, center-crop ``size`` x ``size``, normalise.
@@ -95,6 +117,9 @@ class ImageTransform:
             img = img.resize((nw, nh), self._filter())
             left, top = (nw - self.size) // 2, (nh - self.size) // 2
             img = img.crop((left, top, left + self.size, top + self.size))
+        return self._to_tensor(img)
+
+    def _to_tensor(self, img: Image.Image) -> torch.Tensor:
         arr = np.asarray(img, dtype=np.float32) / 255.0
         x = torch.from_numpy(arr).permute(2, 0, 1)
         mean = torch.tensor(self.mean).view(3, 1, 1)
@@ -102,13 +127,19 @@ class ImageTransform:
         return (x - mean) / std
 
     def _random_crop(self, img: Image.Image) -> Image.Image:
+        return self._crop(img, sample_view(random, self.min_scale))
+
+    def _crop(self, img: Image.Image, view: View) -> Image.Image:
         w, h = img.size
-        area = w * h * random.uniform(self.min_scale, 1.0)
-        ratio = random.uniform(3 / 4, 4 / 3)
-        cw = min(w, max(1, round((area * ratio) ** 0.5)))
-        ch = min(h, max(1, round((area / ratio) ** 0.5)))
-        left, top = random.randint(0, w - cw), random.randint(0, h - ch)
-        img = img.crop((left, top, left + cw, top + ch)).resize((self.size, self.size), self._filter())
-        if random.random() < 0.5:
-            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return img
+        x0, y0, x1, y1, flip = view
+        box = (round(x0 * w), round(y0 * h), max(round(x1 * w), round(x0 * w) + 1), max(round(y1 * h), round(y0 * h) + 1))
+        img = img.crop(box).resize((self.size, self.size), self._filter())
+        return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else img
+
+    def view(self, img: Image.Image, view: View) -> torch.Tensor:
+        """The crop ``view`` of ``img`` (relative coordinates), resized to ``(3, size, size)``.
+
+        The teacher and the student apply the same view at their own resolutions, so a stored
+        teacher feature of a view is the target of exactly what the student sees.
+        """
+        return self._to_tensor(self._crop(img, view))

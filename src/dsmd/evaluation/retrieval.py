@@ -12,9 +12,9 @@ already L2-normalised features. Ranks are 0-based and count how many wrong items
 
 R@K is the percentage of queries whose rank is below ``K``.
 
-Exact ties are rare with float features but real at scale (the 125M pairs of MSCOCO 5K hold a
-few), and duplicate captions produce them; favouring the correct item makes the result
-independent of any sort order.
+Exact ties are rare with float features but do occur at scale (random float32 features of
+MSCOCO 5K size, 125M pairs, already give one) and with duplicate captions; favouring the
+correct item makes the result independent of any sort order.
 
 How it stays fast and small: the ``(N_t, N_i)`` similarity matrix is never held whole. It is
 computed in blocks of ``chunk_size`` captions, and each block serves both directions with two

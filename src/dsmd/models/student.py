@@ -111,6 +111,8 @@ def _validate(cfg: StudentConfig) -> None:
         )
     if cfg.text_layers is not None and cfg.text_layers < 1:
         raise DsmdError(f"student.text_layers must be at least 1 or null, got {cfg.text_layers}")
+    if cfg.vision_proj_init not in ("default", "imagenet_prompts"):
+        raise DsmdError(f"student.vision_proj_init must be 'default' or 'imagenet_prompts', got {cfg.vision_proj_init!r}")
     if cfg.vision_blocks is not None and cfg.vision_blocks < 1:
         raise DsmdError(
             f"student.vision_blocks must be at least 1 or null, got {cfg.vision_blocks}"
@@ -139,6 +141,7 @@ def build_student(cfg: StudentConfig, dim: int, *, normalize: bool = True) -> Du
         config_overrides=cfg.vision_config,
         blocks=cfg.vision_blocks,
         image_size=cfg.image_size,
+        head=cfg.vision_head,
     )
     text = build_text_tower(
         cfg.text,
@@ -152,7 +155,7 @@ def build_student(cfg: StudentConfig, dim: int, *, normalize: bool = True) -> Du
             f"student.max_text_length={cfg.max_text_length} exceeds the {text.max_positions} "
             f"positions of the text model '{cfg.text}'; lower it."
         )
-    return DualEncoder(
+    student = DualEncoder(
         vision,
         text,
         dim,
@@ -160,3 +163,26 @@ def build_student(cfg: StudentConfig, dim: int, *, normalize: bool = True) -> Du
         image_size=cfg.image_size,
         max_text_length=cfg.max_text_length,
     )
+    if cfg.vision_proj_init == "imagenet_prompts":
+        _init_from_prompts(student, dim)
+    return student
+
+
+def _init_from_prompts(student: DualEncoder, dim: int) -> None:
+    """Start ``vision_proj`` from the offline teacher's prompt matrix ``P (1000, D)``.
+
+    With ``vision_head=imagenet_probs`` the student's image feature is then
+    ``l2norm(P^T softmax(logits))``: the offline teacher's image head at the student's
+    resolution. Distillation refines it from there.
+    """
+    from dsmd.teachers.offline import imagenet_prompt_embeddings
+
+    if student.vision.width != 1000:
+        raise DsmdError("student.vision_proj_init=imagenet_prompts needs vision_head=imagenet_probs (1000 classes).")
+    prompts = imagenet_prompt_embeddings()
+    if prompts.shape[1] != dim:
+        raise DsmdError(f"student.vision_proj_init=imagenet_prompts gives {prompts.shape[1]}-d features, "
+                        f"but the teacher's width is {dim}; use it with the offline teacher.")
+    with torch.no_grad():
+        student.vision_proj.weight.copy_(prompts.T)
+        student.vision_proj.bias.zero_()

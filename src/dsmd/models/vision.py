@@ -83,11 +83,16 @@ class EfficientNetLite0Tower(VisionTower):
     """
 
     def __init__(
-        self, pretrained: bool = True, blocks: int | None = None, overrides: dict | None = None
+        self, pretrained: bool = True, blocks: int | None = None, overrides: dict | None = None,
+        head: str = "features",
     ) -> None:
         super().__init__()
         net = _efficientnet_lite0(pretrained, dict(overrides or {}))
         total = len(net._blocks)
+        if head not in ("features", "imagenet_probs"):
+            raise DsmdError(f"student.vision_head must be 'features' or 'imagenet_probs', got {head!r}")
+        if head == "imagenet_probs" and blocks not in (None, total):
+            raise DsmdError("student.vision_head=imagenet_probs needs the whole network: set vision_blocks=null.")
         blocks = total if blocks is None else blocks
         if not 1 <= blocks <= total:
             raise DsmdError(
@@ -103,6 +108,10 @@ class EfficientNetLite0Tower(VisionTower):
             self.width = net._bn1.num_features
         else:
             self.width = self.blocks[-1]._block_args.output_filters
+        # imagenet_probs: the pretrained classifier's class probabilities, shape (B, 1000).
+        self.classifier = net._fc if head == "imagenet_probs" else None
+        if self.classifier is not None:
+            self.width = self.classifier.out_features
         # Stochastic depth as in the full model: block i drops with rate * i / 16.
         self._drop_connect_rate = net._global_params.drop_connect_rate or 0.0
         self._total_blocks = total
@@ -120,7 +129,10 @@ class EfficientNetLite0Tower(VisionTower):
             x = block(x, drop_connect_rate=self._drop_connect_rate * idx / self._total_blocks)
         if self.has_head:
             x = self.act(self.bn_head(self.conv_head(x)))
-        return x.mean(dim=(2, 3))
+        x = x.mean(dim=(2, 3))
+        if self.classifier is not None:
+            x = torch.softmax(self.classifier(x), dim=-1)
+        return x
 
 
 def _efficientnet_lite0(pretrained: bool, overrides: dict[str, Any]) -> nn.Module:
@@ -237,6 +249,7 @@ def build_vision_tower(
     config_overrides: dict[str, Any] | None = None,
     blocks: int | None = None,
     image_size: int = 224,
+    head: str = "features",
 ) -> VisionTower:
     """Build a vision tower.
 
@@ -245,6 +258,8 @@ def build_vision_tower(
         pretrained: load the weights; ``False`` builds the model from its config at random.
         config_overrides: fields of the model's config to replace before building.
         blocks: efficientnet_lite0 only: keep the first ``blocks`` MBConv blocks.
+        head: efficientnet_lite0 only: ``features`` (pooled, 1280) or ``imagenet_probs``
+            (the pretrained classifier's softmax, 1000).
         image_size: the side the tower will see. A randomly initialised ViT is built for it
             (unless ``config_overrides`` sets ``image_size``); a pretrained one interpolates
             its position embeddings when it differs from the checkpoint's.
@@ -255,10 +270,12 @@ def build_vision_tower(
     """
     overrides = dict(config_overrides or {})
     if name == EFFICIENTNET_LITE0:
-        return EfficientNetLite0Tower(pretrained=pretrained, blocks=blocks, overrides=overrides)
+        return EfficientNetLite0Tower(pretrained=pretrained, blocks=blocks, overrides=overrides, head=head)
     key = "student.vision"
     if name == "minilm":
         raise DsmdError(f"{key}: 'minilm' is a text tower; use 'efficientnet_lite0' or a ViT.")
+    if head != "features":
+        raise DsmdError("student.vision_head applies to efficientnet_lite0 only; leave it 'features' for a ViT.")
     if blocks is not None:
         raise DsmdError(
             "student.vision_blocks applies to efficientnet_lite0 only; for a ViT set "

@@ -38,12 +38,13 @@ from dsmd.training.device import resolve_device
 @torch.inference_mode()
 def teacher_features(
     teacher: Teacher, data: CaptionedImages, batch_size: int, normalize: bool, device: torch.device,
-    num_workers: int = 0, progress: bool = True,
+    num_workers: int = 0, progress: bool = True, views: int = 0,
 ) -> SplitFeatures:
-    """Encode every image once and every caption once.
+    """Encode every image once and every caption once (and ``views`` augmented views per image).
 
     Returns:
-        :class:`SplitFeatures` with ``image (N_i, D)``, ``text (N_t, D)`` float32 on the CPU.
+        :class:`SplitFeatures` with ``image (N_i, D)``, ``text (N_t, D)`` and, with views,
+        ``image_views (N_i, views, D)``, float32 on the CPU.
     """
     loader = DataLoader(ImageDataset(data, teacher.image_transform), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=collate_images)
@@ -55,9 +56,20 @@ def teacher_features(
                       disable=not progress, leave=False):
         texts.append(teacher.encode_texts(data.captions[start:start + batch_size]).float().cpu())
     image, text = torch.cat(images), torch.cat(texts)
+    image_views = None
+    if views:
+        per_view = []
+        for v in range(views):
+            ds = ImageDataset(data, teacher.image_transform, view=v)
+            loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images)
+            per_view.append(torch.cat([teacher.encode_images(px.to(device)).float().cpu() for _, px in
+                                       tqdm(loader, desc=f"teacher view {v + 1}/{views} {data.name}",
+                                            disable=not progress, leave=False)]))
+        image_views = torch.stack(per_view, dim=1)
     if normalize:
         image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
-    return SplitFeatures(image, text, torch.tensor(data.caption_image, dtype=torch.long))
+        image_views = F.normalize(image_views, dim=-1) if image_views is not None else None
+    return SplitFeatures(image, text, torch.tensor(data.caption_image, dtype=torch.long), image_views)
 
 
 def _expected_manifest(cfg: RunConfig, teacher: Teacher, dataset: dict[str, CaptionedImages]) -> dict:
@@ -69,6 +81,7 @@ def _expected_manifest(cfg: RunConfig, teacher: Teacher, dataset: dict[str, Capt
         "normalized": cfg.teacher.normalize,
         "dtype": cfg.store_dtype,
         "dim": teacher.dim,
+        "views": {"train": cfg.store_views},
         "data": config_to_dict(cfg.data),
         "splits": {
             split: {"fingerprint": d.fingerprint(), "num_images": d.num_images, "num_captions": len(d)}
@@ -77,7 +90,7 @@ def _expected_manifest(cfg: RunConfig, teacher: Teacher, dataset: dict[str, Capt
     }
 
 
-_COMPARED = ("format_version", "teacher", "normalized", "dtype", "dim", "splits")
+_COMPARED = ("format_version", "teacher", "normalized", "dtype", "dim", "views", "splits")
 
 
 def extract(cfg: RunConfig, overwrite: bool = False, progress: bool = True, log=print) -> FeatureStore:
@@ -120,7 +133,8 @@ def extract(cfg: RunConfig, overwrite: bool = False, progress: bool = True, log=
             log(f"{split}: already extracted (resuming)")
             continue
         feats = teacher_features(teacher, dataset[split], cfg.teacher.batch_size, cfg.teacher.normalize,
-                                 device, cfg.data.num_workers, progress)
+                                 device, cfg.data.num_workers, progress,
+                                 views=cfg.store_views if split == "train" else 0)
         write_split(partial, split, feats, expected["dtype"])
         log(f"{split}: {dataset[split].num_images} images, {len(dataset[split])} captions")
     expected["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -4,7 +4,8 @@ Layout of a store folder::
 
     manifest.json            teacher identity, preprocessing, normalisation, dtype, width,
                              dataset fingerprint and counts per split
-    train.safetensors        image (N_i, D), text (N_t, D), caption_image (N_t,) int64
+    train.safetensors        image (N_i, D), text (N_t, D), caption_image (N_t,) int64,
+                             image_views (N_i, V, D) when store_views = V > 0
     val.safetensors
     test.safetensors
 
@@ -39,11 +40,14 @@ class SplitFeatures:
         image: ``(N_i, D)`` float32.
         text: ``(N_t, D)`` float32.
         caption_image: ``(N_t,)`` int64, row in ``image`` of each caption's image.
+        image_views: ``(N_i, V, D)`` float32 features of ``V`` fixed augmented views of each
+            image (:func:`dsmd.data.transforms.view_of`), or None.
     """
 
     image: torch.Tensor
     text: torch.Tensor
     caption_image: torch.Tensor
+    image_views: torch.Tensor | None = None
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
@@ -61,14 +65,14 @@ def write_split(folder: str | Path, split: str, features: SplitFeatures, dtype: 
     tdtype = torch.float16 if dtype == "float16" else torch.float32
     path = Path(folder) / f"{split}.safetensors"
     tmp = path.with_name(path.name + ".tmp")
-    save_file(
-        {
-            "image": features.image.to(tdtype).contiguous(),
-            "text": features.text.to(tdtype).contiguous(),
-            "caption_image": features.caption_image.to(torch.long).contiguous(),
-        },
-        str(tmp),
-    )
+    tensors = {
+        "image": features.image.to(tdtype).contiguous(),
+        "text": features.text.to(tdtype).contiguous(),
+        "caption_image": features.caption_image.to(torch.long).contiguous(),
+    }
+    if features.image_views is not None:
+        tensors["image_views"] = features.image_views.to(tdtype).contiguous()
+    save_file(tensors, str(tmp))
     os.replace(tmp, path)
     return path
 
@@ -125,7 +129,8 @@ class FeatureStore:
                 t = load_file(str(file))
             except (FileNotFoundError, SafetensorError, OSError) as exc:
                 raise DsmdError(f"cannot read {file} ({exc}). Delete {self.path} and run `dsmd extract` again.") from exc
-            feats = SplitFeatures(t["image"].float(), t["text"].float(), t["caption_image"].long())
+            views = t["image_views"].float() if "image_views" in t else None
+            feats = SplitFeatures(t["image"].float(), t["text"].float(), t["caption_image"].long(), views)
             info = self.manifest["splits"][name]
             if feats.image.shape != (info["num_images"], self.dim) or feats.text.shape != (info["num_captions"], self.dim):
                 raise DsmdError(f"{file} does not match its manifest. Delete {self.path} and run `dsmd extract` again.")

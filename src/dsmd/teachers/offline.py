@@ -228,3 +228,8 @@ def _version(package: str) -> str | None:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
+
+
+def imagenet_prompt_embeddings() -> torch.Tensor:
+    """The default offline teacher's prompt matrix ``P``, shape ``(1000, D)`` (cached)."""
+    return OfflineTeacher().prompt_embeddings.detach().clone()

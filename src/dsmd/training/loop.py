@@ -138,7 +138,17 @@ def train(cfg: RunConfig, resume: bool = False, resume_overrides: list[str] | No
     save_config(cfg, out / "config.yaml")
 
     cache = ImageCache(max_side=round(cfg.student.image_size * 1.15), enabled=cfg.data.cache_images)
-    pairs = PairDataset(dataset["train"], student.image_transform(train=cfg.train.augment), cache)
+    available = 0 if train_feats.image_views is None else train_feats.image_views.shape[1]
+    if cfg.store_views > available:
+        raise DsmdError(f"store_views={cfg.store_views}, but {cfg.store} holds {available} views of each training "
+                        f"image. Extract with store_views={cfg.store_views} into a new store, or lower it.")
+    views = cfg.store_views if cfg.train.augment else 0
+    # (N_i, 1 + V, D): slot 0 the plain image, slot v the teacher's feature of view v - 1
+    teacher_views = train_feats.image[:, None]
+    if views:
+        teacher_views = torch.cat([teacher_views, train_feats.image_views[:, :views]], dim=1)
+    pairs = PairDataset(dataset["train"], student.image_transform(train=cfg.train.augment), cache,
+                        views=views, view_transform=student.image_transform(train=False))
     val_cache = ImageCache(max_side=round(cfg.student.image_size * 1.15), enabled=cfg.data.cache_images)
     steps_per_epoch = -(-len(pairs) // cfg.train.batch_size)
     total_steps = steps_per_epoch * cfg.train.epochs
@@ -165,7 +175,7 @@ def train(cfg: RunConfig, resume: bool = False, resume_overrides: list[str] | No
                                                       tokens["input_ids"].to(device),
                                                       tokens["attention_mask"].to(device))
                 image_ids = batch["image_index"].to(device)
-                teacher_image = train_feats.image[batch["image_index"]].to(device)
+                teacher_image = teacher_views[batch["image_index"], batch["view_index"]].to(device)
                 teacher_text = train_feats.text[batch["caption_index"]].to(device)
                 losses = objective(student_image, student_text, teacher_image, teacher_text, image_ids)
                 total, _ = balancer(losses)
