@@ -119,7 +119,7 @@ def _validate(cfg: StudentConfig) -> None:
         )
 
 
-def build_student(cfg: StudentConfig, dim: int, *, normalize: bool = True) -> DualEncoder:
+def build_student(cfg: StudentConfig, dim: int, *, normalize: bool = True, initialise: bool = True) -> DualEncoder:
     """Build the student dual encoder described by ``cfg``, projecting into ``R^dim``.
 
     Args:
@@ -127,6 +127,8 @@ def build_student(cfg: StudentConfig, dim: int, *, normalize: bool = True) -> Du
         dim: the teacher's embedding width D (read it from the feature store).
         normalize: L2-normalise the student's outputs (``StudentConfig`` has no such field;
             pass the teacher's ``normalize`` so that both sides match).
+        initialise: apply ``cfg.vision_proj_init``; off when a checkpoint's weights will
+            replace it anyway (it builds the offline teacher's prompt matrix).
 
     Raises:
         DsmdError: an invalid ``cfg`` value, or a tower that cannot be built (see
@@ -163,7 +165,7 @@ def build_student(cfg: StudentConfig, dim: int, *, normalize: bool = True) -> Du
         image_size=cfg.image_size,
         max_text_length=cfg.max_text_length,
     )
-    if cfg.vision_proj_init == "imagenet_prompts":
+    if initialise and cfg.vision_proj_init == "imagenet_prompts":
         _init_from_prompts(student, dim)
     return student
 

@@ -9,6 +9,7 @@ import torch
 from dsmd.config import TeacherConfig
 from dsmd.errors import DsmdError
 from dsmd.teachers.base import Teacher
+from dsmd.training.device import resolve_device
 
 
 def _build_offline(cfg: TeacherConfig) -> Teacher:
@@ -37,16 +38,6 @@ TEACHERS: dict[str, Callable[[TeacherConfig], Teacher]] = {
 def available_teachers() -> list[str]:
     """The valid values of ``teacher.kind``."""
     return sorted(TEACHERS)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto`` (or None) is CUDA when available, else the CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise DsmdError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
 
 
 def build_teacher(cfg: TeacherConfig, device: str | torch.device | None = None) -> Teacher:

@@ -68,7 +68,7 @@ def load_student(path: str | Path, device: torch.device | str = "cpu"):
 
     state = load_checkpoint(path)
     cfg = checkpoint_config(state)
-    student = build_student(cfg.student, int(state["dim"]))
+    student = build_student(cfg.student, int(state["dim"]), initialise=False)
     try:
         student.load_state_dict(state["model"])
     except RuntimeError as exc:

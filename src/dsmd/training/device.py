@@ -7,9 +7,11 @@ import torch
 from dsmd.errors import DsmdError
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when there is a GPU, else the CPU; ``cuda`` without one is refused."""
-    if name == "auto":
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``auto`` (or None) picks CUDA when there is a GPU, else the CPU; ``cuda`` without one is refused."""
+    if isinstance(name, torch.device):
+        return name
+    if name is None or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise DsmdError(f"device '{name}' asked for, but no CUDA GPU is visible. Use device=cpu or auto.")

@@ -109,7 +109,8 @@ def train(cfg: RunConfig, resume: bool = False, resume_overrides: list[str] | No
     train_feats = store.split("train")
 
     seed_everything(cfg.train.seed)
-    student = build_student(cfg.student, store.dim).to(device)
+    student = build_student(cfg.student, store.dim,
+                            initialise=state is None).to(device)
     objective = MultiscaleDistillationLoss.from_config(cfg.loss, store.dim).to(device)
     b = cfg.balancer
     balancer = LossBalancer(list(cfg.loss.losses), mode=b.mode, temperature=b.temperature, window=b.window,
