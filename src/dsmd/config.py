@@ -37,6 +37,10 @@ class DataConfig:
     kind: str = "tuxpaint"
     root: str = TUXPAINT_ROOT
     manifest: str | None = None
+    image_column: str = "image"
+    caption_column: str = "caption"
+    streaming: bool = False
+    shuffle_buffer: int = 1000
     exclude: list[str] = field(default_factory=lambda: ["symbols", "cartoon"])
     split_seed: int = 0
     val_fraction: float = 0.1
@@ -47,10 +51,20 @@ class DataConfig:
 
 @dataclass
 class TeacherConfig:
-    """The teacher whose features are stored. ``kind``: ``offline`` or ``hf_clip``."""
+    """The teacher whose features are stored.
+
+    ``kind``: ``offline`` (packaged weights), ``hf_clip`` (any transformers CLIP-family model,
+    hub name or folder), ``beit3`` (an official BEiT-3 retrieval checkpoint ``.pth``, with
+    ``tokenizer`` the path of ``beit3.spm``) or ``imported`` (features computed elsewhere,
+    ``name_or_path`` the file they were imported from). ``image_size`` and ``max_text_length``
+    override the teacher's own (BEiT-3: 384 and 64).
+    """
 
     kind: str = "offline"
     name_or_path: str | None = None
+    tokenizer: str | None = None
+    image_size: int | None = None
+    max_text_length: int | None = None
     batch_size: int = 64
     normalize: bool = True
     dtype: str = "float32"

@@ -77,7 +77,9 @@ def view_of(image_index: int, view_index: int, min_scale: float = 0.6) -> View:
 class ImageTransform:
     """Resize the short side to ``size``, center-crop ``size`` x ``size``, normalise.
 
-    With ``train=True`` a random-resized crop (scale ``min_scale``..1) and a horizontal flip
+    With ``crop=False`` the image is resized to ``size`` x ``size`` directly, aspect ratio not
+    kept (what ViT image processors and BEiT-3's retrieval evaluation do). With
+    ``train=True`` a random-resized crop (scale ``min_scale``..1) and a horizontal flip
     replace the center crop.
 
     Args:
@@ -85,6 +87,7 @@ class ImageTransform:
         mean: per-channel mean in [0, 1].
         std: per-channel standard deviation.
         resample: PIL resampling filter name ("bicubic" or "bilinear").
+        crop: center-crop after resizing the short side (else squash to a square).
     """
 
     size: int = 224
@@ -93,6 +96,7 @@ class ImageTransform:
     resample: str = "bicubic"
     train: bool = False
     min_scale: float = 0.6
+    crop: bool = True
 
     def __post_init__(self) -> None:
         if self.size <= 0:
@@ -110,6 +114,8 @@ class ImageTransform:
         """Returns a float tensor of shape ``(3, size, size)``."""
         if self.train:
             img = self._random_crop(img)
+        elif not self.crop:
+            img = img.resize((self.size, self.size), self._filter())
         else:
             w, h = img.size
             scale = self.size / min(w, h)
