@@ -4,7 +4,8 @@
 #   bash scripts/setup.sh         # to run `dsmd demo`
 #   bash scripts/setup.sh --dev   # also the test tools
 # torch is installed first and pinned (TORCH_SPEC, default torch==2.13.0: the local CPU wheel
-# on our machines) so that nothing pulls a multi-GB CUDA build; GPU users set TORCH_SPEC.
+# on our machines) so that nothing pulls a multi-GB CUDA build; GPU users set TORCH_SPEC,
+# e.g. TORCH_SPEC="torch==2.6.0 --index-url https://download.pytorch.org/whl/cu124".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +25,8 @@ fi
 quiet_pip() {  # pip's failures still fail the script (pipefail); its noise about local indexes does not show
   .venv/bin/python -m pip install -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }
 }
-quiet_pip "$torch_spec"
+# shellcheck disable=SC2086  # TORCH_SPEC may carry pip options: "torch==2.6.0 --index-url URL"
+quiet_pip $torch_spec
 quiet_pip -e ".$extras"
 .venv/bin/python - <<'PY'
 import importlib.util, sys

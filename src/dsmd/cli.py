@@ -15,6 +15,9 @@ from dsmd.errors import DsmdError
 EXAMPLES = {
     "demo": "dsmd demo --out demo_out",
     "extract": "dsmd extract --config my.yaml store=runs/store teacher.batch_size=128",
+    "import-features": "dsmd import-features --config my.yaml store=runs/beit3 teacher.name_or_path=feats/beit3\n"
+                       "  dsmd import-features --config my.yaml store=runs/beit3 --trust-pickle \\\n"
+                       "      --train train_image_feats.pkl train_text_feats.pkl --val val_image.npy val_text.npy",
     "train": "dsmd train --config my.yaml out_dir=runs/exp1 train.epochs=5 loss.losses=[cd,fd]\n"
              "  dsmd train --resume out_dir=runs/exp1",
     "eval": "dsmd eval --checkpoint runs/exp1/checkpoints/best.pt --split test --json\n"
@@ -49,6 +52,21 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--overwrite", action="store_true", help="replace a store built differently")
     q.add_argument("--quiet", action="store_true")
 
+    q = add("import-features", "Write a feature store from teacher features computed elsewhere "
+                               "(.npy/.npz/.pt/.safetensors/.pkl; see dsmd.store.importer).")
+    config_args(q)
+    for split in ("train", "val", "test"):
+        q.add_argument(f"--{split}", nargs="+", metavar="FILE",
+                       help=f"the {split} split's IMAGE and TEXT feature files, or one file with both "
+                            "(default: teacher.name_or_path, a file or folder)")
+    q.add_argument("--image-key", help="entry holding the image features (default: image, img_feats or image_feats)")
+    q.add_argument("--text-key", help="entry holding the text features (default: text, txt_feats or text_feats)")
+    q.add_argument("--tolerance", type=float, default=None,
+                   help="how far repeated rows of one image may differ, relative L2 (default: 1e-3)")
+    q.add_argument("--trust-pickle", action="store_true",
+                   help="allow .pkl files (and .pt files holding more than tensors): unpickling runs code in the file")
+    q.add_argument("--overwrite", action="store_true", help="replace a store built differently")
+
     q = add("train", "Distil a student from a feature store.")
     config_args(q)
     q.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
@@ -69,6 +87,26 @@ def _load(args):
     from dsmd.config import load_config, packaged_config
 
     return load_config(args.config or packaged_config("demo"), args.overrides)
+
+
+def _import_features(args):
+    from dsmd.store.importer import DEFAULT_TOLERANCE, import_features
+
+    files: dict[str, list[str]] = {}
+    for split in ("train", "val", "test"):
+        for item in getattr(args, split) or []:  # `--train A B key=value`: the override is not a file
+            if "=" in item and not Path(item).exists():
+                args.overrides.append(item)
+            else:
+                files.setdefault(split, []).append(item)
+    # The store's teacher is "imported" whatever the config file names; with files given per
+    # split the store is named after their folder unless the command line names it.
+    args.overrides = ["teacher.kind=imported", *args.overrides]
+    if files and not any(o.startswith("teacher.name_or_path=") for o in args.overrides):
+        args.overrides.append("teacher.name_or_path=null")
+    return import_features(_load(args), files or None, image_key=args.image_key, text_key=args.text_key,
+                           tolerance=DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance,
+                           trust_pickle=args.trust_pickle, overwrite=args.overwrite)
 
 
 def _eval(args) -> dict:
@@ -113,8 +151,13 @@ def run(argv: list[str] | None = None) -> int:
     elif args.command == "extract":
         from dsmd.store.extract import extract
 
-        store = extract(_load(args), overwrite=args.overwrite, progress=progress)
+        store = extract(_load(args), overwrite=args.overwrite, progress=progress,
+                        overwrite_hint="Pass --overwrite to replace it, or choose another store=PATH.")
         print(f"feature store: {store.path} ({store.dim}-d, teacher {store.teacher.get('name')})")
+    elif args.command == "import-features":
+        store = _import_features(args)
+        print(f"feature store: {store.path} ({store.dim}-d, imported from {store.teacher['source']}). "
+              f"Train with teacher.kind=imported teacher.name_or_path={store.teacher['source']} store={store.path}")
     elif args.command == "train":
         from dsmd.training.loop import train
 

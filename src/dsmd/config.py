@@ -26,11 +26,29 @@ TUXPAINT_ROOT = "/usr/share/tuxpaint/stamps"
 class DataConfig:
     """Where the image-caption pairs come from and how they are split.
 
-    ``kind``: ``tuxpaint`` (the Debian photo stamps under ``root``, one caption per image,
-    top-level folders in ``exclude`` skipped) or ``manifest`` (a JSONL or CSV file of image
-    paths and captions; relative paths are resolved against ``root``, else the manifest's
-    folder). Splits are made by image, deterministically from ``split_seed``, unless the
-    manifest gives a ``split`` column. ``cache_images`` keeps decoded, downsized images in
+    ``kind``: where the pairs come from (formats in :mod:`dsmd.data.formats`).
+
+    - ``tuxpaint``: the Debian photo stamps under ``root``, one caption per image, folders in
+      ``exclude`` skipped (at any depth).
+    - ``manifest``: a JSONL or CSV file of image paths and captions (relative paths against
+      ``root``, else the manifest's folder).
+    - ``karpathy``: Karpathy's ``dataset_flickr30k.json`` / ``dataset_coco.json`` as
+      ``manifest``, ``root`` the image folder (image = root/filepath/filename); its splits,
+      COCO's restval in train, test the 1K / 5K split.
+    - ``hf``: a Hugging Face ``save_to_disk`` folder, or parquet file(s) / folder / glob, read
+      offline; ``image_column`` (an Image feature, a path or bytes) and ``caption_column`` (a
+      string or a list of strings).
+    - ``webdataset``: tar shards (brace pattern, glob or folder); image jpg/jpeg/png/webp,
+      captions one per line in ``.txt`` or in ``.json``.
+
+    Splits given by the data (a split field or column, Karpathy's, DatasetDict splits, split
+    words in shard or parquet file names) are used when every image has one; otherwise images
+    are split deterministically from ``split_seed`` with ``val_fraction`` / ``test_fraction``.
+    ``eval_captions_per_image`` keeps the first N captions of each val and test image (the
+    COCO 5K protocol scores 5 per image: 25,000 captions; a few COCO images have 6 or 7).
+    ``streaming`` (webdataset only) reads the training shards in sequence, in a seeded shard
+    order, through a shuffle buffer of ``shuffle_buffer`` pairs; extraction and evaluation
+    still read images by random access. ``cache_images`` keeps decoded, downsized images in
     memory between epochs (small datasets only).
     """
 
@@ -39,6 +57,7 @@ class DataConfig:
     manifest: str | None = None
     image_column: str = "image"
     caption_column: str = "caption"
+    eval_captions_per_image: int | None = None
     streaming: bool = False
     shuffle_buffer: int = 1000
     exclude: list[str] = field(default_factory=lambda: ["symbols", "cartoon"])
@@ -57,7 +76,8 @@ class TeacherConfig:
     hub name or folder), ``beit3`` (an official BEiT-3 retrieval checkpoint ``.pth``, with
     ``tokenizer`` the path of ``beit3.spm``) or ``imported`` (features computed elsewhere,
     ``name_or_path`` the file they were imported from). ``image_size`` and ``max_text_length``
-    override the teacher's own (BEiT-3: 384 and 64).
+    override the teacher's own (BEiT-3: 384 and 64). ``dtype``: float32, float16, bfloat16,
+    or auto (float16 on CUDA, float32 on the CPU).
     """
 
     kind: str = "offline"
@@ -257,6 +277,22 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     node[parts[-1]] = value
 
 
+def resolve_config_path(path: str | Path) -> Path:
+    """A YAML file, or the name of a config that ships with dsmd (``paper_f30k_beit3_base``).
+
+    Raises:
+        DsmdError: neither a file nor a packaged config of that name exists.
+    """
+    p = Path(path)
+    if p.is_file():
+        return p
+    packaged = Path(__file__).parent / "configs" / f"{p.name}.yaml"
+    if p.suffix == "" and len(p.parts) == 1 and packaged.is_file():
+        return packaged
+    available = sorted(q.stem for q in packaged.parent.glob("*.yaml"))
+    raise DsmdError(f"config file not found: {path}. Give a YAML file or a packaged config: {', '.join(available)}.")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (or start from the defaults) and apply ``key=value`` overrides.
 
@@ -266,9 +302,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise DsmdError(f"config file not found: {path}")
+        path = resolve_config_path(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

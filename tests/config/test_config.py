@@ -1,5 +1,8 @@
+from pathlib import Path
+
 import pytest
 
+import dsmd.config
 from dsmd.config import (
     RunConfig,
     config_to_dict,
@@ -8,7 +11,9 @@ from dsmd.config import (
     packaged_config,
     save_config,
 )
+from dsmd.data.formats import KINDS as DATA_KINDS
 from dsmd.errors import DsmdError
+from dsmd.teachers import available_teachers
 
 
 def test_defaults_follow_the_paper():
@@ -70,3 +75,54 @@ def test_every_packaged_config_loads():
         load_config(path)
     with pytest.raises(DsmdError, match="no packaged config"):
         packaged_config("does-not-exist")
+
+
+# -- the configs that ship ------------------------------------------------------------------
+
+SHIPPED = sorted(p.stem for p in (Path(dsmd.config.__file__).parent / "configs").glob("*.yaml"))
+PAPER = [name for name in SHIPPED if name.startswith("paper_")]
+
+
+def test_the_expected_configs_ship():
+    assert {"demo", "paper_f30k_beit3_base", "paper_f30k_beit3_large", "paper_coco_beit3_base",
+            "paper_coco_beit3_large", "paper_f30k_clip_vitl14"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_config_loads_by_name_and_by_path(name):
+    by_name = load_config(name)
+    by_path = load_config(packaged_config(name))
+    assert by_name == by_path
+    assert by_name.teacher.kind in available_teachers()
+    assert by_name.data.kind in DATA_KINDS
+    # The run can be adapted from the command line, as the README shows.
+    assert load_config(name, ["train.epochs=1"]).train.epochs == 1
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_paper_configs_carry_the_papers_hyper_parameters(name):
+    cfg = load_config(name)
+    t, loss, b = cfg.train, cfg.loss, cfg.balancer
+    # ALGORITHM.md, "Training (paper section 4.1.4)"
+    assert (t.lr, t.weight_decay, t.batch_size, t.epochs) == (1e-4, 1e-4, 64, 20)
+    assert (t.lr_decay_epochs, t.lr_decay, t.head_lr_scale) == ([10], 0.1, 1.0)
+    assert cfg.student.image_size == 224 and t.augment
+    assert (loss.queue_size, loss.temperature, loss.margin) == (8192, 0.05, 0.0)
+    assert loss.losses == ["cd", "fd", "sd", "hnd"] and loss.hardest
+    assert (b.mode, b.temperature) == ("dynamic", 1.0)
+    assert cfg.teacher.normalize and cfg.data.kind == "karpathy"
+    assert cfg.data.eval_captions_per_image == 5  # Flickr30k 1K: 5,000 captions; COCO 5K: 25,000
+    assert cfg.student.vision == "google/vit-base-patch16-224-in21k"
+    assert cfg.student.text == "bert-base-uncased"
+    dataset = "coco" if "_coco_" in name else "flickr30k"
+    assert cfg.data.manifest.endswith(f"dataset_{dataset}.json")
+    if cfg.teacher.kind == "beit3":
+        size = "large" if name.endswith("large") else "base"
+        ckpt = "coco" if dataset == "coco" else "f30k"
+        assert cfg.teacher.name_or_path.endswith(f"beit3_{size}_patch16_384_{ckpt}_retrieval.pth")
+        assert cfg.teacher.tokenizer.endswith("beit3.spm")
+
+
+def test_an_unknown_config_name_lists_the_packaged_ones():
+    with pytest.raises(DsmdError, match="paper_f30k_beit3_base"):
+        load_config("no_such_config")

@@ -80,12 +80,16 @@ def folders(tmp_path_factory):
 
     ViTModel(ViTConfig(**_vit_kwargs())).save_pretrained(out["vit"])
     (out["vit"] / "preprocessor_config.json").write_text(
-        json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": 2})
+        # google/vit-base-patch16-224-in21k's processor: 0.5 / 0.5, squash to 224 x 224
+        json.dumps({"do_normalize": True, "do_resize": True, "image_mean": [0.5] * 3,
+                    "image_std": [0.5] * 3, "resample": 2, "size": 224})
     )
     DeiTModel(DeiTConfig(**_vit_kwargs())).save_pretrained(out["deit"])
     (out["deit"] / "preprocessor_config.json").write_text(
         json.dumps(
-            {"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD), "resample": 3}
+            # facebook/deit-*: ImageNet statistics, bicubic, center crop
+            {"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD), "resample": 3,
+             "do_center_crop": True, "crop_size": 224, "size": 256}
         )
     )
     ViTConfig(**_vit_kwargs()).save_pretrained(out["vit_config"])
@@ -188,13 +192,14 @@ def test_transform_statistics(folders):
     vit = build_student(_cfg(folders), dim=8)
     t = vit.image_transform(train=True)
     assert (t.mean, t.std, t.size, t.train) == ((0.5,) * 3, (0.5,) * 3, 32, True)
-    assert t.resample == "bilinear"
+    assert (t.resample, t.crop) == ("bilinear", False)
     deit = build_vision_tower(folders["deit"]).image_transform(False, 64)
-    assert (deit.mean, deit.std, deit.resample, deit.size) == (
+    assert (deit.mean, deit.std, deit.resample, deit.size, deit.crop) == (
         IMAGENET_MEAN,
         IMAGENET_STD,
         "bicubic",
         64,
+        True,
     )
     no_file = build_vision_tower(folders["vit_config"], pretrained=False).image_transform(False, 32)
     assert (no_file.mean, no_file.std) == ((0.5,) * 3, (0.5,) * 3)  # the ViT default, not ImageNet

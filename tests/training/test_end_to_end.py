@@ -155,3 +155,22 @@ def test_view_crops_are_fixed_and_resolution_independent():
     a = small.view(img, view_of(1, 0))
     b = torch.nn.functional.avg_pool2d(large.view(img, view_of(1, 0))[None], 4)[0]
     assert (a - b).abs().mean() < 0.02  # the same region at two resolutions
+
+
+def test_unnormalised_teacher_gives_an_unnormalised_student(tiny_overrides, tmp_path):
+    """teacher.normalize=false (the paper's Table 6 ablation) reaches the student and its checkpoint."""
+    from dsmd.data.datasets import load_split
+    from dsmd.training.checkpoint import load_student
+
+    cfg = load_config(None, [*tiny_overrides, "teacher.normalize=false", "train.max_steps=1", "train.epochs=1"])
+    store = extract(cfg, progress=False, log=lambda *_: None)
+    assert store.manifest["normalized"] is False
+    assert not torch.allclose(store.split("train").image.norm(dim=-1), torch.ones(12), atol=1e-3)
+    result = train(cfg, progress=False, log=lambda *_: None)
+    student, _, state = load_student(result.best_checkpoint)
+    assert state["normalized"] is False and student.normalize is False
+    data = load_split(cfg.data, "test")
+    tokens = student.tokenize(data.captions[:4])
+    with torch.no_grad():
+        text = student.encode_texts(tokens["input_ids"], tokens["attention_mask"])
+    assert not torch.allclose(text.norm(dim=-1), torch.ones(4), atol=1e-3)

@@ -2,7 +2,9 @@
 
 Training pairs are looked up by index (caption ``j`` and the row of its image), so the loader
 can shuffle and the teacher's features are fetched from the feature store by the same index
-(the published code took teacher rows by batch position and so could not shuffle).
+(the published code took teacher rows by batch position and so could not shuffle). Images are
+files or container references (:mod:`dsmd.data.images`); :mod:`dsmd.data.streaming` yields
+the same items from webdataset shards read in sequence.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from dsmd.data.datasets import CaptionedImages
+from dsmd.data.images import decode_image
 from dsmd.data.transforms import ImageTransform, load_image, view_of
 
 
@@ -30,10 +33,14 @@ class ImageCache:
         self.enabled = enabled
         self._images: dict[str, Image.Image] = {}
 
-    def get(self, path: str) -> Image.Image:
+    def __contains__(self, path: str) -> bool:
+        return path in self._images
+
+    def get(self, path: str, data: bytes | None = None) -> Image.Image:
+        """The image at ``path`` (a file or container reference), decoded from ``data`` if given."""
         img = self._images.get(path)
         if img is None:
-            img = load_image(path)
+            img = load_image(path) if data is None else decode_image(data, path)
             short = min(img.size)
             if short > self.max_side:
                 scale = self.max_side / short
@@ -91,14 +98,24 @@ class PairDataset(Dataset):
     def __getitem__(self, j: int) -> tuple[torch.Tensor, str, int, int, int]:
         image = self.data.caption_image[j]
         img = self.cache.get(self.data.image_paths[image])
-        if not self.views:
-            return self.transform(img), self.data.captions[j], j, image, 0
-        view = random.randint(0, self.views)
-        if view == 0:
-            pixels = self.view_transform(img)
-        else:
-            pixels = self.view_transform.view(img, view_of(image, view - 1))
-        return pixels, self.data.captions[j], j, image, view
+        return pair_item(img, self.data.captions[j], j, image, self.transform, self.views, self.view_transform)
+
+
+def pair_item(img: Image.Image, caption: str, j: int, image: int, transform: Callable, views: int = 0,
+              view_transform: ImageTransform | None = None) -> tuple[torch.Tensor, str, int, int, int]:
+    """The item ``(pixels (3, H, W), caption, j, image row, view)`` of caption ``j`` of image row ``image``.
+
+    With ``views=V > 0`` the view is drawn uniformly from ``0..V`` (0: ``view_transform``
+    itself; ``v >= 1``: the fixed crop ``v - 1``), else it is 0 and ``transform`` applies.
+    """
+    if not views:
+        return transform(img), caption, j, image, 0
+    view = random.randint(0, views)
+    if view == 0:
+        pixels = view_transform(img)
+    else:
+        pixels = view_transform.view(img, view_of(image, view - 1))
+    return pixels, caption, j, image, view
 
 
 def collate_pairs(batch: list[tuple[torch.Tensor, str, int, int, int]]) -> dict:

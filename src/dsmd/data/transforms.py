@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from dsmd.errors import DsmdError
+# load_image lives in dsmd.data.images (files and container references); kept importable here.
+from dsmd.data.images import load_image as load_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,30 +25,6 @@ EFFICIENTNET_LITE_MEAN = (127 / 255,) * 3
 EFFICIENTNET_LITE_STD = (128 / 255,) * 3
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB; transparency is composited onto white.
-
-    Raises:
-        DsmdError: the file is missing, unreadable or not an image.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DsmdError(f"image not found: {path}. Check the dataset's image root or manifest.")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                canvas.alpha_composite(rgba)
-                return canvas.convert("RGB")
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DsmdError(
-            f"cannot read image {path}: {exc}. Replace or remove the file from the dataset."
-        ) from exc
 
 
 View = tuple[float, float, float, float, bool]

@@ -174,6 +174,8 @@ class HFVisionTower(VisionTower):
         mean: per-channel normalisation mean of the checkpoint.
         std: per-channel normalisation standard deviation.
         resample: ``"bicubic"`` or ``"bilinear"``.
+        crop: center-crop (the processor's ``do_center_crop``) rather than squash to a square
+            (ViT's processor resizes to 224 x 224 directly).
     """
 
     def __init__(
@@ -182,11 +184,12 @@ class HFVisionTower(VisionTower):
         mean: tuple[float, float, float] = VIT_DEFAULT_MEAN,
         std: tuple[float, float, float] = VIT_DEFAULT_STD,
         resample: str = "bilinear",
+        crop: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
         self.width = model.config.hidden_size
-        self.mean, self.std, self.resample = tuple(mean), tuple(std), resample
+        self.mean, self.std, self.resample, self.crop = tuple(mean), tuple(std), resample, crop
         size = model.config.image_size
         self._native_size = tuple(size) if isinstance(size, list | tuple) else (size, size)
         self._can_interpolate = (
@@ -195,7 +198,8 @@ class HFVisionTower(VisionTower):
 
     def image_transform(self, train: bool, size: int) -> ImageTransform:
         return ImageTransform(
-            size=size, mean=self.mean, std=self.std, resample=self.resample, train=train
+            size=size, mean=self.mean, std=self.std, resample=self.resample, train=train,
+            crop=self.crop,
         )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -216,8 +220,8 @@ def _check_vision_config(config: Any) -> str | None:
     return None
 
 
-def _image_stats(source: str) -> tuple[tuple, tuple, str]:
-    """Mean, std and resampling from the checkpoint's ``preprocessor_config.json``."""
+def _image_stats(source: str) -> tuple[tuple, tuple, str, bool]:
+    """Mean, std, resampling and center-crop from the checkpoint's ``preprocessor_config.json``."""
     path = Path(source) / "preprocessor_config.json"
     if not path.is_file():
         from transformers.utils import cached_file
@@ -229,7 +233,7 @@ def _image_stats(source: str) -> tuple[tuple, tuple, str]:
         except OSError:
             found = None
         if found is None:
-            return VIT_DEFAULT_MEAN, VIT_DEFAULT_STD, "bilinear"
+            return VIT_DEFAULT_MEAN, VIT_DEFAULT_STD, "bilinear", False
         path = Path(found)
     try:
         proc = json.loads(path.read_text())
@@ -239,7 +243,8 @@ def _image_stats(source: str) -> tuple[tuple, tuple, str]:
     std = tuple(float(v) for v in proc.get("image_std", VIT_DEFAULT_STD))
     if len(mean) != 3 or len(std) != 3:
         raise DsmdError(f"student.vision: {path} must give 3 values for image_mean and image_std.")
-    return mean, std, _PIL_RESAMPLE.get(proc.get("resample"), "bilinear")
+    crop = bool(proc.get("do_center_crop", False))
+    return mean, std, _PIL_RESAMPLE.get(proc.get("resample"), "bilinear"), crop
 
 
 def build_vision_tower(
@@ -286,5 +291,5 @@ def build_vision_tower(
         overrides.setdefault("image_size", image_size)
     config = load_hf_config(source, overrides, key, _check_vision_config)
     model = load_hf_model(source, config, pretrained, key)
-    mean, std, resample = _image_stats(source)
-    return HFVisionTower(model, mean, std, resample)
+    mean, std, resample, crop = _image_stats(source)
+    return HFVisionTower(model, mean, std, resample, crop)

@@ -1,19 +1,33 @@
 """Run the teacher once over a dataset and write its features into a feature store.
 
-Extraction goes split by split into ``STORE.partial/``; each finished split is written
-atomically, so an interrupted extraction resumes where it stopped (with the same teacher and
-data), and the folder is renamed to ``STORE`` only when every split is there.
+Extraction goes into ``STORE.partial/``, split by split, and within a split in chunks of
+:data:`CHUNK_SIZE` images or captions::
+
+    STORE.partial/pending.json                       the manifest being built (+ chunk size)
+    STORE.partial/chunks/SPLIT/image-00003.safetensors   raw features of images 3C .. 4C-1
+    STORE.partial/chunks/SPLIT/text-00000.safetensors    raw features of captions 0 .. C-1
+    STORE.partial/chunks/SPLIT/view1-00000.safetensors   view 1 of images 0 .. C-1
+    STORE.partial/SPLIT.safetensors                  a finished split (its chunks deleted)
+
+Each chunk is written atomically, so an interrupted extraction (with the same teacher and
+data) resumes at the first missing chunk. Batches start at chunk boundaries, so a chunk's
+features do not depend on which chunks ran before it, and a resumed extraction writes a store
+byte-identical to an uninterrupted one. The folder is renamed to ``STORE`` only when every
+split is there.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -34,38 +48,141 @@ from dsmd.store.feature_store import (
 from dsmd.teachers import Teacher, build_teacher
 from dsmd.training.device import resolve_device
 
+# Images or captions per chunk: what an interruption can lose. 8,192 rows of a 1,024-d teacher
+# are 32 MiB; COCO's train split is 14 image chunks and 70 caption chunks.
+CHUNK_SIZE = 8192
+
+
+def _spans(n: int, chunk_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + chunk_size, n)) for start in range(0, n, chunk_size)]
+
+
+class _Chunks:
+    """The finished chunks of one split's stream (``image``, ``text`` or ``viewV``) on disk.
+
+    With ``folder=None`` nothing is saved (a plain in-memory extraction).
+    """
+
+    def __init__(self, folder: Path | None, stream: str):
+        self.folder = folder
+        self.stream = stream
+
+    def _path(self, k: int) -> Path:
+        return self.folder / f"{self.stream}-{k:05d}.safetensors"
+
+    def load(self, k: int, rows: int, dim: int) -> torch.Tensor | None:
+        """Chunk ``k`` as ``(rows, D)`` float32, or None when it is missing or unreadable."""
+        if self.folder is None or not self._path(k).is_file():
+            return None
+        try:
+            features = load_file(str(self._path(k))).get("features")
+        except (SafetensorError, OSError):
+            return None
+        ok = features is not None and features.shape == (rows, dim) and features.dtype == torch.float32
+        return features if ok else None
+
+    def save(self, k: int, features: torch.Tensor) -> None:
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self._path(k)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({"features": features.contiguous()}, str(tmp))
+        os.replace(tmp, path)
+
+
+def _bar(total: int, done: int, desc: str, unit: str, progress: bool) -> tqdm:
+    return tqdm(total=total, initial=done, desc=desc, unit=unit, unit_scale=True, disable=not progress,
+                leave=False, dynamic_ncols=True)
+
 
 @torch.inference_mode()
+def _encode_images(teacher: Teacher, data: CaptionedImages, chunks: _Chunks, device: torch.device,
+                   batch_size: int, num_workers: int, chunk_size: int, view: int | None, desc: str,
+                   progress: bool) -> torch.Tensor:
+    """Raw teacher features ``(N_i, D)`` float32 (CPU) of every image, or of its view ``view``."""
+    spans = _spans(data.num_images, chunk_size)
+    done = {k: t for k, (a, b) in enumerate(spans) if (t := chunks.load(k, b - a, teacher.dim)) is not None}
+    todo = [k for k in range(len(spans)) if k not in done]
+    if todo:
+        # Batches start at chunk boundaries: a chunk's features never depend on its neighbours.
+        batches = [list(range(s, min(s + batch_size, spans[k][1]))) for k in todo
+                   for s in range(spans[k][0], spans[k][1], batch_size)]
+        cuda = device.type == "cuda"
+        loader = DataLoader(ImageDataset(data, teacher.image_transform, view=view), batch_sampler=batches,
+                            num_workers=num_workers, collate_fn=collate_images, pin_memory=cuda)
+        bar = _bar(data.num_images, sum(b - a for k, (a, b) in enumerate(spans) if k in done), desc, "img", progress)
+        pending: list[torch.Tensor] = []
+        filled = 0
+        for index, pixels in loader:
+            # Outputs stay on the device until the chunk is complete, so the host keeps queueing
+            # batches instead of waiting for each one.
+            pending.append(teacher.encode_images(pixels.to(device, non_blocking=cuda)))
+            filled += len(index)
+            bar.update(len(index))
+            k = int(index[0]) // chunk_size
+            if filled == spans[k][1] - spans[k][0]:
+                done[k] = torch.cat(pending).float().cpu()
+                chunks.save(k, done[k])
+                pending, filled = [], 0
+        bar.close()
+    if not spans:
+        return torch.empty(0, teacher.dim)
+    return torch.cat([done[k] for k in range(len(spans))])
+
+
+@torch.inference_mode()
+def _encode_texts(teacher: Teacher, data: CaptionedImages, chunks: _Chunks, batch_size: int, chunk_size: int,
+                  desc: str, progress: bool) -> torch.Tensor:
+    """Raw teacher features ``(N_t, D)`` float32 (CPU) of every caption."""
+    spans = _spans(len(data), chunk_size)
+    done = {k: t for k, (a, b) in enumerate(spans) if (t := chunks.load(k, b - a, teacher.dim)) is not None}
+    bar = _bar(len(data), sum(b - a for k, (a, b) in enumerate(spans) if k in done), desc, "cap", progress)
+    for k, (a, b) in enumerate(spans):
+        if k in done:
+            continue
+        pending = []
+        for s in range(a, b, batch_size):
+            captions = data.captions[s:min(s + batch_size, b)]
+            pending.append(teacher.encode_texts(captions))
+            bar.update(len(captions))
+        done[k] = torch.cat(pending).float().cpu()
+        chunks.save(k, done[k])
+    bar.close()
+    if not spans:
+        return torch.empty(0, teacher.dim)
+    return torch.cat([done[k] for k in range(len(spans))])
+
+
 def teacher_features(
     teacher: Teacher, data: CaptionedImages, batch_size: int, normalize: bool, device: torch.device,
-    num_workers: int = 0, progress: bool = True, views: int = 0,
+    num_workers: int = 0, progress: bool = True, views: int = 0, chunk_folder: str | Path | None = None,
+    chunk_size: int | None = None,
 ) -> SplitFeatures:
     """Encode every image once and every caption once (and ``views`` augmented views per image).
+
+    Args:
+        chunk_folder: where finished chunks are saved and, on a second call, found again
+            (None: computed in memory only).
+        chunk_size: images or captions per chunk (default :data:`CHUNK_SIZE`).
 
     Returns:
         :class:`SplitFeatures` with ``image (N_i, D)``, ``text (N_t, D)`` and, with views,
         ``image_views (N_i, views, D)``, float32 on the CPU.
     """
-    loader = DataLoader(ImageDataset(data, teacher.image_transform), batch_size=batch_size,
-                        num_workers=num_workers, collate_fn=collate_images)
-    images = []
-    for _, pixels in tqdm(loader, desc=f"teacher images {data.name}", disable=not progress, leave=False):
-        images.append(teacher.encode_images(pixels.to(device)).float().cpu())
-    texts = []
-    for start in tqdm(range(0, len(data.captions), batch_size), desc=f"teacher captions {data.name}",
-                      disable=not progress, leave=False):
-        texts.append(teacher.encode_texts(data.captions[start:start + batch_size]).float().cpu())
-    image, text = torch.cat(images), torch.cat(texts)
+    chunk_size = chunk_size or CHUNK_SIZE
+    folder = Path(chunk_folder) if chunk_folder is not None else None
+    name = data.name or "split"
+    image = _encode_images(teacher, data, _Chunks(folder, "image"), device, batch_size, num_workers, chunk_size,
+                           None, f"{name} images", progress)
+    text = _encode_texts(teacher, data, _Chunks(folder, "text"), batch_size, chunk_size, f"{name} captions",
+                         progress)
     image_views = None
     if views:
-        per_view = []
-        for v in range(views):
-            ds = ImageDataset(data, teacher.image_transform, view=v)
-            loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images)
-            per_view.append(torch.cat([teacher.encode_images(px.to(device)).float().cpu() for _, px in
-                                       tqdm(loader, desc=f"teacher view {v + 1}/{views} {data.name}",
-                                            disable=not progress, leave=False)]))
-        image_views = torch.stack(per_view, dim=1)
+        image_views = torch.stack([
+            _encode_images(teacher, data, _Chunks(folder, f"view{v}"), device, batch_size, num_workers,
+                           chunk_size, v, f"{name} view {v + 1}/{views}", progress)
+            for v in range(views)], dim=1)
     if normalize:
         image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
         image_views = F.normalize(image_views, dim=-1) if image_views is not None else None
@@ -93,17 +210,38 @@ def _expected_manifest(cfg: RunConfig, teacher: Teacher, dataset: dict[str, Capt
 _COMPARED = ("format_version", "teacher", "normalized", "dtype", "dim", "views", "splits")
 
 
-def extract(cfg: RunConfig, overwrite: bool = False, progress: bool = True, log=print) -> FeatureStore:
+def _imported_store(cfg: RunConfig, out: Path, log) -> FeatureStore:
+    """``teacher.kind=imported`` has no model to run: the store must already be there."""
+    if (out / MANIFEST).is_file():
+        store = FeatureStore.open(out)
+        store.check_teacher(cfg.teacher.kind, cfg.teacher.name_or_path)
+        dataset = load_dataset(cfg.data)
+        for split in store.manifest["splits"]:
+            store.check_dataset(split, dataset[split].fingerprint())
+        log(f"feature store {out} holds the imported features; nothing to extract")
+        return store
+    raise DsmdError(f"teacher.kind=imported has no model to run, and there is no feature store at {out}. "
+                    "Build it with `dsmd import-features --config CONFIG teacher.name_or_path=FEATURES`.")
+
+
+def extract(cfg: RunConfig, overwrite: bool = False, progress: bool = True, log=print,
+            overwrite_hint: str | None = None) -> FeatureStore:
     """Build (or reuse) the feature store ``cfg.store`` for ``cfg.data`` with ``cfg.teacher``.
 
     A complete store that matches the teacher and data is reused; one that does not is refused
-    unless ``overwrite``.
+    unless ``overwrite``. An interrupted extraction resumes from its last finished chunk.
+
+    Args:
+        overwrite_hint: how the caller's user replaces a store built differently (the CLI:
+            "Pass --overwrite ..."); the default names the folder to delete and the command.
 
     Raises:
         DsmdError: the store exists for another teacher or dataset (and ``overwrite`` is off).
     """
     out = Path(cfg.store)
     partial = Path(str(out) + ".partial")
+    if cfg.teacher.kind == "imported":
+        return _imported_store(cfg, out, log)
     dataset = load_dataset(cfg.data)
     device = resolve_device(cfg.teacher.device)
     t0 = time.perf_counter()
@@ -116,27 +254,37 @@ def extract(cfg: RunConfig, overwrite: bool = False, progress: bool = True, log=
             log(f"feature store {out} is up to date; nothing to extract")
             return FeatureStore.open(out)
         if not overwrite:
-            raise DsmdError(
-                f"feature store {out} exists but was built differently ({'; '.join(diff)[:400]}). "
-                "Pass --overwrite to replace it, or choose another store=PATH."
-            )
+            hint = overwrite_hint or (f"To rebuild it, delete {out} (or run `dsmd extract --overwrite` with this "
+                                      "config); or choose another store=PATH.")
+            raise DsmdError(f"feature store {out} exists but was built differently ({'; '.join(diff)[:400]}). {hint}")
         shutil.rmtree(out)
     pending_file = partial / "pending.json"
+    chunk_size = CHUNK_SIZE
     if partial.is_dir():
         pending = json.loads(pending_file.read_text()) if pending_file.is_file() else {}
         if describe_mismatch(pending, expected, _COMPARED):
             shutil.rmtree(partial)
+        elif pending.get("chunk_size") != chunk_size and (partial / "chunks").exists():
+            shutil.rmtree(partial / "chunks")  # chunks of another size do not line up
     partial.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(pending_file, expected)
+    write_json_atomic(pending_file, {**expected, "chunk_size": chunk_size})
     for split in SPLITS:
         if (partial / f"{split}.safetensors").is_file():
             log(f"{split}: already extracted (resuming)")
             continue
-        feats = teacher_features(teacher, dataset[split], cfg.teacher.batch_size, cfg.teacher.normalize,
-                                 device, cfg.data.num_workers, progress,
-                                 views=cfg.store_views if split == "train" else 0)
+        data = dataset[split]
+        chunk_folder = partial / "chunks" / split
+        if chunk_folder.is_dir() and any(chunk_folder.glob("*.safetensors")):
+            log(f"{split}: resuming from {len(list(chunk_folder.glob('*.safetensors')))} finished chunks")
+        t_split = time.perf_counter()
+        feats = teacher_features(teacher, data, cfg.teacher.batch_size, cfg.teacher.normalize, device,
+                                 cfg.data.num_workers, progress, views=cfg.store_views if split == "train" else 0,
+                                 chunk_folder=chunk_folder, chunk_size=chunk_size)
         write_split(partial, split, feats, expected["dtype"])
-        log(f"{split}: {dataset[split].num_images} images, {len(dataset[split])} captions")
+        shutil.rmtree(chunk_folder, ignore_errors=True)
+        seconds = time.perf_counter() - t_split
+        log(f"{split}: {data.num_images} images, {len(data)} captions ({seconds:.1f} s)")
+    shutil.rmtree(partial / "chunks", ignore_errors=True)
     expected["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     expected["dsmd_version"] = dsmd.__version__
     expected["seconds"] = round(time.perf_counter() - t0, 2)

@@ -3,7 +3,9 @@
 Layout of a store folder::
 
     manifest.json            teacher identity, preprocessing, normalisation, dtype, width,
-                             dataset fingerprint and counts per split
+                             dataset fingerprint and counts per split (a store of imported
+                             features, :mod:`dsmd.store.importer`, has teacher kind
+                             ``imported`` and may lack the test split)
     train.safetensors        image (N_i, D), text (N_t, D), caption_image (N_t,) int64,
                              image_views (N_i, V, D) when store_views = V > 0
     val.safetensors
@@ -102,7 +104,8 @@ class FeatureStore:
         if not manifest_path.is_file():
             hint = " An extraction was interrupted: run `dsmd extract` again to finish it." if Path(
                 str(path) + ".partial").exists() else ""
-            raise DsmdError(f"no feature store at {path}.{hint} Build it with `dsmd extract --config CONFIG store={path}`.")
+            raise DsmdError(f"no feature store at {path}.{hint} Build it with `dsmd extract --config CONFIG store={path}` "
+                            "(or, for features computed elsewhere, `dsmd import-features`).")
         try:
             manifest = json.loads(manifest_path.read_text())
         except json.JSONDecodeError as exc:
@@ -153,7 +156,8 @@ class FeatureStore:
         """Refuse a store built by another teacher than the config names."""
         t = self.teacher
         if t.get("kind") != kind or (name is not None and t.get("source") != name):
+            build = "dsmd import-features" if kind == "imported" else "dsmd extract"
             raise DsmdError(
                 f"feature store {self.path} was built by teacher {t.get('kind')}:{t.get('source') or t.get('name')}, "
-                f"but the config names {kind}:{name}. Use the matching store, or run `dsmd extract` into a new folder."
+                f"but the config names {kind}:{name}. Use the matching store, or run `{build}` into a new folder."
             )

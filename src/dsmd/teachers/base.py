@@ -29,8 +29,8 @@ def resolve_dtype(name: str) -> torch.dtype:
     """
     if name not in DTYPES:
         raise DsmdError(
-            f"unknown teacher dtype {name!r}. Valid dtypes: {', '.join(DTYPES)} "
-            "(float16 and bfloat16 are meant for CUDA devices)."
+            f"unknown teacher dtype {name!r}. Valid dtypes: {', '.join(DTYPES)}, auto "
+            "(float16 and bfloat16 are meant for CUDA devices; auto picks float16 there)."
         )
     return DTYPES[name]
 

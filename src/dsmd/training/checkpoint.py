@@ -68,7 +68,8 @@ def load_student(path: str | Path, device: torch.device | str = "cpu"):
 
     state = load_checkpoint(path)
     cfg = checkpoint_config(state)
-    student = build_student(cfg.student, int(state["dim"]), initialise=False)
+    normalize = bool(state.get("normalized", cfg.teacher.normalize))
+    student = build_student(cfg.student, int(state["dim"]), normalize=normalize, initialise=False)
     try:
         student.load_state_dict(state["model"])
     except RuntimeError as exc:

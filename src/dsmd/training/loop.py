@@ -25,6 +25,7 @@ from dsmd.balancer import LossBalancer
 from dsmd.config import RunConfig, apply_override, config_to_dict, from_dict, save_config
 from dsmd.data.datasets import load_dataset
 from dsmd.data.loader import ImageCache, PairDataset, collate_pairs
+from dsmd.data.streaming import StreamingPairDataset
 from dsmd.errors import DsmdError
 from dsmd.evaluation.student_eval import evaluate_student
 from dsmd.losses import MultiscaleDistillationLoss
@@ -109,7 +110,9 @@ def train(cfg: RunConfig, resume: bool = False, resume_overrides: list[str] | No
     train_feats = store.split("train")
 
     seed_everything(cfg.train.seed)
-    student = build_student(cfg.student, store.dim,
+    # The student is L2-normalised exactly when its targets are (off: the Table 6 ablation).
+    normalized = bool(store.manifest.get("normalized", True))
+    student = build_student(cfg.student, store.dim, normalize=normalized,
                             initialise=state is None).to(device)
     objective = MultiscaleDistillationLoss.from_config(cfg.loss, store.dim).to(device)
     b = cfg.balancer
@@ -148,8 +151,13 @@ def train(cfg: RunConfig, resume: bool = False, resume_overrides: list[str] | No
     teacher_views = train_feats.image[:, None]
     if views:
         teacher_views = torch.cat([teacher_views, train_feats.image_views[:, :views]], dim=1)
-    pairs = PairDataset(dataset["train"], student.image_transform(train=cfg.train.augment), cache,
-                        views=views, view_transform=student.image_transform(train=False))
+    # data.streaming reads webdataset shards in sequence; either way items index the store
+    pairs = (StreamingPairDataset(dataset["train"], student.image_transform(train=cfg.train.augment), cache,
+                                  views=views, view_transform=student.image_transform(train=False),
+                                  shuffle_buffer=cfg.data.shuffle_buffer)
+             if cfg.data.streaming else
+             PairDataset(dataset["train"], student.image_transform(train=cfg.train.augment), cache,
+                         views=views, view_transform=student.image_transform(train=False)))
     val_cache = ImageCache(max_side=round(cfg.student.image_size * 1.15), enabled=cfg.data.cache_images)
     steps_per_epoch = -(-len(pairs) // cfg.train.batch_size)
     total_steps = steps_per_epoch * cfg.train.epochs
@@ -166,7 +174,10 @@ def train(cfg: RunConfig, resume: bool = False, resume_overrides: list[str] | No
             lr = learning_rate(cfg.train.lr, epoch, cfg.train.lr_decay_epochs, cfg.train.lr_decay)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
-            loader = DataLoader(pairs, batch_size=cfg.train.batch_size, shuffle=True, collate_fn=collate_pairs,
+            if cfg.data.streaming:
+                pairs.set_epoch(_epoch_seed(cfg.train.seed, epoch))
+            loader = DataLoader(pairs, batch_size=cfg.train.batch_size, shuffle=not cfg.data.streaming,
+                                collate_fn=collate_pairs,
                                 num_workers=cfg.data.num_workers,
                                 generator=torch.Generator().manual_seed(_epoch_seed(cfg.train.seed, epoch)))
             student.train()
@@ -208,7 +219,7 @@ def train(cfg: RunConfig, resume: bool = False, resume_overrides: list[str] | No
                 "config": config_to_dict(cfg), "model": student.state_dict(), "optimizer": optimizer.state_dict(),
                 "objective": objective.state_dict(), "balancer": balancer.state_dict(), "epoch": epoch + 1,
                 "step": step, "best_rsum": best_rsum, "best_epoch": best_epoch, "val_metrics": metrics,
-                "dim": store.dim, "teacher": store.teacher, "dsmd_version": dsmd.__version__,
+                "dim": store.dim, "normalized": normalized, "teacher": store.teacher, "dsmd_version": dsmd.__version__,
             })
             if improved:
                 copy_atomic(last_path, best_path)

@@ -1,0 +1,158 @@
+"""``data.kind=webdataset``: tar shards of samples, as written by ``webdataset.TarWriter``.
+
+``data.manifest`` is a shard pattern with brace expansion (``shards/train-{000000..000009}.tar``;
+several patterns may be joined with ``::`` as webdataset allows), a glob (``shards/*.tar``), a
+folder (its ``.tar`` files, recursively) or one ``.tar`` file. Shards must be uncompressed:
+images are later read from them by random access.
+
+A sample is the run of consecutive members sharing a key (the member name up to the first
+``.`` of its base name, webdataset's rule; names starting with ``__`` are skipped). It holds:
+
+- an image: the first of ``jpg``, ``jpeg``, ``png``, ``webp`` (any case) it has; its reference
+  is ``SHARD::MEMBER`` (:mod:`dsmd.data.images`);
+- captions: ``.txt`` holds one caption per line (blank lines ignored); without a ``.txt``,
+  ``.json`` gives ``{"caption": str}`` or ``{"captions": [str, ...]}``;
+- optionally a split: ``"split"`` in the ``.json`` (train / val / validation / test / restval).
+
+Samples without an image or a caption are skipped (e.g. failed downloads in img2dataset
+shards). Splits, first that applies: each sample's ``split``; the split word in the shard's
+file name (``train-000001.tar``, ``val_0.tar``); else the seeded split. Listing reads tar
+headers and the small text members only, never decodes an image, and caches each shard's
+member index for the random-access reads that follow.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import re
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from braceexpand import braceexpand
+from webdataset.tariterators import base_plus_ext
+
+from dsmd.data.formats._common import Row, split_from_name
+from dsmd.data.images import remember_tar_index, tar_ref
+from dsmd.errors import DsmdError
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+_META = re.compile(r"__[^/]*__($|/)")
+
+
+def expand_shards(pattern: str) -> list[str]:
+    """The absolute paths of the shards a pattern names, in pattern (or sorted) order.
+
+    Raises:
+        DsmdError: a shard the pattern names explicitly is missing (the message names the
+            first and the count), or nothing matches.
+    """
+    path = Path(pattern).expanduser()
+    if path.is_dir():
+        shards = sorted(path.rglob("*.tar"))
+        if not shards:
+            raise DsmdError(f"no .tar shards in {path}. Set data.manifest to a shard pattern or folder.")
+    elif "{" in pattern:
+        shards = [Path(p).expanduser() for part in pattern.split("::") for p in braceexpand(part)]
+        missing = [p for p in shards if not p.is_file()]
+        if missing:
+            raise DsmdError(f"shard not found: {missing[0]} ({len(missing)} of the {len(shards)} shards of "
+                            f"{pattern} are missing). Fix data.manifest or restore the shards.")
+    elif any(c in pattern for c in "*?["):
+        shards = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+        if not shards:
+            raise DsmdError(f"no shard matches {pattern}. Set data.manifest to a shard pattern or folder.")
+    elif path.is_file():
+        shards = [path]
+    else:
+        raise DsmdError(f"shard not found: {path}. Set data.manifest to a shard pattern, glob or folder.")
+    return [str(p.absolute()) for p in shards]
+
+
+@dataclass
+class Sample:
+    """One sample of a shard: its key, image member (and bytes, when read), captions, split."""
+
+    key: str
+    image: str | None = None
+    image_bytes: bytes | None = None
+    captions: list[str] = field(default_factory=list)
+    split: str = ""
+
+
+def _captions_of(members: dict[str, bytes], where: str) -> tuple[list[str], str]:
+    meta = {}
+    if "json" in members:
+        try:
+            meta = json.loads(members["json"].decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DsmdError(f"{where}.json is not valid JSON ({exc}).") from exc
+        if not isinstance(meta, dict):
+            meta = {}
+    captions: list = []
+    if "txt" in members:
+        captions = members["txt"].decode("utf-8", errors="replace").splitlines()
+    if not any(isinstance(c, str) and c.strip() for c in captions):
+        captions = meta.get("captions", meta.get("caption", []))
+        captions = [captions] if isinstance(captions, str) else captions if isinstance(captions, list) else []
+    split = meta.get("split") or ""
+    return [c.strip() for c in captions if isinstance(c, str) and c.strip()], split if isinstance(split, str) else ""
+
+
+def iter_samples(shard: str, read_images: bool = False, wanted=None) -> Iterator[Sample]:
+    """The samples of one shard, in order; text members are read, images only if ``read_images``.
+
+    Args:
+        shard: path of an uncompressed tar file.
+        read_images: also read the image member's bytes into ``Sample.image_bytes``.
+        wanted: optional predicate on the image member's name; images it rejects are not read.
+
+    Raises:
+        DsmdError: the shard is not a readable tar file.
+    """
+    index: dict[str, tuple[int, int]] = {}
+    try:
+        with tarfile.open(shard, "r:") as tf:
+            key, members = None, {}
+
+            def flush():
+                image = next((members[e] for e in IMAGE_EXTENSIONS if e in members), None)
+                text = {e: tf.extractfile(members[e]).read() for e in ("txt", "json") if e in members}
+                captions, split = _captions_of(text, f"{shard}::{key}")
+                sample = Sample(key, image.name if image else None, None, captions, split)
+                if image is not None and read_images and (wanted is None or wanted(image.name)):
+                    sample.image_bytes = tf.extractfile(image).read()
+                return sample
+
+            for member in tf:
+                if not member.isfile():
+                    continue
+                index[member.name] = (member.offset_data, member.size)
+                base, ext = base_plus_ext(member.name)
+                if base is None or _META.match(member.name):
+                    continue
+                if base != key:
+                    if key is not None:
+                        yield flush()
+                    key, members = base, {}
+                members.setdefault(ext.lower(), member)
+            if key is not None:
+                yield flush()
+    except tarfile.TarError as exc:
+        raise DsmdError(f"cannot read shard {shard}: {exc}. Shards must be uncompressed .tar files.") from exc
+    remember_tar_index(shard, index)
+
+
+def list_webdataset(pattern: str) -> list[Row]:
+    """(``SHARD::MEMBER`` image reference, caption, split) for every caption, in shard order."""
+    rows: list[Row] = []
+    for shard in expand_shards(pattern):
+        shard_split = split_from_name(shard)
+        for sample in iter_samples(shard):
+            if sample.image is None or not sample.captions:
+                continue
+            ref = tar_ref(shard, sample.image)
+            rows.extend((ref, caption, sample.split or shard_split) for caption in sample.captions)
+    return rows

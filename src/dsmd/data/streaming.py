@@ -1,0 +1,131 @@
+"""Training pairs streamed from webdataset shards (``data.streaming: true``).
+
+:class:`StreamingPairDataset` reads a split's shards sequentially instead of opening images by
+random access, and yields the items :class:`~dsmd.data.loader.PairDataset` yields,
+``(pixels (3, H, W), caption, j, image row, view)``: a sample's image reference
+``SHARD::MEMBER`` is looked up in the split's listing to find its image row and caption
+indices, so the feature store is still read by index.
+
+Per epoch (:meth:`StreamingPairDataset.set_epoch` sets the seed):
+
+- the shard order is shuffled from the seed, the same way in every process;
+- the consumers (DataLoader workers x distributed ranks, ``torch.distributed`` rank and world
+  size if initialised) take every n-th shard of that order. With fewer shards than consumers,
+  every consumer reads all shards and keeps every n-th sample instead. Either way each pair
+  of the split is yielded exactly once per epoch. Under data parallelism ranks may then get
+  different numbers of pairs; give each rank the same number of equally full shards;
+- each consumer passes its pairs through a shuffle buffer of ``shuffle_buffer`` pairs,
+  seeded from (seed, consumer).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import IterableDataset, get_worker_info
+
+from dsmd.data.datasets import CaptionedImages
+from dsmd.data.formats.webdataset import iter_samples
+from dsmd.data.images import parse_ref, tar_ref
+from dsmd.data.loader import ImageCache, pair_item
+from dsmd.data.transforms import ImageTransform
+from dsmd.errors import DsmdError
+
+
+def consumer() -> tuple[int, int]:
+    """``(index, count)`` of this reader among all DataLoader workers of all ranks."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    info = get_worker_info()
+    worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    return rank * workers + worker, world * workers
+
+
+class StreamingPairDataset(IterableDataset):
+    """The pairs of a webdataset split, read shard by shard; ``len`` is the number of pairs.
+
+    Args:
+        data: the split, listed by ``data.kind=webdataset`` (every image a ``SHARD::MEMBER``).
+        transform, cache, views, view_transform: as for :class:`~dsmd.data.loader.PairDataset`
+            (an enabled cache keeps every decoded image: switch ``data.cache_images`` off for
+            data larger than memory).
+        shuffle_buffer: pairs held for shuffling (1: no shuffling within the shard order).
+        seed: the shuffle seed; :meth:`set_epoch` replaces it each epoch.
+
+    Raises:
+        DsmdError: an image of ``data`` is not a tar member (the data is not webdataset shards).
+    """
+
+    def __init__(self, data: CaptionedImages, transform: Callable, cache: ImageCache | None = None,
+                 views: int = 0, view_transform: ImageTransform | None = None, shuffle_buffer: int = 1000,
+                 seed: int = 0):
+        if views and view_transform is None:
+            raise ValueError("views > 0 needs a view_transform (the student's eval transform)")
+        if shuffle_buffer < 1:
+            raise ValueError(f"shuffle_buffer must be at least 1, got {shuffle_buffer}")
+        self.data = data
+        self.transform = transform
+        self.cache = cache or ImageCache(enabled=False, max_side=10**9)
+        self.views = views
+        self.view_transform = view_transform
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.row_of = {ref: i for i, ref in enumerate(data.image_paths)}
+        self.captions_of: list[list[int]] = [[] for _ in data.image_paths]
+        for j, image in enumerate(data.caption_image):
+            self.captions_of[image].append(j)
+        shards = {}
+        for ref in data.image_paths:
+            parsed = parse_ref(ref)
+            if parsed is None or not parsed.is_tar:
+                raise DsmdError(f"data.streaming=true reads webdataset shards, but {data.name} has the image "
+                                f"{ref}. Set data.kind=webdataset, or data.streaming=false.")
+            shards.setdefault(parsed.container, None)
+        self.shards = list(shards)
+
+    def set_epoch(self, seed: int) -> None:
+        """Reseed the shard order and the shuffle buffer (call before iterating each epoch)."""
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def _pairs(self, k: int, n: int) -> Iterator[tuple[object, int, int]]:
+        """(image, caption index, image row) of this consumer's share, in reading order."""
+        order = list(self.shards)
+        random.Random(self.seed).shuffle(order)
+        by_shard = len(order) >= n
+        mine = order[k::n] if by_shard else order
+        seen = 0
+        for shard in mine:
+            # images of other splits, and images already in the cache, are not read
+            for sample in iter_samples(shard, read_images=True, wanted=lambda name, s=shard: (
+                    tar_ref(s, name) in self.row_of and tar_ref(s, name) not in self.cache)):
+                row = self.row_of.get(tar_ref(shard, sample.image)) if sample.image else None
+                if row is None:
+                    continue
+                seen += 1
+                if not by_shard and (seen - 1) % n != k:
+                    continue
+                img = self.cache.get(self.data.image_paths[row], sample.image_bytes)
+                for j in self.captions_of[row]:
+                    yield img, j, row
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, str, int, int, int]]:
+        k, n = consumer()
+        rng = random.Random(f"{self.seed}/{k}")
+        buffer: list = []
+        for pair in self._pairs(k, n):
+            buffer.append(pair)
+            if len(buffer) >= self.shuffle_buffer:
+                i = rng.randrange(len(buffer))
+                buffer[i], buffer[-1] = buffer[-1], buffer[i]
+                yield self._item(*buffer.pop())
+        rng.shuffle(buffer)
+        for pair in buffer:
+            yield self._item(*pair)
+
+    def _item(self, img, j: int, row: int) -> tuple[torch.Tensor, str, int, int, int]:
+        return pair_item(img, self.data.captions[j], j, row, self.transform, self.views, self.view_transform)
