@@ -22,6 +22,7 @@ from transformers import (
     ViTModel,
 )
 
+from beit3_fixtures import beit3_files, train_spm  # noqa: F401  (fixtures for every folder)
 from dsmd.data.synthetic import COLOURS, SHAPES, write_synthetic_dataset
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]

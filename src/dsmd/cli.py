@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
     def config_args(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--config", help="YAML config (default: the packaged demo config)")
+        q.add_argument("--config", help="YAML file, or the name of a packaged config: demo (the default), "
+                       "paper_f30k_beit3_base, paper_coco_beit3_large, ... (src/dsmd/configs)")
         q.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=3e-4")
 
     q = add("demo", "Run the whole pipeline on the embedded offline default (Tux Paint stamps, offline teacher).")

@@ -1,7 +1,7 @@
-"""Fixtures for the teacher tests: a tiny BEiT-3 retrieval checkpoint and its tokenizer.
+"""Fixtures: a tiny BEiT-3 retrieval checkpoint in the official layout and its tokenizer.
 
-Tests reach the helpers through fixtures (``beit3_files``, ``train_spm``), not imports: the test
-folders are not packages.
+``tests/conftest.py`` imports the fixtures (``beit3_files``, ``train_spm``) so that every test
+folder can use them; tests reach the helpers through the fixtures, not imports.
 """
 
 from __future__ import annotations
