@@ -191,7 +191,7 @@ def test_hf_clip_is_frozen_and_in_eval_mode(clip_teacher: HFClipTeacher) -> None
 
 def test_hf_clip_reads_the_image_preprocessing(clip_teacher: HFClipTeacher) -> None:
     transform = clip_teacher.image_transform
-    assert transform.size == 32 and transform.resample == "bicubic"
+    assert transform.size == 32 and transform.resample == "bicubic" and transform.crop
     for got, want in zip(transform.mean + transform.std, CLIP_MEAN + CLIP_STD, strict=True):
         assert got == pytest.approx(want)
 
@@ -206,7 +206,7 @@ def test_processor_configs_of_other_families() -> None:
         "size": {"height": 224, "width": 224},
     }
     transform = image_transform_from_processor_config(siglip, "siglip")
-    assert (transform.size, transform.resample) == (224, "bilinear")
+    assert (transform.size, transform.resample, transform.crop) == (224, "bilinear", False)
     assert transform.mean == pytest.approx((0.5,) * 3)
     assert transform.std == pytest.approx((0.5,) * 3)
     # ALIGN: p / 127.5 - 1, no normalisation; the same as mean 0.5, std 0.5 on p / 255.

@@ -89,11 +89,10 @@ def image_transform_from_processor_config(config: dict[str, Any], source: str) -
     computes ``(p / 255 - mean') / std'``, so ``mean' = (offset + mean) / (255 *
     rescale_factor)`` and ``std' = std / (255 * rescale_factor)``.
 
-    Approximations, since ImageTransform always resizes the short side and center-crops a
-    square: a resize before the crop larger than the crop (e.g. 256 -> 224) is not reproduced,
-    and a processor that squashes the whole image to a square without cropping (SigLIP) gets a
-    center crop instead (identical for square images). Resampling filters other than
-    bilinear become bicubic.
+    A processor that center-crops gets ImageTransform's short-side resize + center crop; one
+    that squashes the whole image to a square without cropping (SigLIP) gets ``crop=False``,
+    the same squash. Approximations: a resize before the crop larger than the crop (e.g. 256
+    -> 224) is not reproduced, and resampling filters other than bilinear become bicubic.
 
     Args:
         config: the image-processor dict (``preprocessor_config.json``).
@@ -127,7 +126,8 @@ def image_transform_from_processor_config(config: dict[str, Any], source: str) -
     resample = config.get("resample", 3)
     resample_name = _RESAMPLE_NAMES.get(resample, str(resample)).lower()
     resample_name = "bilinear" if "bilinear" in resample_name else "bicubic"
-    return ImageTransform(size=side, mean=tuple(mean), std=tuple(std), resample=resample_name)
+    return ImageTransform(size=side, mean=tuple(mean), std=tuple(std), resample=resample_name,
+                          crop=bool(do_center_crop))
 
 
 def _three(value: Any) -> list[Any]:
