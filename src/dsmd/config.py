@@ -153,7 +153,16 @@ class TrainConfig:
     """Optimisation (paper §4.1.4): AdamW, step decay of the learning rate.
 
     ``head_lr_scale`` multiplies the learning rate of the two fresh projection layers (1 in
-    the paper); ``max_steps`` stops early (smoke tests).
+    the paper); ``max_steps`` stops early (smoke tests). ``batch_size`` is the global batch:
+    under ``torchrun`` each of N ranks takes ``batch_size / N`` pairs of every step.
+
+    Scale-out settings: ``precision`` ``fp32`` / ``bf16`` / ``fp16`` (autocast; fp16 with a
+    gradient scaler); ``grad_accum_steps`` micro-batches per optimiser step;
+    ``clip_grad_norm`` (null: no clipping); ``grad_checkpointing`` for the transformers
+    towers; ``compile`` wraps the student in ``torch.compile``; ``checkpoint_every`` also
+    writes ``last.pt`` every N steps (mid-epoch resume); ``dist_backend`` ``auto`` (NCCL on
+    CUDA, gloo on CPU), ``nccl`` or ``gloo``; ``dist_timeout_s`` bounds every collective, so a
+    dead rank stops the others instead of hanging them.
     """
 
     epochs: int = 20
@@ -169,6 +178,14 @@ class TrainConfig:
     log_every: int = 10
     eval_batch_size: int = 128
     max_steps: int | None = None
+    precision: str = "fp32"
+    grad_accum_steps: int = 1
+    clip_grad_norm: float | None = None
+    grad_checkpointing: bool = False
+    compile: bool = False
+    checkpoint_every: int | None = None
+    dist_backend: str = "auto"
+    dist_timeout_s: int = 600
 
 
 @dataclass
@@ -179,6 +196,9 @@ class RunConfig:
     image the teacher encodes at extraction. With ``train.augment`` the student then sees one
     of those views (or the plain image) and learns the teacher's feature of exactly that view
     ("consistent teaching"); with 0 the student's crops have the plain image's target.
+    ``store_dtype``: float32 or float16 (half the size). ``store_shard_rows``: write each
+    split's features as shards of at most this many rows (null: one file per split); stores
+    are memory-mapped, so training reads only the rows of its batches.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -190,6 +210,7 @@ class RunConfig:
     store: str = "runs/store"
     store_dtype: str = "float32"
     store_views: int = 0
+    store_shard_rows: int | None = None
     out_dir: str = "runs/train"
 
 
