@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -154,7 +155,8 @@ def run(argv: list[str] | None = None) -> int:
 
         store = extract(_load(args), overwrite=args.overwrite, progress=progress,
                         overwrite_hint="Pass --overwrite to replace it, or choose another store=PATH.")
-        print(f"feature store: {store.path} ({store.dim}-d, teacher {store.teacher.get('name')})")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports for all
+            print(f"feature store: {store.path} ({store.dim}-d, teacher {store.teacher.get('name')})")
     elif args.command == "import-features":
         store = _import_features(args)
         print(f"feature store: {store.path} ({store.dim}-d, imported from {store.teacher['source']}). "
@@ -167,7 +169,8 @@ def run(argv: list[str] | None = None) -> int:
                            resume_overrides=[o for o in args.overrides if not o.startswith("out_dir=")])
         else:
             result = train(_load(args), progress=progress)
-        print(f"best val RSUM {result.best_rsum:.1f} at epoch {result.best_epoch}: {result.best_checkpoint}")
+        if result.rank == 0:  # under torchrun, rank 0 validates and reports for all
+            print(f"best val RSUM {result.best_rsum:.1f} at epoch {result.best_epoch}: {result.best_checkpoint}")
     elif args.command == "eval":
         metrics = _eval(args)
         if args.json:

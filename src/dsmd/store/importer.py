@@ -40,6 +40,9 @@ image's first caption) after checking that all rows of an image agree: ``|a - b|
 tolerance * |a|_2`` with ``tolerance`` 1e-3 by default, which float16 storage (relative
 error 2^-11 per element) passes and rows of different images do not.
 
+The store is written as :func:`dsmd.store.feature_store.write_split` writes an extracted one
+(``store_dtype``; ``store_shard_rows`` shards, listed with their sha256 in the manifest).
+
 Splits: ``train`` and ``val`` are required (training checks both) unless the dataset's split
 is empty; ``test`` is imported when present. Features are checked (2-D, float, finite, the
 image and text widths agree across splits, row counts match the dataset) and L2-normalised
@@ -433,6 +436,7 @@ def import_features(cfg: RunConfig, files: dict[str, list[str | Path]] | None = 
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
+    files: dict[str, list[dict]] = {}
     try:
         for split in SPLITS:
             if split in plans:
@@ -445,7 +449,10 @@ def import_features(cfg: RunConfig, files: dict[str, list[str | Path]] | None = 
             else:
                 log(f"{split}: no features given; the store has no '{split}' split")
                 continue
-            write_split(partial, split, feats, cfg.store_dtype)
+            sharding = {"shard_rows": cfg.store_shard_rows} if cfg.store_shard_rows else {}
+            files[split] = write_split(partial, split, feats, cfg.store_dtype, **sharding)
+        expected["files"] = files
+        expected["shard_rows"] = cfg.store_shard_rows or None
         expected["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         expected["dsmd_version"] = dsmd.__version__
         expected["seconds"] = round(time.perf_counter() - t0, 2)

@@ -1,9 +1,11 @@
 """Checkpoints that carry their own config, written atomically.
 
 A checkpoint holds the resolved :class:`~dsmd.config.RunConfig`, the student, the optimiser,
-the loss module (its feature queue), the balancer, the epoch and step counters and the best
-validation result, so ``--resume`` continues exactly and ``dsmd eval`` rebuilds the student
-from the file alone.
+the loss module (its feature queue), the balancer, the gradient scaler (``trainer``), the
+position (``epoch``: epochs finished; ``epoch_pairs``: pairs of the next epoch's order already
+trained on, 0 at an epoch boundary; ``step``: optimiser steps) and the best validation
+result, so ``--resume`` continues exactly, also mid-epoch and on another number of
+processes, and ``dsmd eval`` rebuilds the student from the file alone. Only rank 0 writes.
 """
 
 from __future__ import annotations
