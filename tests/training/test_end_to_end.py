@@ -174,3 +174,25 @@ def test_unnormalised_teacher_gives_an_unnormalised_student(tiny_overrides, tmp_
     with torch.no_grad():
         text = student.encode_texts(tokens["input_ids"], tokens["attention_mask"])
     assert not torch.allclose(text.norm(dim=-1), torch.ones(4), atol=1e-3)
+
+
+def test_validation_in_the_loop_sees_the_pixels_dsmd_eval_sees(tiny_overrides, tmp_path):
+    """In-loop validation encodes the val split exactly as evaluating the checkpoint does.
+
+    At 16 px the training cache would downsize the 32 px images first; validation must not.
+    """
+    from dsmd.data.datasets import load_split
+    from dsmd.data.loader import ImageCache
+    from dsmd.evaluation.student_eval import encode_split
+    from dsmd.models import build_student
+    from dsmd.training.loop import validation_cache
+
+    cfg = load_config(None, [*tiny_overrides, "student.image_size=16"])
+    data = load_split(cfg.data, "val")
+    student = build_student(cfg.student, 24)
+    cpu = torch.device("cpu")
+    plain, _ = encode_split(student, data, 16, cpu)               # what dsmd eval computes
+    cached, _ = encode_split(student, data, 16, cpu, validation_cache(cfg))
+    assert torch.equal(cached, plain)
+    downsized, _ = encode_split(student, data, 16, cpu, ImageCache(max_side=18))  # the training cache's size
+    assert not torch.allclose(downsized, plain, atol=1e-4)  # so the check above can fail

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from dsmd.training.distributed import env_world
+
 # Ranks wait at a barrier while the others finish their chunks (and while rank 0 merges a
 # large store); torchrun tears the group down if a rank dies, so the wait may be long.
 BARRIER_TIMEOUT = datetime.timedelta(hours=48)
@@ -49,17 +51,11 @@ class Group:
             self.owned = False
 
 
-def env_world() -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` from the torchrun environment, ``(0, 1, 0)`` without one."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
-
-
 def join() -> Group:
     """Join the torchrun process group (gloo), or describe a single process."""
     if dist.is_available() and dist.is_initialized():
         return Group(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), owned=False)
-    rank, world, local = env_world()
+    rank, world, local = env_world() or (0, 1, 0)
     if world <= 1:
         return Group(0, 1, 0)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=BARRIER_TIMEOUT)

@@ -111,6 +111,17 @@ def _quiet(*_args, **_kwargs) -> None:
     pass
 
 
+def validation_cache(cfg: RunConfig) -> ImageCache:
+    """The image cache of the in-loop validation: decoded images, never downsized copies.
+
+    Validation then sees exactly the pixels ``dsmd eval`` sees, so the val metrics in
+    epochs.jsonl are those of ``dsmd eval --split val`` on the checkpoint. (The training
+    cache keeps copies downsized to 1.15 x the student's side: cheaper, and random crops
+    resample anyway.)
+    """
+    return ImageCache(max_side=10**9, enabled=cfg.data.cache_images)
+
+
 def train(cfg: RunConfig, resume: bool = False, resume_overrides: list[str] | None = None,
           progress: bool = True, log=print) -> TrainResult:
     """Distil the student described by ``cfg`` from the feature store ``cfg.store``.
@@ -260,7 +271,7 @@ def _train(cfg: RunConfig, state: dict | None, ctx: Distributed, progress: bool,
              if cfg.data.streaming else
              PairDataset(dataset["train"], student.image_transform(train=tc.augment), cache,
                          views=views, view_transform=student.image_transform(train=False)))
-    val_cache = ImageCache(max_side=round(cfg.student.image_size * 1.15), enabled=cfg.data.cache_images)
+    val_cache = validation_cache(cfg)
     steps_per_epoch = -(-len(pairs) // tc.batch_size)
     total_steps = steps_per_epoch * tc.epochs
     if tc.max_steps is not None:
