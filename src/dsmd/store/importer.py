@@ -51,7 +51,6 @@ unless ``teacher.normalize=false``; the manifest records whether the input alrea
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -78,6 +77,7 @@ from dsmd.store.feature_store import (
     write_json_atomic,
     write_split,
 )
+from dsmd.store.safetensors_mmap import file_sha256
 
 IMAGE_KEYS = ("image", "img_feats", "image_feats")
 TEXT_KEYS = ("text", "txt_feats", "text_feats")
@@ -183,15 +183,6 @@ def _resolve_files(source: Path, files: dict[str, list[str | Path]] | None, trus
             f"{', '.join(sorted(entries)[:12]) or 'nothing'}. For one split's files use --train FILE [FILE]."
         )
     return {split: _SplitFiles(source, source) for split in SPLITS if split in present}, True
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes, read 1 MiB at a time."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- checking and converting one split -----------------------------------------------------------
