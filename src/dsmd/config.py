@@ -48,7 +48,11 @@ class DataConfig:
     COCO 5K protocol scores 5 per image: 25,000 captions; a few COCO images have 6 or 7).
     ``streaming`` (webdataset only) reads the training shards in sequence, in a seeded shard
     order, through a shuffle buffer of ``shuffle_buffer`` pairs; extraction and evaluation
-    still read images by random access. ``cache_images`` keeps decoded, downsized images in
+    still read images by random access. ``teacher_in_shards`` (with ``streaming`` only): the
+    training targets are read from the ``teacher_*.npy`` members of the shards written by
+    :func:`~dsmd.store.webdataset_teacher.write_teacher_shards` instead of from the store; the
+    store is still opened for its manifest (dim, teacher, checks) and for nothing else in
+    training. ``cache_images`` keeps decoded, downsized images in
     memory between epochs (small datasets only).
     """
 
@@ -59,6 +63,7 @@ class DataConfig:
     caption_column: str = "caption"
     eval_captions_per_image: int | None = None
     streaming: bool = False
+    teacher_in_shards: bool = False
     shuffle_buffer: int = 1000
     exclude: list[str] = field(default_factory=lambda: ["symbols", "cartoon"])
     split_seed: int = 0

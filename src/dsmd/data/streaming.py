@@ -6,6 +6,14 @@ random access, and yields the items :class:`~dsmd.data.loader.PairDataset` yield
 ``SHARD::MEMBER`` is looked up in the split's listing to find its image row and caption
 indices, so the feature store is still read by index.
 
+With ``teacher_in_shards=True`` (``data.teacher_in_shards``) the teacher's rows come from the
+sample itself instead, from the ``KEY.teacher_image.npy`` / ``teacher_text.npy`` /
+``teacher_views.npy`` members :func:`~dsmd.store.webdataset_teacher.write_teacher_shards`
+adds: each item gains two float32 tensors, the image row of its view (view 0 the plain
+image, ``v >= 1`` row ``v - 1`` of ``teacher_views``) and the row of its caption, and
+:func:`~dsmd.training.sampling.collate_streamed` batches them as ``teacher_image (B, D)`` and
+``teacher_text (B, D)``.
+
 Per epoch (:meth:`StreamingPairDataset.set_epoch` sets the seed):
 
 - the shard order is shuffled from the seed, the same way in every process;
@@ -20,9 +28,11 @@ Per epoch (:meth:`StreamingPairDataset.set_epoch` sets the seed):
 
 from __future__ import annotations
 
+import io
 import random
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
@@ -33,6 +43,21 @@ from dsmd.data.images import parse_ref, tar_ref
 from dsmd.data.loader import ImageCache, pair_item
 from dsmd.data.transforms import ImageTransform
 from dsmd.errors import DsmdError
+
+TEACHER_MEMBERS = ("teacher_image.npy", "teacher_text.npy", "teacher_views.npy")
+FIX = ("Write shards that carry them with dsmd.store.webdataset_teacher.write_teacher_shards (and point "
+       "data.manifest at the copies), or set data.teacher_in_shards=false to read the targets from the store.")
+
+
+def _decode_npy(data: bytes, where: str) -> torch.Tensor:
+    """A float16 or float32 ``.npy`` member as a float32 tensor."""
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DsmdError(f"{where} is not a readable .npy array ({exc}). {FIX}") from exc
+    if array.dtype not in (np.float16, np.float32):
+        raise DsmdError(f"{where} holds {array.dtype}, not float16 or float32. {FIX}")
+    return torch.from_numpy(array.astype(np.float32))
 
 
 def consumer() -> tuple[int, int]:
@@ -53,14 +78,20 @@ class StreamingPairDataset(IterableDataset):
             data larger than memory).
         shuffle_buffer: pairs held for shuffling (1: no shuffling within the shard order).
         seed: the shuffle seed; :meth:`set_epoch` replaces it each epoch.
+        teacher_in_shards: read the teacher's rows from each sample's ``teacher_*.npy``
+            members (see the module docstring); items are then
+            ``(pixels, caption, j, image row, view, teacher image (D,), teacher text (D,))``.
+        dim: with ``teacher_in_shards``, the feature width the rows must have (None: any).
 
     Raises:
-        DsmdError: an image of ``data`` is not a tar member (the data is not webdataset shards).
+        DsmdError: an image of ``data`` is not a tar member (the data is not webdataset shards);
+            while iterating with ``teacher_in_shards``, a sample lacks a teacher member or
+            holds rows of the wrong shape.
     """
 
     def __init__(self, data: CaptionedImages, transform: Callable, cache: ImageCache | None = None,
                  views: int = 0, view_transform: ImageTransform | None = None, shuffle_buffer: int = 1000,
-                 seed: int = 0):
+                 seed: int = 0, teacher_in_shards: bool = False, dim: int | None = None):
         if views and view_transform is None:
             raise ValueError("views > 0 needs a view_transform (the student's eval transform)")
         if shuffle_buffer < 1:
@@ -72,6 +103,8 @@ class StreamingPairDataset(IterableDataset):
         self.view_transform = view_transform
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
+        self.teacher_in_shards = teacher_in_shards
+        self.dim = dim
         self.row_of = {ref: i for i, ref in enumerate(data.image_paths)}
         self.captions_of: list[list[int]] = [[] for _ in data.image_paths]
         for j, image in enumerate(data.caption_image):
@@ -92,8 +125,36 @@ class StreamingPairDataset(IterableDataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def _pairs(self, k: int, n: int) -> Iterator[tuple[object, int, int]]:
-        """(image, caption index, image row) of this consumer's share, in reading order."""
+    def _teacher(self, shard: str, sample, row: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sample's teacher rows: image ``(1 + V, D)`` (plain, then the views), text ``(C, D)``."""
+        where = f"{shard}::{sample.key}"
+        wanted = TEACHER_MEMBERS[:2] + ((TEACHER_MEMBERS[2],) if self.views else ())
+        for name in wanted:
+            if name not in sample.members:
+                raise DsmdError(f"data.teacher_in_shards=true, but the sample {sample.key} of shard {shard} has no "
+                                f"{sample.key}.{name} member. {FIX}")
+        image = _decode_npy(sample.members["teacher_image.npy"], f"{where}.teacher_image.npy")
+        text = _decode_npy(sample.members["teacher_text.npy"], f"{where}.teacher_text.npy")
+        dim = self.dim if self.dim is not None else image.shape[-1]
+        captions = len(self.captions_of[row])
+        if image.shape != (dim,) or text.shape != (captions, dim):
+            raise DsmdError(f"{where}: teacher_image.npy is {tuple(image.shape)} and teacher_text.npy "
+                            f"{tuple(text.shape)}, expected ({dim},) and ({captions}, {dim}) (the sample's "
+                            f"{captions} captions). The shards were written for other data or another store. {FIX}")
+        rows = image[None]
+        if self.views:
+            views = _decode_npy(sample.members["teacher_views.npy"], f"{where}.teacher_views.npy")
+            if views.ndim != 2 or views.shape[0] < self.views or views.shape[1] != dim:
+                raise DsmdError(f"{where}: teacher_views.npy is {tuple(views.shape)}, but training draws "
+                                f"{self.views} views of width {dim}. Write the shards from a store with "
+                                f"store_views >= {self.views}, or lower store_views.")
+            rows = torch.cat([rows, views[:self.views]])
+        return rows, text
+
+    def _pairs(self, k: int, n: int) -> Iterator[tuple]:
+        """(image, caption index, image row[, teacher rows]) of this consumer's share, in reading
+        order; with ``teacher_in_shards`` the teacher rows are (image rows ``(1 + V, D)``, caption
+        row ``(D,)``)."""
         order = list(self.shards)
         random.Random(self.seed).shuffle(order)
         by_shard = len(order) >= n
@@ -102,7 +163,8 @@ class StreamingPairDataset(IterableDataset):
         for shard in mine:
             # images of other splits, and images already in the cache, are not read
             for sample in iter_samples(shard, read_images=True, wanted=lambda name, s=shard: (
-                    tar_ref(s, name) in self.row_of and tar_ref(s, name) not in self.cache)):
+                    tar_ref(s, name) in self.row_of and tar_ref(s, name) not in self.cache),
+                    read_members=TEACHER_MEMBERS if self.teacher_in_shards else ()):
                 row = self.row_of.get(tar_ref(shard, sample.image)) if sample.image else None
                 if row is None:
                     continue
@@ -110,10 +172,15 @@ class StreamingPairDataset(IterableDataset):
                 if not by_shard and (seen - 1) % n != k:
                     continue
                 img = self.cache.get(self.data.image_paths[row], sample.image_bytes)
-                for j in self.captions_of[row]:
-                    yield img, j, row
+                if self.teacher_in_shards:
+                    image_rows, text_rows = self._teacher(shard, sample, row)
+                    for c, j in enumerate(self.captions_of[row]):
+                        yield img, j, row, (image_rows, text_rows[c])
+                else:
+                    for j in self.captions_of[row]:
+                        yield img, j, row
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, str, int, int, int]]:
+    def __iter__(self) -> Iterator[tuple]:
         k, n = consumer()
         rng = random.Random(f"{self.seed}/{k}")
         buffer: list = []
@@ -127,5 +194,9 @@ class StreamingPairDataset(IterableDataset):
         for pair in buffer:
             yield self._item(*pair)
 
-    def _item(self, img, j: int, row: int) -> tuple[torch.Tensor, str, int, int, int]:
-        return pair_item(img, self.data.captions[j], j, row, self.transform, self.views, self.view_transform)
+    def _item(self, img, j: int, row: int, teacher: tuple | None = None) -> tuple:
+        item = pair_item(img, self.data.captions[j], j, row, self.transform, self.views, self.view_transform)
+        if teacher is None:
+            return item
+        image_rows, text_row = teacher
+        return (*item, image_rows[item[4]], text_row)

@@ -16,6 +16,11 @@ float rounding, with two exceptions: dropout masks are drawn per rank, and Batch
 (EfficientNet) normalise with each rank's own batch statistics, as in any DDP run. With
 ``data.streaming`` each rank reads its own shards (not batch-exact with one process); a rank
 whose shards run out first pads until the others are done, so every pair is still trained on.
+With ``data.teacher_in_shards`` as well, the teacher's rows come with the streamed samples
+(the ``teacher_*.npy`` members of :mod:`dsmd.store.webdataset_teacher`'s shard copies): the
+store's manifest still gives the feature width, the teacher and the per-split counts the data
+must have (the copies' fingerprint differs from the original shards'), and no rows are read
+from the store.
 
 Resuming (``--resume``) restores model, optimiser, queue, balancer and gradient scaler, and the
 position in the epoch as a number of pairs of that epoch's order already trained on: nothing
@@ -197,6 +202,22 @@ def _synchronised(batches, ctx: Distributed) -> Iterator[tuple[dict, list[int]]]
         yield batch, [rows for rows, _ in counts]
 
 
+def _check_counts(store: FeatureStore, split: str, data) -> None:
+    """``data.teacher_in_shards``: the split has the images and captions the store was built for.
+
+    (The shard copies are larger than the shards the store was extracted from, so their
+    fingerprint differs; each sample's teacher rows are checked against its captions as read.)
+    """
+    info = store.manifest["splits"].get(split)
+    if info is None:
+        raise DsmdError(f"feature store {store.path} has no split '{split}'. Run `dsmd extract` for this dataset.")
+    if (info.get("num_images"), info.get("num_captions")) != (data.num_images, len(data)):
+        raise DsmdError(f"feature store {store.path} was built for another dataset: its '{split}' split has "
+                        f"{info.get('num_images')} images and {info.get('num_captions')} captions, the data "
+                        f"{data.num_images} and {len(data)}. Point data.manifest at the shards written from "
+                        "this store, or `store=` at the store they were written from.")
+
+
 def _train(cfg: RunConfig, state: dict | None, ctx: Distributed, progress: bool, log) -> TrainResult:
     t0 = time.perf_counter()
     tc = cfg.train
@@ -207,13 +228,22 @@ def _train(cfg: RunConfig, state: dict | None, ctx: Distributed, progress: bool,
     autocast_dtype(tc.precision, ctx.device)  # refuse an unsupported precision before loading anything
     if tc.checkpoint_every is not None and tc.checkpoint_every < 1:
         raise DsmdError(f"train.checkpoint_every must be at least 1 (or null), got {tc.checkpoint_every}")
+    in_shards = cfg.data.teacher_in_shards
+    if in_shards and not cfg.data.streaming:
+        raise DsmdError("data.teacher_in_shards=true reads the teacher's features from the streamed webdataset "
+                        "shards, so it needs data.streaming=true (and data.kind=webdataset). Set "
+                        "data.streaming=true, or data.teacher_in_shards=false to read them from the store.")
     device = ctx.device
     store = FeatureStore.open(cfg.store)
     store.check_teacher(cfg.teacher.kind, cfg.teacher.name_or_path)
     dataset = load_dataset(cfg.data)
     for split in ("train", "val"):
-        store.check_dataset(split, dataset[split].fingerprint())
-    train_feats = store.split("train")
+        if in_shards:
+            _check_counts(store, split, dataset[split])
+        else:
+            store.check_dataset(split, dataset[split].fingerprint())
+    # with the teacher in the shards, the store's rows are not read (not even opened)
+    train_feats = None if in_shards else store.split("train")
 
     seed_everything(tc.seed)
     # The student is L2-normalised exactly when its targets are (off: the Table 6 ablation).
@@ -260,14 +290,16 @@ def _train(cfg: RunConfig, state: dict | None, ctx: Distributed, progress: bool,
         save_config(cfg, out / "config.yaml")
 
     cache = ImageCache(max_side=round(cfg.student.image_size * 1.15), enabled=cfg.data.cache_images)
-    if cfg.store_views > train_feats.num_views:
+    if train_feats is not None and cfg.store_views > train_feats.num_views:
         raise DsmdError(f"store_views={cfg.store_views}, but {cfg.store} holds {train_feats.num_views} views of each "
                         f"training image. Extract with store_views={cfg.store_views} into a new store, or lower it.")
     views = cfg.store_views if tc.augment else 0
-    # data.streaming reads webdataset shards in sequence; either way items index the store
+    # data.streaming reads webdataset shards in sequence; items index the store (or, with
+    # data.teacher_in_shards, carry the teacher rows read from the shards)
     pairs = (StreamingPairDataset(dataset["train"], student.image_transform(train=tc.augment), cache,
                                   views=views, view_transform=student.image_transform(train=False),
-                                  shuffle_buffer=cfg.data.shuffle_buffer)
+                                  shuffle_buffer=cfg.data.shuffle_buffer, teacher_in_shards=in_shards,
+                                  dim=store.dim)
              if cfg.data.streaming else
              PairDataset(dataset["train"], student.image_transform(train=tc.augment), cache,
                          views=views, view_transform=student.image_transform(train=False)))

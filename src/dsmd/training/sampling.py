@@ -113,7 +113,14 @@ def collate_keyed(batch: list[tuple]) -> dict:
 
 
 def collate_streamed(batch: list[tuple]) -> dict:
-    """:func:`~dsmd.data.loader.collate_pairs` of streamed items, all ``real``."""
-    out = collate_pairs(batch)
+    """:func:`~dsmd.data.loader.collate_pairs` of streamed items, all ``real``.
+
+    Items that carry the teacher's rows (``data.teacher_in_shards``: 7-tuples) add
+    ``teacher_image (B, D)`` and ``teacher_text (B, D)`` float32.
+    """
+    out = collate_pairs([item[:5] for item in batch])
     out["real"] = torch.ones(len(batch), dtype=torch.bool)
+    if batch and len(batch[0]) == 7:
+        out["teacher_image"] = torch.stack([item[5] for item in batch])
+        out["teacher_text"] = torch.stack([item[6] for item in batch])
     return out

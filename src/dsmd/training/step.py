@@ -116,7 +116,9 @@ class DistillationStep:
         objective: :class:`~dsmd.losses.MultiscaleDistillationLoss`, holding the queue.
         balancer: :class:`~dsmd.balancer.LossBalancer`.
         optimizer: over the student's parameters.
-        features: the training split's :class:`~dsmd.store.feature_store.SplitFeatures`.
+        features: the training split's :class:`~dsmd.store.feature_store.SplitFeatures` (None:
+            every batch carries its teacher rows, ``teacher_image`` and ``teacher_text``, as
+            with ``data.teacher_in_shards``; batches that carry them use them either way).
         ctx: this rank's :class:`~dsmd.training.distributed.Distributed`.
         cfg: ``train`` section (precision, grad_accum_steps, clip_grad_norm).
     """
@@ -177,7 +179,8 @@ class DistillationStep:
         Args:
             batch: this rank's part (:func:`~dsmd.training.sampling.collate_keyed`):
                 ``pixel_values (m, 3, H, W)``, ``captions``, ``caption_index``,
-                ``image_index``, ``view_index``, ``real (m,)``.
+                ``image_index``, ``view_index``, ``real (m,)``; optionally ``teacher_image`` and
+                ``teacher_text (m, D)``, the teacher's rows (else read from ``features``).
             sizes: every rank's ``m`` (from :meth:`Distributed.gather_counts`).
             sync: all-reduce gradients in this backward (False: DDP's ``no_sync``, for all but
                 the last micro-batch of a step).
@@ -191,8 +194,14 @@ class DistillationStep:
                                                          tokens["input_ids"].to(device),
                                                          tokens["attention_mask"].to(device))
             local_student = torch.stack([student_image.float(), student_text.float()], dim=1)
-            local_teacher = torch.stack([self.features.image_rows(batch["image_index"], batch["view_index"]),
-                                         self.features.text_rows(batch["caption_index"])], dim=1).to(device)
+            if "teacher_image" in batch:  # data.teacher_in_shards: the rows came with the samples
+                local_teacher = torch.stack([batch["teacher_image"], batch["teacher_text"]], dim=1).float().to(device)
+            elif self.features is None:
+                raise DsmdError("this step reads the teacher's rows from the batch (data.teacher_in_shards), but the "
+                                "batch has no teacher_image / teacher_text")
+            else:
+                local_teacher = torch.stack([self.features.image_rows(batch["image_index"], batch["view_index"]),
+                                             self.features.text_rows(batch["caption_index"])], dim=1).to(device)
             student, teacher, image_ids = self._gather(sizes, local_student, local_teacher,
                                                        batch["image_index"].to(device), batch["real"].to(device))
             losses = self.objective(student[:, 0], student[:, 1], teacher[:, 0], teacher[:, 1], image_ids)

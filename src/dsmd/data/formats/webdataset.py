@@ -73,13 +73,15 @@ def expand_shards(pattern: str) -> list[str]:
 
 @dataclass
 class Sample:
-    """One sample of a shard: its key, image member (and bytes, when read), captions, split."""
+    """One sample of a shard: its key, image member (and bytes, when read), captions, split, and
+    the bytes of the other members asked for (``members``: extension -> bytes)."""
 
     key: str
     image: str | None = None
     image_bytes: bytes | None = None
     captions: list[str] = field(default_factory=list)
     split: str = ""
+    members: dict[str, bytes] = field(default_factory=dict)
 
 
 def _captions_of(members: dict[str, bytes], where: str) -> tuple[list[str], str]:
@@ -101,13 +103,16 @@ def _captions_of(members: dict[str, bytes], where: str) -> tuple[list[str], str]
     return [c.strip() for c in captions if isinstance(c, str) and c.strip()], split if isinstance(split, str) else ""
 
 
-def iter_samples(shard: str, read_images: bool = False, wanted=None) -> Iterator[Sample]:
+def iter_samples(shard: str, read_images: bool = False, wanted=None,
+                 read_members: tuple[str, ...] = ()) -> Iterator[Sample]:
     """The samples of one shard, in order; text members are read, images only if ``read_images``.
 
     Args:
         shard: path of an uncompressed tar file.
         read_images: also read the image member's bytes into ``Sample.image_bytes``.
         wanted: optional predicate on the image member's name; images it rejects are not read.
+        read_members: extensions (lower case, e.g. ``teacher_image.npy``) whose members are
+            read into ``Sample.members`` for every sample with an image (those it has).
 
     Raises:
         DsmdError: the shard is not a readable tar file.
@@ -122,6 +127,8 @@ def iter_samples(shard: str, read_images: bool = False, wanted=None) -> Iterator
                 text = {e: tf.extractfile(members[e]).read() for e in ("txt", "json") if e in members}
                 captions, split = _captions_of(text, f"{shard}::{key}")
                 sample = Sample(key, image.name if image else None, None, captions, split)
+                if image is not None:
+                    sample.members = {e: tf.extractfile(members[e]).read() for e in read_members if e in members}
                 if image is not None and read_images and (wanted is None or wanted(image.name)):
                     sample.image_bytes = tf.extractfile(image).read()
                 return sample
