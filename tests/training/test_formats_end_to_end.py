@@ -14,6 +14,7 @@ from dsmd.data.datasets import load_dataset
 from dsmd.data.images import parse_ref
 from dsmd.store.extract import extract
 from dsmd.training.loop import train
+from shard_writers import write_shards
 
 QUIET = dict(progress=False, log=lambda *_: None)
 
@@ -51,17 +52,7 @@ def _write_hf(splits: dict, folder: Path) -> list[str]:
 
 
 def _write_shards(splits: dict, folder: Path) -> list[str]:
-    import webdataset as wds
-
-    folder.mkdir()
-    for split, data in splits.items():
-        per_shard = 4
-        for start in range(0, data.num_images, per_shard):
-            with wds.TarWriter(str(folder / f"{split}-{start // per_shard:06d}.tar")) as sink:
-                for row in range(start, min(start + per_shard, data.num_images)):
-                    caps = [c for c, r in zip(data.captions, data.caption_image, strict=True) if r == row]
-                    sink.write({"__key__": f"{row:06d}", "png": Path(data.image_paths[row]).read_bytes(),
-                                "txt": "\n".join(caps)})
+    write_shards(splits, folder)
     return ["data.kind=webdataset", f"data.manifest={folder / 'train-{000000..000002}.tar'}::"
             f"{folder / 'val-{000000..000001}.tar'}::{folder / 'test-{000000..000001}.tar'}",
             "data.streaming=true", "data.shuffle_buffer=5"]

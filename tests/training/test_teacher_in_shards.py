@@ -16,24 +16,15 @@ from dsmd.errors import DsmdError
 from dsmd.store.extract import extract
 from dsmd.store.webdataset_teacher import write_teacher_shards
 from dsmd.training.loop import train
+from shard_writers import write_shards
 
 QUIET = dict(progress=False, log=lambda *_: None)
 
 
 def _write_shards(manifest: str, folder: Path) -> list[str]:
     """The generated dataset's splits (12 / 6 / 6 images, 2 captions each) as webdataset shards."""
-    import webdataset as wds
-
     splits = load_dataset(DataConfig(kind="manifest", manifest=manifest, val_fraction=0.25, test_fraction=0.25))
-    folder.mkdir()
-    for split, data in splits.items():
-        per_shard = 4
-        for start in range(0, data.num_images, per_shard):
-            with wds.TarWriter(str(folder / f"{split}-{start // per_shard:06d}.tar")) as sink:
-                for row in range(start, min(start + per_shard, data.num_images)):
-                    caps = [c for c, r in zip(data.captions, data.caption_image, strict=True) if r == row]
-                    sink.write({"__key__": f"{row:06d}", "png": Path(data.image_paths[row]).read_bytes(),
-                                "txt": "\n".join(caps)})
+    write_shards(splits, folder)
     return ["data.kind=webdataset", f"data.manifest={folder}", "data.streaming=true", "data.shuffle_buffer=5"]
 
 
