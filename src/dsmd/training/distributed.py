@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -136,6 +137,8 @@ class Distributed:
         """Leave the process group: after a barrier when ``clean`` (without it gloo sometimes
         aborts at exit), at once after an error (the peers may be gone)."""
         if self.enabled and dist.is_initialized():
+            # Free what still holds the group (DDP's reducer, its buckets) before ending it.
+            gc.collect()
             if clean:
                 self.barrier("shutdown")
             dist.destroy_process_group()
