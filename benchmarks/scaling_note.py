@@ -25,27 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+def student_costs(dim: int = 768) -> tuple[int, float]:
+    """(parameters, forward + backward FLOPs per pair) of the paper's student (paper_costs.py)."""
+    from paper_costs import paper_student, step_flops  # the script beside this one
 
-def student_costs(dim: int = 768, text_len: int = 32) -> tuple[int, float]:
-    """(parameters, forward + backward FLOPs per pair) of the paper's student."""
-    from transformers import BertConfig, BertModel, ViTConfig, ViTModel
-
-    from dsmd.models.student import DualEncoder
-    from dsmd.models.text import TextTower
-    from dsmd.models.vision import HFVisionTower
-
-    student = DualEncoder(HFVisionTower(ViTModel(ViTConfig(), add_pooling_layer=False)),
-                          TextTower(BertModel(BertConfig(), add_pooling_layer=False), None, "cls"), dim)
-    params = sum(p.numel() for p in student.parameters())
-    n = 2
-    ids = torch.randint(0, 30522, (n, text_len))
-    with FlopCounterMode(display=False) as counter:
-        image, text = student(torch.randn(n, 3, 224, 224), ids, torch.ones_like(ids))
-        (image.sum() + text.sum()).backward()
-    return params, counter.get_total_flops() / n
+    student = paper_student(dim).train()
+    return sum(p.numel() for p in student.parameters()), step_flops(student, 1, counted=2)
 
 
 def main() -> None:
