@@ -121,6 +121,28 @@ def _bar(total: int, done: int, desc: str, unit: str, progress: bool) -> tqdm:
                 leave=False, dynamic_ncols=True)
 
 
+def _plan(chunks: _Chunks, spans: list[tuple[int, int]], dim: int,
+          only: list[int] | None) -> tuple[dict[int, torch.Tensor], list[int]]:
+    """The chunks already saved (loaded, unless ``only``) and those still to compute.
+
+    Without ``only`` every chunk of ``spans``; with it, just the chunks ``only`` not saved yet.
+    """
+    if only is not None:
+        return {}, [k for k in only if not chunks.valid(k, spans[k][1] - spans[k][0], dim)]
+    done = {k: t for k, (a, b) in enumerate(spans) if (t := chunks.load(k, b - a, dim)) is not None}
+    return done, [k for k in range(len(spans)) if k not in done]
+
+
+def _assemble(done: dict[int, torch.Tensor], spans: list[tuple[int, int]], dim: int,
+              only: list[int] | None) -> torch.Tensor | None:
+    """The chunks in order, ``(N, dim)``; None when only some chunks were computed (``only``)."""
+    if only is not None:
+        return None
+    if not spans:
+        return torch.empty(0, dim)
+    return torch.cat([done[k] for k in range(len(spans))])
+
+
 @torch.inference_mode()
 def _encode_images(teacher: Teacher, data: CaptionedImages, chunks: _Chunks, device: torch.device,
                    batch_size: int, num_workers: int, chunk_size: int, view: int | None, desc: str,
@@ -131,12 +153,7 @@ def _encode_images(teacher: Teacher, data: CaptionedImages, chunks: _Chunks, dev
     None is returned.
     """
     spans = _spans(data.num_images, chunk_size)
-    if only is None:
-        done = {k: t for k, (a, b) in enumerate(spans) if (t := chunks.load(k, b - a, teacher.dim)) is not None}
-        todo = [k for k in range(len(spans)) if k not in done]
-    else:
-        done = {}
-        todo = [k for k in only if not chunks.valid(k, spans[k][1] - spans[k][0], teacher.dim)]
+    done, todo = _plan(chunks, spans, teacher.dim, only)
     if todo:
         # Batches start at chunk boundaries: a chunk's features never depend on its neighbours.
         batches = [list(range(s, min(s + batch_size, spans[k][1]))) for k in todo
@@ -162,11 +179,7 @@ def _encode_images(teacher: Teacher, data: CaptionedImages, chunks: _Chunks, dev
                     done[k] = features
                 pending, filled = [], 0
         bar.close()
-    if only is not None:
-        return None
-    if not spans:
-        return torch.empty(0, teacher.dim)
-    return torch.cat([done[k] for k in range(len(spans))])
+    return _assemble(done, spans, teacher.dim, only)
 
 
 @torch.inference_mode()
@@ -175,14 +188,8 @@ def _encode_texts(teacher: Teacher, data: CaptionedImages, chunks: _Chunks, batc
     """Raw teacher features ``(N_t, D)`` float32 (CPU) of every caption (with ``only``: see
     :func:`_encode_images`)."""
     spans = _spans(len(data), chunk_size)
-    if only is None:
-        done = {k: t for k, (a, b) in enumerate(spans) if (t := chunks.load(k, b - a, teacher.dim)) is not None}
-        todo = [k for k in range(len(spans)) if k not in done]
-        total = len(data)
-    else:
-        done = {}
-        todo = [k for k in only if not chunks.valid(k, spans[k][1] - spans[k][0], teacher.dim)]
-        total = sum(spans[k][1] - spans[k][0] for k in todo)
+    done, todo = _plan(chunks, spans, teacher.dim, only)
+    total = len(data) if only is None else sum(spans[k][1] - spans[k][0] for k in todo)
     bar = _bar(total, sum(b - a for k, (a, b) in enumerate(spans) if k in done), desc, "cap", progress)
     for k in todo:
         a, b = spans[k]
@@ -196,11 +203,7 @@ def _encode_texts(teacher: Teacher, data: CaptionedImages, chunks: _Chunks, batc
         if only is None:
             done[k] = features
     bar.close()
-    if only is not None:
-        return None
-    if not spans:
-        return torch.empty(0, teacher.dim)
-    return torch.cat([done[k] for k in range(len(spans))])
+    return _assemble(done, spans, teacher.dim, only)
 
 
 def teacher_features(
