@@ -94,6 +94,28 @@ def _check_rows(rows: list[Row], source: str) -> None:
         )
 
 
+def _given_splits(rows: list[Row], source: str) -> dict[str, str]:
+    """``image -> split`` for the images the data assigns a split (names mapped by ``SPLIT_ALIASES``).
+
+    Raises:
+        DsmdError: an unknown split name, or one image given two different splits (after
+            mapping: ``train`` and ``restval`` agree); the message names the image and both.
+    """
+    given: dict[str, str] = {}
+    named: dict[str, str] = {}  # image -> the split name as first given, for messages
+    for image, _, split in rows:
+        if not split:
+            continue
+        if split not in SPLIT_ALIASES:
+            raise DsmdError(f"image {image} in {source}: unknown split '{split}'. "
+                            f"Use one of: {', '.join(SPLIT_ALIASES)}.")
+        if given.setdefault(image, SPLIT_ALIASES[split]) != SPLIT_ALIASES[split]:
+            raise DsmdError(f"image {image} in {source} is listed under two splits, '{named[image]}' and "
+                            f"'{split}'. Give each image one split (remove or fix one of its entries).")
+        named.setdefault(image, split)
+    return given
+
+
 def _assign_splits(images: list[str], cfg: DataConfig) -> dict[str, str]:
     """Seeded split of the sorted unique images into test, val, train (in that order)."""
     order = sorted(set(images))
@@ -114,15 +136,14 @@ def _load(cfg: DataConfig) -> tuple[dict[str, CaptionedImages], bool]:
     _check_rows(rows, str(source))
     if not 0 <= cfg.val_fraction < 1 or not 0 <= cfg.test_fraction < 1:
         raise DsmdError("data.val_fraction and data.test_fraction must lie in [0, 1).")
-    given: dict[str, str] = {}
-    for image, _, split in rows:
-        if split:
-            if split not in SPLIT_ALIASES:
-                raise DsmdError(f"image {image} in {source}: unknown split '{split}'. "
-                                f"Use one of: {', '.join(SPLIT_ALIASES)}.")
-            given[image] = SPLIT_ALIASES[split]
+    given = _given_splits(rows, str(source))
     images = [r[0] for r in rows]
-    use_given = len(given) == len(set(images))
+    unique = set(images)
+    if given and len(given) < len(unique):
+        missing = next(image for image in images if image not in given)
+        raise DsmdError(f"{len(given)} of the {len(unique)} images in {source} have a split and the others do not "
+                        f"(e.g. {missing}). Give every image a split, or none (then data.split_seed splits them).")
+    use_given = len(given) == len(unique)
     split_of = given if use_given else _assign_splits(images, cfg)
     keep = cfg.eval_captions_per_image
     if keep is not None and keep < 1:
@@ -151,16 +172,17 @@ def load_dataset(cfg: DataConfig) -> dict[str, CaptionedImages]:
     """List, validate and split the dataset the config describes.
 
     Splits given by the data (a ``split`` field or column, Karpathy's splits, DatasetDict
-    splits, shard names) are used when every image has one; otherwise the images are split
-    from ``data.split_seed`` (:func:`_assign_splits`). Within a split, images and captions
-    keep the source's order.
+    splits, shard names) are used when every image has one; when none has one the images are
+    split from ``data.split_seed`` (:func:`_assign_splits`); a mix is refused. Within a split,
+    images and captions keep the source's order.
 
     Returns:
         ``{"train": ..., "val": ..., "test": ...}``; every image is in exactly one split.
 
     Raises:
         DsmdError: missing folder, manifest, shard or image; empty caption; unknown kind or
-            split; a column the data lacks.
+            split; an image given two different splits; a column the data lacks; a field of
+            the wrong type or text that is not UTF-8 (:mod:`dsmd.data.formats`).
     """
     return _load(cfg)[0]
 

@@ -16,19 +16,44 @@ path or ``CONTAINER::MEMBER``:
   groups are cached per process), so a worker never holds a whole parquet file in memory.
 
 A string is a reference when the part before its first ``::`` ends in ``.tar``, ``.parquet``
-or ``.arrow``; anything else is a file path. Images are returned as RGB, with transparency
-composited onto white.
+or ``.arrow``; anything else is a file path.
+
+Every image, for every teacher and for the student, is decoded here (:func:`load_image` and
+:func:`decode_image` both go through :func:`_open_rgb`) and returned as 8-bit RGB:
+
+- **Transparency** (RGBA, LA, PA, RGBa, La, a palette or an RGB / L image with a transparent
+  colour) is composited onto **white**, so the models see what a person sees. BEiT-3's own
+  code drops the alpha channel instead (``convert("RGB")``), exposing whatever colour the
+  transparent pixels store; dsmd deliberately composites onto white for BEiT-3 too.
+- **High bit depth** (:func:`_to_8bit`): 16-bit grayscale (modes ``I;16``, ``I;16L``,
+  ``I;16B``, ``I;16N``, e.g. 16-bit PNG and TIFF) is scaled from 0..65535 to 0..255 (PIL's
+  own conversion would clip every value above 255 to white). 32-bit integers (mode ``I``,
+  which PIL uses for 16-bit PGM, scaled to 0..65535) and floats (mode ``F``) have no
+  fixed white: the white level is the smallest of 1 (``F`` only), 255 and 65535 that holds
+  all of the image's values, black is 0; values outside 0..65535 (or negative ones) are
+  stretched linearly from the image's minimum to its maximum (a constant such image is
+  black). NaN or infinite pixels are refused. 16-bit RGB(A) PNGs are reduced to 8 bits by
+  PIL itself.
+- **Size limit**: an image with more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (PIL's
+  decompression-bomb limit, about 89.5 million, left as PIL sets it) is refused with a
+  :class:`~dsmd.errors.DsmdError` naming it, its pixel count and the limit. PIL itself only warns
+  between 1x and 2x that limit; dsmd refuses that range too, so that no image is decoded
+  whose size PIL considers suspect. To read larger images, downscale them, or raise
+  ``PIL.Image.MAX_IMAGE_PIXELS`` in your own code before loading (dsmd never does).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import tarfile
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dsmd.errors import DsmdError
@@ -37,6 +62,9 @@ SEP = "::"
 TAR_SUFFIXES = (".tar",)
 TABLE_SUFFIXES = (".parquet", ".arrow")
 ROW_GROUP_CACHE = 8  # decoded parquet row groups kept per process
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+HIGH_BIT_MODES = SIXTEEN_BIT_MODES + ("I", "F")
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 @dataclass(frozen=True)
@@ -86,31 +114,111 @@ def parse_ref(ref: str | Path) -> ImageRef | None:
                         f"'FILE{SEP}row=R{SEP}col=COLUMN'.") from None
 
 
+def _white_level(values: np.ndarray, mode: str) -> tuple[float, float]:
+    """``(black, white)``: the values shown as 0 and 255 for a mode ``I`` or ``F`` image.
+
+    Raises:
+        ValueError: NaN or infinite pixels.
+    """
+    if values.size == 0:
+        return 0.0, 255.0
+    if not np.isfinite(values).all():
+        raise ValueError(f"mode {mode} image has NaN or infinite pixels")
+    low, high = float(values.min()), float(values.max())
+    if low >= 0:
+        for white in ((1.0,) if mode == "F" else ()) + (255.0, 65535.0):
+            if high <= white:
+                return 0.0, white
+    return low, max(high, low + 1.0)
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """An 8-bit ``L`` copy of a 16-bit, ``I`` or ``F`` grayscale image (``LA`` when it has a
+    transparent value); the scaling is described in the module's docstring."""
+    values = np.array(img, dtype=np.float32)  # (a copy, scaled in place below)
+    transparent = img.info.get("transparency")
+    alpha = None
+    if isinstance(transparent, int):
+        alpha = Image.fromarray(np.where(values == transparent, 0, 255).astype(np.uint8))
+    if img.mode in SIXTEEN_BIT_MODES:
+        black, white = 0.0, 65535.0
+    else:
+        black, white = _white_level(values, img.mode)
+    values -= black
+    values *= 255.0 / (white - black)
+    gray = Image.fromarray(np.clip(np.rint(values, out=values), 0, 255, out=values).astype(np.uint8))
+    return gray if alpha is None else Image.merge("LA", (gray, alpha))
+
+
 def _rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB, high bit depths scaled (:func:`_to_8bit`), transparency composited onto white."""
     img.load()
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
+    if img.mode in HIGH_BIT_MODES:
+        img = _to_8bit(img)
+    if img.mode in ALPHA_MODES or "transparency" in img.info:
+        rgba = (img.convert("LA") if img.mode == "La" else img).convert("RGBA")  # (PIL: no La -> RGBA)
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         canvas.alpha_composite(rgba)
         return canvas.convert("RGB")
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, name: str) -> Image.Image:
-    """Decode encoded image bytes (PNG, JPEG, WebP...) to RGB; ``name`` is used in errors."""
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _too_large(name: str, exc: Exception) -> DsmdError:
+    """The error for an image over ``Image.MAX_IMAGE_PIXELS`` (PIL's message gives its pixel count)."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(found.group(1)):,} pixels" if found else "more pixels"
+    return DsmdError(f"image {name} is too large: {size}, over the limit of {Image.MAX_IMAGE_PIXELS:,} "
+                     "pixels (PIL.Image.MAX_IMAGE_PIXELS, against decompression bombs). Downscale the image "
+                     "or remove it from the dataset.")
+
+
+def _open_rgb(source, name: str) -> Image.Image:
+    """Decode an image (an open binary file) to RGB (:func:`_rgb`); ``name`` is used in errors.
+
+    PIL's decompression-bomb warning (between 1x and 2x ``Image.MAX_IMAGE_PIXELS``) is
+    raised as an error here, like its error above 2x: both become one :class:`DsmdError`.
+    (``warnings.catch_warnings`` is process-wide: images are decoded in the main thread or
+    in DataLoader worker processes, never by several threads of one process.)
+
+    Raises:
+        DsmdError: not an image, truncated or corrupt, or too large.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return _rgb(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as img:
+                return _rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _too_large(name, exc) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DsmdError(f"cannot read image {name}: {exc}. Replace or remove it from the dataset.") from exc
+        raise DsmdError(f"cannot read image {name}: {_one_line(exc)}. Replace or remove it from the dataset.") from exc
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """Decode encoded image bytes (PNG, JPEG, WebP...) to 8-bit RGB; ``name`` is used in errors.
+
+    Transparency is composited onto white and high bit depths are scaled (module docstring).
+
+    Raises:
+        DsmdError: not an image, corrupt, or over ``PIL.Image.MAX_IMAGE_PIXELS``.
+    """
+    return _open_rgb(io.BytesIO(data), name)
 
 
 def load_image(ref: str | Path) -> Image.Image:
-    """Open an image file or container reference as RGB; transparency is composited onto white.
+    """Open an image file or container reference as 8-bit RGB.
+
+    Transparency is composited onto white (not dropped as BEiT-3's code does) and 16-bit,
+    ``I`` and ``F`` images are scaled to 8 bits (module docstring).
 
     Raises:
-        DsmdError: the file, container or member is missing, unreadable or not an image;
-            the message names the container and the member.
+        DsmdError: the file, container or member is missing, unreadable or not an image, or
+            has more pixels than ``PIL.Image.MAX_IMAGE_PIXELS``; the message names the
+            container and the member.
     """
     parsed = parse_ref(ref)
     if parsed is not None:
@@ -119,10 +227,10 @@ def load_image(ref: str | Path) -> Image.Image:
     if not path.is_file():
         raise DsmdError(f"image not found: {path}. Check the dataset's image root or manifest.")
     try:
-        with Image.open(path) as img:
-            return _rgb(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DsmdError(f"cannot read image {path}: {exc}. Replace or remove the file from the dataset.") from exc
+        with path.open("rb") as f:
+            return _open_rgb(f, str(path))
+    except OSError as exc:  # (opening the file; decoding errors are DsmdErrors)
+        raise DsmdError(f"cannot read image {path}: {_one_line(exc)}. Check the file's permissions.") from exc
 
 
 def read_member(ref: ImageRef | str) -> bytes:

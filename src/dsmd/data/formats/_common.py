@@ -1,11 +1,13 @@
-"""What every format's listing returns, and the split names they share."""
+"""What every format's listing returns, the split names they share, and text-reading helpers."""
 
 from __future__ import annotations
 
+import codecs
 import re
 from pathlib import Path
 
 from dsmd.config import DataConfig
+from dsmd.errors import DsmdError
 
 # (image reference, caption, split or "" when the source gives none)
 Row = tuple[str, str, str]
@@ -36,3 +38,38 @@ def resolve(path: str, base: Path) -> str:
     """``path`` made absolute against ``base`` (``~`` expanded)."""
     p = Path(path).expanduser()
     return str(p if p.is_absolute() else base / p)
+
+
+def decode_utf8(data: bytes, source: str | Path) -> str:
+    """``data`` decoded as UTF-8, a leading byte-order mark dropped.
+
+    Raises:
+        DsmdError: ``source:LINE: not UTF-8 text (byte OFFSET is 0xNN) ...``, for the first
+            invalid byte (offset counted from the start of ``data``, lines from 1).
+    """
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[skip:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = skip + exc.start
+        line = data.count(b"\n", 0, at) + 1
+        raise DsmdError(f"{source}:{line}: not UTF-8 text (byte {at} is 0x{data[at]:02x}). Save the file "
+                        "as UTF-8 (e.g. iconv -f latin1 -t utf-8).") from None
+
+
+def read_utf8(path: Path) -> str:
+    """The text of a UTF-8 file (:func:`decode_utf8`)."""
+    return decode_utf8(path.read_bytes(), path)
+
+
+def json_kind(value) -> str:
+    """What a JSON value is, for messages: ``a number (12)``, ``an object``, ``null``..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int | float):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return "a string"
+    return {dict: "an object", list: "a list"}.get(type(value), type(value).__name__)

@@ -17,7 +17,7 @@ Columns (each a ``datasets`` feature):
   Flickr30k has 5 per row). With a list, a row is one image. With a string, a row is one
   caption, and rows whose image has the same ``path`` are the same image.
 
-Splits, first that applies: a ``split`` column (train / val / validation / test / restval);
+Splits, first that applies: a ``split`` text column (train / val / validation / test / restval);
 the splits of a ``DatasetDict`` with more than one (``validation`` -> val); the split word in
 a parquet file's name (``train-00000-of-00002.parquet``); else the seeded split
 (``data.split_seed``, ``data.val_fraction``, ``data.test_fraction``) as for manifests.
@@ -29,21 +29,41 @@ import glob
 import json
 from pathlib import Path
 
-from dsmd.data.formats._common import SPLIT_ALIASES, Row, resolve, split_from_name
+from dsmd.data.formats._common import SPLIT_ALIASES, Row, read_utf8, resolve, split_from_name
 from dsmd.data.images import open_arrow, table_ref
 from dsmd.errors import DsmdError
 
 SPLIT_COLUMN = "split"
 
 
+def _saved_json(path: Path, key: str) -> list:
+    """The names listed under ``key`` in a JSON file ``save_to_disk`` wrote: the split names of
+    ``dataset_dict.json`` (``splits``), the arrow file names of ``state.json`` (``_data_files``)."""
+    try:
+        value = json.loads(read_utf8(path))[key]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        why = f"no '{key}'" if isinstance(exc, KeyError | TypeError) else f"not JSON: {exc}"
+        raise DsmdError(f"{path} is not as save_to_disk writes it ({why}). "
+                        "Save the dataset again with save_to_disk.") from exc
+    if key == "_data_files" and isinstance(value, list):  # [{"filename": "data-00000-of-00001.arrow"}, ...]
+        value = [v.get("filename") if isinstance(v, dict) else None for v in value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise DsmdError(f"{path}: '{key}' is not as save_to_disk writes it. Save the dataset again with save_to_disk.")
+    return value
+
+
 def _arrow_files(folder: Path) -> list[Path]:
     state = folder / "state.json"
     if state.is_file():
-        files = [folder / f["filename"] for f in json.loads(state.read_text())["_data_files"]]
+        files = [folder / name for name in _saved_json(state, "_data_files")]
     else:
         files = sorted(folder.glob("*.arrow"))
     if not files:
         raise DsmdError(f"no arrow files in {folder}. Is it a folder written by save_to_disk?")
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise DsmdError(f"arrow file not found: {missing[0]} (listed in {state}). Save the dataset again with "
+                        "save_to_disk.")
     return files
 
 
@@ -51,11 +71,12 @@ def data_files(manifest: str) -> list[tuple[Path, str]]:
     """The data files of a dataset and the split each one's source names ("" if none).
 
     Raises:
-        DsmdError: nothing found at ``manifest``, or a ``DatasetDict`` split we do not know.
+        DsmdError: nothing found at ``manifest``, a ``DatasetDict`` split we do not know, or a
+            ``dataset_dict.json`` / ``state.json`` that is not as ``save_to_disk`` writes it.
     """
     path = Path(manifest).expanduser()
     if path.is_dir() and (path / "dataset_dict.json").is_file():
-        names = json.loads((path / "dataset_dict.json").read_text())["splits"]
+        names = _saved_json(path / "dataset_dict.json", "splits")
         unknown = [n for n in names if n not in SPLIT_ALIASES]
         if unknown:
             raise DsmdError(f"{path}: split '{unknown[0]}' is not one of {', '.join(SPLIT_ALIASES)}. "
@@ -99,6 +120,9 @@ def _columns(path: Path, image_column: str, caption_column: str) -> tuple[list, 
         return table.select(columns) if arrow else pf.read(columns=columns)
 
     has_split = SPLIT_COLUMN in schema.names
+    if has_split and not _is_text(schema.field(SPLIT_COLUMN).type):
+        raise DsmdError(f"{path}: column '{SPLIT_COLUMN}' has type {schema.field(SPLIT_COLUMN).type}; it must hold "
+                        f"text ({', '.join(SPLIT_ALIASES)}). Rename or drop the column.")
     small = read([caption_column] + ([SPLIT_COLUMN] if has_split else []))
     captions = small.column(caption_column).to_pylist()
     n = len(captions)
@@ -116,7 +140,7 @@ def _columns(path: Path, image_column: str, caption_column: str) -> tuple[list, 
             paths = (pc.struct_field(pf.read(columns=[f"{image_column}.path"]).column(0), "path").to_pylist()
                      if has_path else [None] * n)
             embedded = _parquet_embedded(pf, f"{image_column}.bytes")
-    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+    elif _is_text(kind):
         paths, embedded = read([image_column]).column(0).to_pylist(), [False] * n
     elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
         paths = [None] * n
@@ -128,6 +152,12 @@ def _columns(path: Path, image_column: str, caption_column: str) -> tuple[list, 
         if not (embedded[r] or paths[r]):
             raise DsmdError(f"{path}: row {r} has no image in column '{image_column}'. Remove the row.")
     return captions, splits, paths, embedded
+
+
+def _is_text(kind) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
 
 def _parquet_embedded(pf, leaf: str) -> list[bool]:
@@ -155,13 +185,30 @@ def _parquet_embedded(pf, leaf: str) -> list[bool]:
     return embedded
 
 
+def _texts(caption, where: str, column: str) -> list[str]:
+    """The stripped captions of one cell: a string or a non-empty list of non-empty strings."""
+    texts = [caption] if isinstance(caption, str) else caption
+    if not isinstance(texts, list) or not texts:
+        raise DsmdError(f"{where}: column '{column}' holds no caption ({type(caption).__name__}). "
+                        "Set data.caption_column to a text or list column.")
+    for text in texts:
+        if not isinstance(text, str):
+            raise DsmdError(f"{where}: column '{column}' holds a value of type {type(text).__name__}, not text. "
+                            "Set data.caption_column to a text or list-of-text column.")
+        if not text.strip():
+            raise DsmdError(f"{where}: empty caption. Fix or remove the row.")
+    return [text.strip() for text in texts]
+
+
 def list_hf(manifest: str, root: Path | None, image_column: str = "image",
             caption_column: str = "caption") -> list[Row]:
     """(image reference or path, caption, split) for every caption, in file and row order.
 
     Raises:
-        DsmdError: nothing at ``manifest``; a column missing (the message lists the
-            available ones); a row without image or caption; a caption that is not text.
+        DsmdError: nothing at ``manifest``; a ``save_to_disk`` JSON file that is not UTF-8
+            JSON with its list; a column missing (the message lists the available ones); a
+            ``split`` column that is not text; a row without image or caption; a caption that
+            is not text.
     """
     rows: list[Row] = []
     image_of: dict[str, str] = {}  # grouping key -> the image's reference
@@ -176,12 +223,5 @@ def list_hf(manifest: str, root: Path | None, image_column: str = "image",
             else:
                 ref = key = resolve(paths[r], base)
             ref = image_of.setdefault(key, ref)
-            texts = [caption] if isinstance(caption, str) else caption
-            if not isinstance(texts, list) or not texts:
-                raise DsmdError(f"{where}: column '{caption_column}' holds no caption "
-                                f"({type(caption).__name__}). Set data.caption_column to a text or list column.")
-            for text in texts:
-                if not isinstance(text, str) or not text.strip():
-                    raise DsmdError(f"{where}: empty caption. Fix or remove the row.")
-                rows.append((ref, text.strip(), split or file_split))
+            rows.extend((ref, text, split or file_split) for text in _texts(caption, where, caption_column))
     return rows

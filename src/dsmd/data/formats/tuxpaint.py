@@ -1,14 +1,15 @@
 """``data.kind=tuxpaint``: the Debian photo stamps, ``NAME.png`` beside ``NAME.txt``.
 
-The caption is the first line of ``NAME.txt`` (one caption per image); no split is given, so
-images are split from ``data.split_seed``.
+The caption is the first line of ``NAME.txt`` (one caption per image), which must be UTF-8
+(the translations on the following lines are not read); no split is given, so images are
+split from ``data.split_seed``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from dsmd.data.formats._common import Row
+from dsmd.data.formats._common import Row, decode_utf8
 from dsmd.errors import DsmdError
 
 
@@ -17,6 +18,9 @@ def list_tuxpaint(root: str | Path, exclude: list[str]) -> list[Row]:
 
     Images under a folder named in ``exclude`` (at any depth: ``food/fruit/cartoon``) and
     stamps without a caption file (the ``*_mirror.png`` variants) are skipped.
+
+    Raises:
+        DsmdError: ``root`` is not a folder, or a caption line is not UTF-8 (``FILE:1: ...``).
     """
     root = Path(root)
     if not root.is_dir():
@@ -32,8 +36,7 @@ def list_tuxpaint(root: str | Path, exclude: list[str]) -> list[Row]:
         txt = png.with_suffix(".txt")
         if not txt.is_file():
             continue
-        lines = txt.read_text(encoding="utf-8", errors="replace").splitlines()
-        caption = lines[0].strip() if lines else ""
+        caption = decode_utf8(txt.read_bytes().split(b"\n", 1)[0], txt).strip()
         if caption:
             rows.append((str(png), caption, ""))
     return rows

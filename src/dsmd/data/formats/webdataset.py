@@ -14,6 +14,10 @@ A sample is the run of consecutive members sharing a key (the member name up to 
   ``.json`` gives ``{"caption": str}`` or ``{"captions": [str, ...]}``;
 - optionally a split: ``"split"`` in the ``.json`` (train / val / validation / test / restval).
 
+``.txt`` and ``.json`` members are UTF-8 (a leading byte-order mark is dropped); a ``.json`` is
+a JSON object whose ``caption`` / ``captions`` / ``split``, when present and not null, have the
+types above. Anything else is refused with an error naming the shard and the member.
+
 Samples without an image or a caption are skipped (e.g. failed downloads in img2dataset
 shards). Splits, first that applies: each sample's ``split``; the split word in the shard's
 file name (``train-000001.tar``, ``val_0.tar``); else the seeded split. Listing reads tar
@@ -34,7 +38,7 @@ from pathlib import Path
 from braceexpand import braceexpand
 from webdataset.tariterators import base_plus_ext
 
-from dsmd.data.formats._common import Row, split_from_name
+from dsmd.data.formats._common import SPLIT_ALIASES, Row, decode_utf8, json_kind, split_from_name
 from dsmd.data.images import remember_tar_index, tar_ref
 from dsmd.errors import DsmdError
 
@@ -84,23 +88,52 @@ class Sample:
     members: dict[str, bytes] = field(default_factory=dict)
 
 
-def _captions_of(members: dict[str, bytes], where: str) -> tuple[list[str], str]:
-    meta = {}
-    if "json" in members:
-        try:
-            meta = json.loads(members["json"].decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DsmdError(f"{where}.json is not valid JSON ({exc}).") from exc
-        if not isinstance(meta, dict):
-            meta = {}
-    captions: list = []
-    if "txt" in members:
-        captions = members["txt"].decode("utf-8", errors="replace").splitlines()
-    if not any(isinstance(c, str) and c.strip() for c in captions):
-        captions = meta.get("captions", meta.get("caption", []))
-        captions = [captions] if isinstance(captions, str) else captions if isinstance(captions, list) else []
-    split = meta.get("split") or ""
-    return [c.strip() for c in captions if isinstance(c, str) and c.strip()], split if isinstance(split, str) else ""
+def _meta(member: tuple[str, bytes] | None) -> dict:
+    """The ``.json`` member ``(name, bytes)`` as an object; ``{}`` without one."""
+    if member is None:
+        return {}
+    name, data = member
+    try:
+        meta = json.loads(decode_utf8(data, name))
+    except json.JSONDecodeError as exc:
+        raise DsmdError(f"{name} is not valid JSON ({exc}).") from exc
+    if not isinstance(meta, dict):
+        raise DsmdError(f'{name} must be a JSON object ({{"caption": ...}}), not {json_kind(meta)}.')
+    return meta
+
+
+def _json_captions(meta: dict, name: str) -> list[str]:
+    """``captions`` (or else ``caption``) of a ``.json`` member: a string or a list of strings."""
+    field = "captions" if meta.get("captions") is not None else "caption"
+    value = meta.get(field)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise DsmdError(f"{name}: '{field}' must be a string or a list of strings, not {json_kind(value)}.")
+    for k, caption in enumerate(value):
+        if not isinstance(caption, str):
+            raise DsmdError(f"{name}: {field}[{k}] must be a string (a caption), not {json_kind(caption)}.")
+    return value
+
+
+def _captions_of(text: dict[str, tuple[str, bytes]]) -> tuple[list[str], str]:
+    """Captions and split of a sample from its ``txt`` / ``json`` members (``ext -> (name, bytes)``).
+
+    Raises:
+        DsmdError: a member that is not UTF-8, a ``.json`` that is not a JSON object, or a
+            ``caption`` / ``captions`` / ``split`` of the wrong type; the message names the member.
+    """
+    meta = _meta(text.get("json"))
+    split = meta.get("split")
+    if split is not None and not isinstance(split, str):
+        raise DsmdError(f"{text['json'][0]}: 'split' must be a string (one of {', '.join(SPLIT_ALIASES)}), "
+                        f"not {json_kind(split)}.")
+    captions = decode_utf8(text["txt"][1], text["txt"][0]).splitlines() if "txt" in text else []
+    if not any(c.strip() for c in captions) and "json" in text:
+        captions = _json_captions(meta, text["json"][0])
+    return [c.strip() for c in captions if c.strip()], split or ""
 
 
 def iter_samples(shard: str, read_images: bool = False, wanted=None,
@@ -124,8 +157,9 @@ def iter_samples(shard: str, read_images: bool = False, wanted=None,
 
             def flush():
                 image = next((members[e] for e in IMAGE_EXTENSIONS if e in members), None)
-                text = {e: tf.extractfile(members[e]).read() for e in ("txt", "json") if e in members}
-                captions, split = _captions_of(text, f"{shard}::{key}")
+                text = {e: (tar_ref(shard, members[e].name), tf.extractfile(members[e]).read())
+                        for e in ("txt", "json") if e in members}
+                captions, split = _captions_of(text)
                 sample = Sample(key, image.name if image else None, None, captions, split)
                 if image is not None:
                     sample.members = {e: tf.extractfile(members[e]).read() for e in read_members if e in members}
