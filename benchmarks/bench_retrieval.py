@@ -10,8 +10,8 @@ At the MSCOCO 5K test scale by default (5,000 images x 5 captions, D = 768, floa
   noise, renormalised) whose recalls are not.
 
 Ranks may differ by one where a negative scores within float32 rounding of a positive:
-``retrieval_metrics`` scores positive pairs with a row-wise dot product, the reference takes
-them from its one big product, and the two sum in different orders. The table counts them.
+``retrieval_metrics`` compares exact scores (float64 products summed in a fixed order, the same
+for every pair), the reference the entries of its one float32 product. The table counts them.
 
 Prints a table and a JSON line; ``--json PATH`` also writes the JSON there. Exits 1 when the
 metrics differ from the reference.

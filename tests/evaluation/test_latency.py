@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from dsmd.evaluation import latency
 from dsmd.evaluation.latency import measure_latency
 
 
@@ -32,13 +34,30 @@ def test_sleeping_function_gives_its_duration_per_item():
     assert all(calls["inference_mode"])
 
 
-def test_median_ignores_one_slow_repeat():
-    durations = iter([0.0, 0.2, 0.01, 0.01])  # one warm-up, then one slow timed call
+@pytest.mark.parametrize(
+    ("timed", "expected_ms"),
+    [
+        # Sorted: 10, 11, 12, 13, 500 ms. Median 12 ms; mean 109.2, min 10, max 500.
+        ([0.010, 0.500, 0.012, 0.011, 0.013], 12.0),
+        # Even count: median (20 + 40) / 2 = 30 ms; mean 242.5, min 10, max 900, and the
+        # lower and upper medians 20 and 40.
+        ([0.040, 0.010, 0.900, 0.020], 30.0),
+    ],
+)
+def test_result_is_the_median_of_the_timed_calls(monkeypatch, timed, expected_ms):
+    # A fake clock that only the calls move forward, so every call time is known exactly. A
+    # slow warm-up call must not count either.
+    clock = [1000.0]
+    monkeypatch.setattr(latency, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    durations = iter([5.0, *timed])  # one warm-up call, then the timed ones
 
     def fn(batch):
-        time.sleep(next(durations))
+        clock[0] += next(durations)
 
-    assert measure_latency(fn, lambda n: None, batch_size=1, warmup=1, repeats=3) < 150.0
+    ms_per_item = measure_latency(fn, lambda n: None, batch_size=2, warmup=1, repeats=len(timed))
+
+    assert ms_per_item == pytest.approx(expected_ms / 2, rel=1e-9)
+    assert next(durations, None) is None  # exactly warm-up + repeats calls
 
 
 @pytest.mark.parametrize(

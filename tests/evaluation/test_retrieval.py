@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from dsmd.evaluation import RetrievalRanks, retrieval_metrics, retrieval_ranks
+from dsmd.evaluation import (
+    RetrievalRanks,
+    exact_scores,
+    retrieval_metrics,
+    retrieval_ranks,
+)
 
 
 def reference_ranks(image, text, ids):
@@ -232,3 +239,130 @@ def test_a_positive_never_beats_itself(chunk_size):
     ranks = retrieval_ranks(image, text, ids, chunk_size=chunk_size)
     assert ranks.image_to_text.tolist() == [0] * 64
     assert ranks.text_to_image.tolist() == [0] * 128
+
+
+# --- Exact ties and independence from the block size -------------------------------------------
+
+
+def brute_force_ranks(image, text, ids):
+    """Sort-free definition: a rank is the number of items with a strictly greater score.
+
+    Scores are the correctly rounded exact dot products (float32 products are exact in
+    float64; ``math.fsum`` rounds their exact sum once), so identical features score
+    identically, whatever else is scored. Returns (image→text, text→image) ranks as lists.
+    """
+    image = torch.as_tensor(image, dtype=torch.float32).double()
+    text = torch.as_tensor(text, dtype=torch.float32).double()
+    ids = [int(i) for i in ids]
+    sim = [[math.fsum(row) for row in (image * t).tolist()] for t in text]
+    t2i = [sum(s > scores[ids[j]] for s in scores) for j, scores in enumerate(sim)]
+    i2t = []
+    for i in range(image.shape[0]):
+        own = [j for j in range(len(ids)) if ids[j] == i]
+        if not own:
+            i2t.append(-1)
+            continue
+        best = max(sim[j][i] for j in own)
+        i2t.append(sum(sim[j][i] > best for j in range(len(ids)) if ids[j] != i))
+    return i2t, t2i
+
+
+def duplicates_case(kind, num_images=64, dim=768, seed=0):
+    """Each image with one caption near it (cosine about 0.9), plus exact duplicates.
+
+    ``"captions"``: every caption is given a second time to the next image, so each image's
+    best caption is tied by a caption of another image. ``"images"``: the last quarter of the
+    images repeats the first quarter, each with a caption of its own, so each of those captions
+    sees its own image tied by another one. Either way every tie must go to the correct item.
+    At D = 768 the float32 matrix product and a row-wise dot product round most scores
+    differently, which is what used to settle these ties.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.nn.functional.normalize(torch.randn(num_images, dim, generator=generator), dim=1)
+    if kind == "images":
+        repeat = num_images // 4
+        image[-repeat:] = image[:repeat]
+    ids = torch.arange(num_images)
+    noise = torch.randn(num_images, dim, generator=generator)
+    text = torch.nn.functional.normalize(image + 0.5 * noise / dim**0.5, dim=1)
+    if kind == "captions":
+        text = torch.cat([text, text])
+        ids = torch.cat([ids, (ids + 1) % num_images])
+    order = torch.randperm(len(ids), generator=generator)  # spread duplicates over blocks
+    return image, text[order], ids[order]
+
+
+DUPLICATE_KINDS = ("captions", "images")
+BLOCK_SIZES = (1, 2, 3, 7, 16, 97, None)
+
+
+@pytest.fixture(scope="module")
+def duplicates():
+    cases = {}
+    for kind in DUPLICATE_KINDS:
+        image, text, ids = duplicates_case(kind)
+        cases[kind] = (image, text, ids, brute_force_ranks(image, text, ids))
+    return cases
+
+
+def test_brute_force_reference_on_hand_built_case():
+    assert brute_force_ranks(HAND_IMAGES, HAND_TEXTS, HAND_IDS) == ([0, 0, 1], [0, 1, 0, 1, 1, 0])
+
+
+def test_duplicate_captions_tie_in_favour_of_the_correct_image(duplicates):
+    image, text, ids, (expected_i2t, expected_t2i) = duplicates["captions"]
+    # Every image's best caption is tied, exactly, by its copy given to the next image; no
+    # other caption comes close, so every image→text rank is 0.
+    assert expected_i2t == [0] * len(image)
+    ranks = retrieval_ranks(image, text, ids)
+    assert ranks.image_to_text.tolist() == expected_i2t
+    assert ranks.text_to_image.tolist() == expected_t2i
+    metrics = retrieval_metrics(image, text, ids, ks=(1,))
+    assert metrics["i2t_r1"] == 100.0
+    # Half the captions are the copies, whose own image is beaten by the original's image.
+    assert metrics["t2i_r1"] == 50.0
+
+
+def test_duplicate_images_tie_in_favour_of_the_correct_image(duplicates):
+    image, text, ids, (expected_i2t, expected_t2i) = duplicates["images"]
+    # A caption of a repeated image sees its own image tied by the repeat: still rank 0.
+    assert expected_t2i == [0] * len(text)
+    ranks = retrieval_ranks(image, text, ids)
+    assert ranks.text_to_image.tolist() == expected_t2i
+    assert ranks.image_to_text.tolist() == expected_i2t
+    assert retrieval_metrics(image, text, ids, ks=(1,))["t2i_r1"] == 100.0
+
+
+@pytest.mark.parametrize("kind", DUPLICATE_KINDS)
+def test_result_does_not_depend_on_the_block_size(duplicates, kind):
+    # Blocks of 1 to 97 captions, and the default (all at once): the float32 product rounds
+    # differently for different block shapes, and none of it may show in the result.
+    image, text, ids, (expected_i2t, expected_t2i) = duplicates[kind]
+    metrics = []
+    for chunk_size in BLOCK_SIZES:
+        ranks = retrieval_ranks(image, text, ids, chunk_size=chunk_size)
+        assert ranks.image_to_text.tolist() == expected_i2t, chunk_size
+        assert ranks.text_to_image.tolist() == expected_t2i, chunk_size
+        metrics.append(retrieval_metrics(image, text, ids, chunk_size=chunk_size))
+    assert all(m == metrics[0] for m in metrics)
+
+
+@pytest.mark.parametrize("grid", [False, True], ids=["gaussian", "exact-grid-ties"])
+def test_random_cases_match_sort_free_brute_force(grid):
+    image, text, ids = random_case(seed=11, num_images=41, max_captions=4, dim=24,
+                                   empty_images=3, grid=grid)  # fmt: skip
+    expected_i2t, expected_t2i = brute_force_ranks(image, text, ids)
+    for chunk_size in (1, 5, None):
+        ranks = retrieval_ranks(image, text, ids, chunk_size=chunk_size)
+        assert ranks.image_to_text.tolist() == expected_i2t
+        assert ranks.text_to_image.tolist() == expected_t2i
+
+
+def test_reduced_precision_matmul_widens_the_band(monkeypatch, duplicates):
+    # As if float32 products ran on bfloat16 inputs: many more entries fall near a threshold
+    # and are scored exactly; the ranks must not change.
+    monkeypatch.setattr(exact_scores, "matmul_input_unit", lambda device: 2.0**-8)
+    image, text, ids, (expected_i2t, expected_t2i) = duplicates["captions"]
+    ranks = retrieval_ranks(image, text, ids, chunk_size=7)
+    assert ranks.image_to_text.tolist() == expected_i2t
+    assert ranks.text_to_image.tolist() == expected_t2i

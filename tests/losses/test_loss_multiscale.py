@@ -103,11 +103,47 @@ def test_queue_state_round_trips_through_state_dict():
     assert a["cd"].item() > 0
 
 
+def test_update_queue_enqueues_the_teacher_features_and_ids_and_wraps_around():
+    module = MultiscaleDistillationLoss(DIM, losses=["cd"], queue_size=8).double()
+    queue = module.queue
+    first, _ = make_batch(12)
+    first_ids = torch.arange(5)
+    teacher_image = first[2].clone().requires_grad_(True)
+    module.update_queue(teacher_image, first[3], first_ids)
+    # The teacher's features (not the student's), in slots 0-4, without their graph.
+    assert int(queue.ptr) == 5 and int(queue.count) == 5 and len(queue) == 5
+    assert torch.equal(queue.image[:5], first[2]) and torch.equal(queue.text[:5], first[3])
+    assert torch.equal(queue.image_ids[:5], first_ids)
+    assert not queue.image.requires_grad
+    image, text, image_ids = queue.valid()
+    assert torch.equal(image, first[2]) and torch.equal(text, first[3])
+    assert torch.equal(image_ids, first_ids)
+
+    # 5 more pairs into 3 free slots: rows 0-2 fill slots 5-7, rows 3-4 overwrite the two
+    # oldest (slots 0-1); the pointer wraps to 2 and the queue is full.
+    second, _ = make_batch(13)
+    second_ids = torch.arange(10, 15)
+    module.update_queue(second[2], second[3], second_ids)
+    assert int(queue.ptr) == 2 and int(queue.count) == 8 and len(queue) == 8
+    for buffer, new, old in ((queue.image, second[2], first[2]), (queue.text, second[3], first[3])):
+        assert torch.equal(buffer[5:8], new[:3])
+        assert torch.equal(buffer[:2], new[3:])
+        assert torch.equal(buffer[2:5], old[2:])
+    assert queue.image_ids.tolist() == [13, 14, 2, 3, 4, 10, 11, 12]
+    image, text, image_ids = queue.valid()
+    assert torch.equal(image, queue.image) and torch.equal(image_ids, queue.image_ids)
+
+
 def test_without_cd_the_state_is_empty_and_update_is_a_no_op():
     module = MultiscaleDistillationLoss(DIM, losses=["fd", "sd"])
     assert module.state_dict() == {}
     feats, ids = make_batch(10)
     module.update_queue(feats[2].float(), feats[3].float(), ids)
+    # Nothing was created or stored, and the losses are those of the batch alone.
+    assert module.queue is None
+    assert module.state_dict() == {} and list(module.buffers()) == []
+    out = module(*(f.float() for f in feats), ids)
+    assert out["fd"].item() == pytest.approx(feature_distillation_loss(*feats).item(), rel=1e-5)
 
 
 def test_from_config():

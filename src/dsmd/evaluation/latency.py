@@ -29,7 +29,7 @@ def measure_latency(
     than the mean.
 
     Args:
-        fn: the model call to time, e.g. ``lambda images: student.encode_image(images)``.
+        fn: the model call to time, e.g. ``lambda images: student.encode_images(images)``.
         make_batch: builds one input batch of the given size, e.g. a ``(B, 3, H, W)`` tensor
             already on the model's device.
         batch_size: items per batch ``B``; the result is divided by it.

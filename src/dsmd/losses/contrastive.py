@@ -61,7 +61,9 @@ def contrastive_distillation_loss(
 
     For each modality the student feature must pick its teacher feature out of the
     teacher features in the queue (:func:`queue_info_nce`). The queue is the one from
-    *before* this batch; the caller enqueues the batch after the optimiser step.
+    *before* this batch; the caller enqueues the batch's teacher features once this loss is
+    computed (the training step does it right after each micro-batch's backward pass, before
+    the optimiser step, which is equivalent: teacher features do not depend on the student).
 
     Args:
         student_image: ``(B, D)`` student image features ``S^v``.

@@ -158,7 +158,12 @@ class MultiscaleDistillationLoss(nn.Module):
         return out
 
     def update_queue(self, teacher_image: Tensor, teacher_text: Tensor, image_ids: Tensor) -> None:
-        """Enqueue a batch's teacher features; call after the optimiser step (no-op without CD).
+        """Enqueue a batch's teacher features, once its losses are computed (no-op without CD).
+
+        The training step (:meth:`dsmd.training.step.DistillationStep.micro_batch`) calls it
+        right after each micro-batch's backward pass, before the optimiser step, so the next
+        micro-batch already has this one's pairs as negatives. That is equivalent to enqueuing
+        after the step: teacher features do not depend on the student.
 
         Under data parallelism pass the features gathered from all ranks, so every rank's
         queue stays identical.
