@@ -1,7 +1,7 @@
 """Size and row-read rate of a memory-mapped feature store at the MSCOCO train scale.
 
 A split of 113,287 images and 566,747 captions (Karpathy train + restval), D = 768, random
-unit-norm features, written with :func:`dsmd.store.feature_store.write_split` as float32 and
+unit-norm features, written with :func:`dsmd.store.writer.write_split` as float32 and
 float16, each as one file and as shards of ``--shard-rows`` rows. For each store: its size on
 disk, the write time (including the sha256 of every file), and the rate at which
 :meth:`SplitFeatures.image_rows` / :meth:`SplitFeatures.text_rows` return random batches
@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from dsmd.store.feature_store import FeatureStore, SplitFeatures, write_json_atomic, write_split
+from dsmd.runtime.files import write_json_atomic
+from dsmd.store import FeatureStore, SplitFeatures, write_split
 
 
 def _write(folder: Path, feats: SplitFeatures, dtype: str, shard_rows: int | None) -> float:

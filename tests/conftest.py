@@ -24,6 +24,7 @@ from transformers import (
 
 from beit3_fixtures import beit3_files, train_spm  # noqa: F401  (fixtures for every folder)
 from dsmd.data.synthetic import COLOURS, SHAPES, write_synthetic_dataset
+from tiny_runs import tiny_run_overrides
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 WORDS = sorted({*COLOURS, *SHAPES, "a", "on", "background", "picture", "with", ",", "backdrop", "the", "is",
@@ -84,13 +85,4 @@ def synthetic_manifest(tmp_path_factory) -> str:
 @pytest.fixture
 def tiny_overrides(tiny_models, synthetic_manifest, tmp_path) -> list[str]:
     """``key=value`` overrides for a whole run on tiny models, writing under ``tmp_path``."""
-    return [
-        "data.kind=manifest", f"data.manifest={synthetic_manifest}", "data.val_fraction=0.25",
-        "data.test_fraction=0.25", "teacher.kind=hf_clip", f"teacher.name_or_path={tiny_models['clip']}",
-        "teacher.batch_size=8", f"student.vision={tiny_models['vit']}", "student.image_size=32",
-        "student.vision_head=features", "student.vision_proj_init=default", "store_views=0",
-        f"student.text={tiny_models['bert']}", "student.text_layers=1", "student.max_text_length=16",
-        "loss.queue_size=16", "train.epochs=2", "train.batch_size=8", "train.lr=1e-3",
-        "train.lr_decay_epochs=[1]", "train.eval_batch_size=16", "train.device=cpu",
-        f"store={tmp_path / 'store'}", f"out_dir={tmp_path / 'run'}",
-    ]
+    return tiny_run_overrides(tiny_models, synthetic_manifest, tmp_path)

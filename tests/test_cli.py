@@ -27,7 +27,7 @@ def test_help_shows_an_example(argv, capsys):
     (["eval", "--checkpoint", "/nonexistent.pt"], "checkpoint not found"),
     (["eval", "--store", "/nonexistent_store"], "no feature store at /nonexistent_store"),
     (["train", "--resume", "out_dir=/nonexistent_run"], "nothing to resume"),
-    (["extract", "teacher.kind=bert"], "unknown teacher kind"),
+    (["extract", "teacher.kind=bert"], "'teacher.kind': 'bert' is not allowed"),
 ])
 def test_user_errors_are_one_clear_line(argv, fragment, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

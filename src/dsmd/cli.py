@@ -11,18 +11,20 @@ import os
 import sys
 from pathlib import Path
 
+import dsmd
 from dsmd.errors import DsmdError
 
 EXAMPLES = {
     "demo": "dsmd demo --out demo_out",
-    "extract": "dsmd extract --config my.yaml store=runs/store teacher.batch_size=128",
-    "import-features": "dsmd import-features --config my.yaml store=runs/beit3 teacher.name_or_path=feats/beit3\n"
-                       "  dsmd import-features --config my.yaml store=runs/beit3 --trust-pickle \\\n"
+    "extract": "dsmd extract --config demo store=runs/store",
+    "import-features": "dsmd import-features --config demo store=runs/imported teacher.name_or_path=FEATURES_FOLDER\n"
+                       "  dsmd import-features --config demo store=runs/imported --trust-pickle \\\n"
                        "      --train train_image_feats.pkl train_text_feats.pkl --val val_image.npy val_text.npy",
-    "train": "dsmd train --config my.yaml out_dir=runs/exp1 train.epochs=5 loss.losses=[cd,fd]\n"
+    "train": "dsmd train --config demo store=runs/store out_dir=runs/exp1 train.epochs=2\n"
              "  dsmd train --resume out_dir=runs/exp1",
     "eval": "dsmd eval --checkpoint runs/exp1/checkpoints/best.pt --split test --json\n"
             "  dsmd eval --store runs/store --split test",
+    "verify": "dsmd verify runs/store",
 }
 
 
@@ -33,11 +35,14 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"dsmd {dsmd.__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_, description=help_, epilog=f"example:\n  {EXAMPLES[name]}",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        q = sub.add_parser(name, help=help_, description=help_, epilog=f"example:\n  {EXAMPLES[name]}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        q.add_argument("--quiet", action="store_true", help="no progress bars")
+        return q
 
     def config_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("--config", help="YAML file, or the name of a packaged config: demo (the default), "
@@ -47,15 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     q = add("demo", "Run the whole pipeline on the embedded offline default (Tux Paint stamps, offline teacher).")
     q.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     q.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the demo config")
-    q.add_argument("--quiet", action="store_true", help="no progress bars")
 
     q = add("extract", "Run the teacher once and write its features into a feature store.")
     config_args(q)
     q.add_argument("--overwrite", action="store_true", help="replace a store built differently")
-    q.add_argument("--quiet", action="store_true")
 
     q = add("import-features", "Write a feature store from teacher features computed elsewhere "
-                               "(.npy/.npz/.pt/.safetensors/.pkl; see dsmd.store.importer).")
+                               "(.npy/.npz/.pt/.safetensors/.pkl; see dsmd.extraction.importer).")
     config_args(q)
     for split in ("train", "val", "test"):
         q.add_argument(f"--{split}", nargs="+", metavar="FILE",
@@ -72,7 +75,6 @@ def _parser() -> argparse.ArgumentParser:
     q = add("train", "Distil a student from a feature store.")
     config_args(q)
     q.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
-    q.add_argument("--quiet", action="store_true")
 
     q = add("eval", "Retrieval metrics of a student checkpoint or of a feature store on a split.")
     src = q.add_mutually_exclusive_group(required=True)
@@ -81,7 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--split", default="test", help="train, val or test (default: test)")
     q.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     q.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="overrides of the checkpoint's config (e.g. data.root=/data/stamps)")
+                   help="with --checkpoint: which data to score (data.*=...), train.device, train.eval_batch_size")
+
+    q = add("verify", "Check every file of a feature store against its manifest (sha256, finite values).")
+    q.add_argument("store", help="the feature store folder")
     return p
 
 
@@ -92,7 +97,7 @@ def _load(args):
 
 
 def _import_features(args):
-    from dsmd.store.importer import DEFAULT_TOLERANCE, import_features
+    from dsmd.extraction.importer import DEFAULT_TOLERANCE, import_features
 
     files: dict[str, list[str]] = {}
     for split in ("train", "val", "test"):
@@ -111,36 +116,41 @@ def _import_features(args):
                            trust_pickle=args.trust_pickle, overwrite=args.overwrite)
 
 
-def _eval(args) -> dict:
-
-    from dsmd.data.datasets import load_split
-    from dsmd.evaluation.retrieval import retrieval_metrics
-    from dsmd.evaluation.student_eval import evaluate_student
-    from dsmd.store.feature_store import FeatureStore
-    from dsmd.training.checkpoint import load_student
-    from dsmd.training.device import resolve_device
+def _eval(args, progress: bool) -> None:
+    from dsmd.reports import format_table
+    from dsmd.scoring import score_checkpoint, score_store
 
     if args.store:
         if args.overrides:
             raise DsmdError("--store takes no key=value overrides (the store holds everything it needs).")
-        feats = FeatureStore.open(args.store).split(args.split)
-        return retrieval_metrics(feats.image, feats.text, feats.caption_image)
-    from dsmd.config import RunConfig, apply_override, config_to_dict, from_dict
+        metrics, about = score_store(args.store, args.split, progress=progress)
+    else:
+        metrics, about = score_checkpoint(args.checkpoint, args.split, args.overrides, progress=progress)
+    if args.json:
+        print(json.dumps({**metrics, "split": about["split"], "images": about["images"],
+                          "captions": about["captions"]}))
+        return
+    print(f"{about['model']} on {about['data']}, split {about['split']}: {about['images']} images, "
+          f"{about['captions']} captions" + (f" (overrides: {' '.join(about['overrides'])})" if about["overrides"] else ""))
+    print(format_table({Path(args.checkpoint or args.store).name: metrics}))
 
-    student, cfg, _ = load_student(args.checkpoint)
-    if args.overrides:
-        data = config_to_dict(cfg)
-        for o in args.overrides:
-            apply_override(data, o)
-        cfg = from_dict(RunConfig, data)
-    device = resolve_device(cfg.train.device)
-    data = load_split(cfg.data, args.split)
-    return evaluate_student(student.to(device), data, cfg.train.eval_batch_size, device, progress=not args.json)
+
+def _verify(args, progress: bool) -> None:
+    import time
+
+    from dsmd.store import FeatureStore
+
+    store = FeatureStore.open(args.store)
+    t0 = time.perf_counter()
+    hashed = store.verify(force=True, progress=progress)
+    seconds = time.perf_counter() - t0
+    print(f"feature store {store.path}: every file matches its manifest and holds finite values "
+          f"({hashed / 1e6:.1f} MB hashed in {seconds:.1f} s)")
 
 
 def run(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    progress = not getattr(args, "quiet", False) and sys.stderr.isatty()
+    progress = not args.quiet and sys.stderr.isatty()
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # its per-load "Loading weights" bars drown ours
@@ -151,7 +161,7 @@ def run(argv: list[str] | None = None) -> int:
 
         run_demo(args.out, args.overrides, progress=progress)
     elif args.command == "extract":
-        from dsmd.store.extract import extract
+        from dsmd.extraction import extract
 
         store = extract(_load(args), overwrite=args.overwrite, progress=progress,
                         overwrite_hint="Pass --overwrite to replace it, or choose another store=PATH.")
@@ -162,7 +172,7 @@ def run(argv: list[str] | None = None) -> int:
         print(f"feature store: {store.path} ({store.dim}-d, imported from {store.teacher['source']}). "
               f"Train with teacher.kind=imported teacher.name_or_path={store.teacher['source']} store={store.path}")
     elif args.command == "train":
-        from dsmd.training.loop import train
+        from dsmd.training import train
 
         if args.resume:  # the run's own saved config, plus what the command line changes
             result = train(_load(args), resume=True, progress=progress,
@@ -172,21 +182,22 @@ def run(argv: list[str] | None = None) -> int:
         if result.rank == 0:  # under torchrun, rank 0 validates and reports for all
             print(f"best val RSUM {result.best_rsum:.1f} at epoch {result.best_epoch}: {result.best_checkpoint}")
     elif args.command == "eval":
-        metrics = _eval(args)
-        if args.json:
-            print(json.dumps(metrics))
-        else:
-            from dsmd.reports import format_table
-
-            print(format_table({Path(args.checkpoint or args.store).name: metrics}))
+        _eval(args, progress)
+    elif args.command == "verify":
+        _verify(args, progress)
     return 0
 
 
 def main(argv: list[str] | None = None) -> None:
+    from dsmd.runtime.files import os_error
+
     try:
         code = run(argv)
     except DsmdError as exc:
-        print(f"dsmd: error: {exc}", file=sys.stderr)
+        print(f"dsmd: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        code = 2
+    except OSError as exc:  # a full disk, a read-only folder: the environment, not a bug
+        print(f"dsmd: error: {os_error(exc)}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         print("dsmd: interrupted", file=sys.stderr)

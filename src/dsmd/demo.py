@@ -14,13 +14,12 @@ import torch
 
 from dsmd.config import load_config, packaged_config
 from dsmd.data.datasets import load_dataset
+from dsmd.extraction import extract
 from dsmd.reports import format_table, write_report
 from dsmd.reports.compare import student_row, teacher_row
-from dsmd.store.extract import extract
+from dsmd.runtime.device import resolve_device
 from dsmd.teachers import build_teacher
-from dsmd.training.checkpoint import load_student
-from dsmd.training.device import resolve_device
-from dsmd.training.loop import train
+from dsmd.training import load_student, train
 
 
 def run_demo(out_dir: str | Path = "demo_out", overrides: list[str] | None = None,

@@ -1,14 +1,13 @@
-from pathlib import Path
 
 import pytest
 
-import dsmd.config
 from dsmd.config import (
     RunConfig,
     config_to_dict,
     from_dict,
     load_config,
     packaged_config,
+    packaged_configs,
     save_config,
 )
 from dsmd.data.formats import KINDS as DATA_KINDS
@@ -79,7 +78,7 @@ def test_every_packaged_config_loads():
 
 # -- the configs that ship ------------------------------------------------------------------
 
-SHIPPED = sorted(p.stem for p in (Path(dsmd.config.__file__).parent / "configs").glob("*.yaml"))
+SHIPPED = packaged_configs()
 PAPER = [name for name in SHIPPED if name.startswith("paper_")]
 
 

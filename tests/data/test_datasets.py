@@ -5,11 +5,13 @@ import torch
 from PIL import Image
 
 from dsmd.config import DataConfig
+from dsmd.data.batches import PairCollator
 from dsmd.data.datasets import load_dataset, load_split
-from dsmd.data.loader import ImageCache, PairDataset, collate_pairs
+from dsmd.data.loader import ImageCache, PairDataset
 from dsmd.data.synthetic import write_synthetic_dataset
 from dsmd.data.transforms import ImageTransform, load_image
 from dsmd.errors import DsmdError
+from pair_helpers import IndexTargets, count_words
 
 
 def _stamps(root):
@@ -82,8 +84,8 @@ def test_missing_dataset_and_bad_split(tmp_path):
         load_dataset(DataConfig(root=str(tmp_path / "none")))
     with pytest.raises(DsmdError, match="data.manifest"):
         load_dataset(DataConfig(kind="manifest"))
-    with pytest.raises(DsmdError, match="unknown data.kind"):
-        load_dataset(DataConfig(kind="coco"))
+    with pytest.raises(DsmdError, match="'data.kind': 'coco' is not allowed; choose one of tuxpaint, manifest"):
+        DataConfig(kind="coco")
     manifest = write_synthetic_dataset(tmp_path / "syn", num_images=10)
     with pytest.raises(DsmdError, match="unknown split 'dev'"):
         load_split(DataConfig(kind="manifest", manifest=str(manifest)), "dev")
@@ -110,14 +112,18 @@ def test_transform_shapes_and_normalisation():
     assert y.shape == (3, 16, 16)
 
 
-def test_pair_dataset_batches_index_the_store(tmp_path):
+def test_pair_dataset_batches_carry_their_targets_and_tokens(tmp_path):
     manifest = write_synthetic_dataset(tmp_path / "syn", num_images=6, captions_per_image=3, size=24)
     data = load_split(DataConfig(kind="manifest", manifest=str(manifest), val_fraction=0, test_fraction=0), "train")
-    ds = PairDataset(data, ImageTransform(size=16), ImageCache())
-    batch = collate_pairs([ds[j] for j in range(len(ds))])
-    assert batch["pixel_values"].shape == (18, 3, 16, 16)
-    assert batch["image_index"].tolist() == [j // 3 for j in range(18)]
-    assert batch["caption_index"].tolist() == list(range(18))
+    ds = PairDataset(data, ImageTransform(size=16), IndexTargets(), ImageCache())
+    batch = PairCollator(count_words)([ds[j] for j in range(len(ds))])
+    assert batch.pixel_values.shape == (18, 3, 16, 16)
+    assert batch.image_index.tolist() == [j // 3 for j in range(18)]
+    assert batch.caption_index.tolist() == list(range(18))
+    # each pair's teacher rows are those of its own image (and view) and caption
+    assert batch.teacher_image[:, 0].tolist() == [j // 3 for j in range(18)] and not batch.teacher_image[:, 1].any()
+    assert batch.teacher_text[:, 0].tolist() == list(range(18))
+    assert batch.input_ids[:, 0].tolist() == [len(c.split()) for c in data.captions] and batch.real.all()
 
 
 def test_random_split_is_by_image_with_several_captions(tmp_path):

@@ -10,13 +10,15 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from dsmd.config import DataConfig
+from dsmd.data.batches import PairCollator
 from dsmd.data.datasets import load_dataset, load_split
 from dsmd.data.formats.webdataset import expand_shards
 from dsmd.data.images import load_image, parse_ref
-from dsmd.data.loader import ImageCache, PairDataset, collate_pairs
+from dsmd.data.loader import ImageCache, PairDataset
 from dsmd.data.streaming import StreamingPairDataset
 from dsmd.data.transforms import ImageTransform
 from dsmd.errors import DsmdError
+from pair_helpers import IndexTargets, count_words
 
 TRANSFORM = ImageTransform(size=8, mean=(0, 0, 0), std=(1, 1, 1))
 
@@ -100,24 +102,27 @@ def test_fingerprint_is_stable_and_follows_captions(tmp_path):
 
 def _stream_order(ds, seed, num_workers=0):
     ds.set_epoch(seed)
-    loader = DataLoader(ds, batch_size=4, collate_fn=collate_pairs, num_workers=num_workers)
-    return [j for batch in loader for j in batch["caption_index"].tolist()]
+    loader = DataLoader(ds, batch_size=4, collate_fn=PairCollator(count_words), num_workers=num_workers)
+    return [j for batch in loader for j in batch.caption_index.tolist()]
 
 
 def test_streaming_yields_pair_dataset_items_once_per_epoch(shards):
     train = load_split(DataConfig(kind="webdataset", manifest=str(shards["folder"])), "train")
-    stream = StreamingPairDataset(train, TRANSFORM, shuffle_buffer=5)
+    stream = StreamingPairDataset(train, TRANSFORM, IndexTargets(), shuffle_buffer=5)
     assert len(stream) == len(train)
-    reference = PairDataset(train, TRANSFORM)
+    reference = PairDataset(train, TRANSFORM, IndexTargets())
     items = list(stream)
-    assert sorted(item[2] for item in items) == list(range(len(train)))
-    for pixels, caption, j, row, view in items:
-        expected = reference[j]
-        assert (caption, j, row, view) == expected[1:] and torch.equal(pixels, expected[0])
-    cached = StreamingPairDataset(train, TRANSFORM, ImageCache(), shuffle_buffer=5)
+    assert sorted(item.caption_index for item in items) == list(range(len(train)))
+    for item in items:
+        expected = reference[item.caption_index]
+        assert (item.caption, item.image_index, item.view) == (expected.caption, expected.image_index, expected.view)
+        assert torch.equal(item.pixels, expected.pixels)
+        assert torch.equal(item.teacher_image, expected.teacher_image)
+        assert torch.equal(item.teacher_text, expected.teacher_text)
+    cached = StreamingPairDataset(train, TRANSFORM, IndexTargets(), ImageCache(), shuffle_buffer=5)
     for _ in range(2):  # the second epoch takes the images from the cache, not the shards
-        again = {item[2]: item for item in cached}
-        assert all(torch.equal(again[j][0], reference[j][0]) for j in range(len(train)))
+        again = {item.caption_index: item for item in cached}
+        assert all(torch.equal(again[j].pixels, reference[j].pixels) for j in range(len(train)))
     first = _stream_order(stream, 1)
     assert _stream_order(stream, 1) == first  # reproducible from the seed
     assert _stream_order(stream, 2) != first  # another epoch, another order
@@ -129,7 +134,7 @@ def test_streaming_splits_across_workers_and_ranks(shards, monkeypatch, world):
     import torch.distributed as dist
 
     train = load_split(DataConfig(kind="webdataset", manifest=str(shards["folder"])), "train")
-    stream = StreamingPairDataset(train, TRANSFORM, shuffle_buffer=4)
+    stream = StreamingPairDataset(train, TRANSFORM, IndexTargets(), shuffle_buffer=4)
     # 3 shards: 2 workers split them by shard; 2 ranks x 2 workers (4 readers) by sample
     seen = Counter()
     for rank in range(world):
@@ -146,4 +151,4 @@ def test_streaming_splits_across_workers_and_ranks(shards, monkeypatch, world):
 def test_streaming_needs_shards(hf_dataset_dict):
     data = load_split(DataConfig(kind="hf", manifest=str(hf_dataset_dict["folder"])), "train")
     with pytest.raises(DsmdError, match="data.streaming=true reads webdataset shards"):
-        StreamingPairDataset(data, TRANSFORM)
+        StreamingPairDataset(data, TRANSFORM, IndexTargets())

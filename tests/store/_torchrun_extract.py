@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-import dsmd.store.extract as ex
+import dsmd.extraction.extractor as ex
 from dsmd.cli import main
 
 if "DSMD_TEST_CHUNK_SIZE" in os.environ:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-import dsmd.store.extract as ex
+import dsmd.extraction.extractor as ex
 from dsmd.config import load_config
 from dsmd.store.feature_store import FeatureStore
 

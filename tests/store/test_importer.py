@@ -15,10 +15,10 @@ from safetensors.torch import save_file
 from dsmd.cli import main
 from dsmd.config import load_config
 from dsmd.errors import DsmdError
-from dsmd.store.extract import extract
+from dsmd.extraction.extractor import extract
+from dsmd.extraction.importer import import_features
 from dsmd.store.feature_store import FeatureStore
-from dsmd.store.importer import import_features
-from dsmd.training.loop import train
+from dsmd.training import train
 
 SPLITS = ("train", "val", "test")
 QUIET = {"log": lambda *_: None}
@@ -269,7 +269,7 @@ def test_cli_import_features_round_trip(imported_overrides, external_features, t
 
 
 def test_large_formats_are_read_lazily(tmp_path):
-    from dsmd.store.feature_files import SourceArray, read_entries
+    from dsmd.extraction.feature_files import SourceArray, read_entries
 
     x = torch.randn(10, 4)
     np.save(tmp_path / "a.npy", x.numpy())

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-import dsmd.store.extract as ex
+import dsmd.extraction.extractor as ex
 from dsmd.config import load_config
 from dsmd.errors import DsmdError
-from dsmd.store.feature_store import FeatureStore, SplitFeatures, write_json_atomic, write_split
-from dsmd.store.importer import import_features
+from dsmd.extraction.importer import import_features
+from dsmd.store import FeatureStore, SplitFeatures, write_split
+from store_helpers import write_manifest
 
 QUIET = {"progress": False, "log": lambda *_: None}
 
@@ -40,7 +41,7 @@ def test_sharded_store_equals_unsharded(imported_overrides, external_features, t
     assert [f["images"] for f in files] == [[0, 5], [5, 10], [10, 12], [12, 12], [12, 12]]
     assert [f["captions"] for f in files] == [[0, 5], [5, 10], [10, 15], [15, 20], [20, 24]]
     assert sorted(p.name for p in sharded.path.iterdir()) == sorted(
-        ["manifest.json"] + [f["file"] for s in ("train", "val", "test") for f in sharded.files(s)])
+        ["manifest.json", ".verified.json"] + [f["file"] for s in ("train", "val", "test") for f in sharded.files(s)])
     assert all(len(f["sha256"]) == 64 and f["bytes"] == (sharded.path / f["file"]).stat().st_size for f in files)
     g = torch.Generator().manual_seed(1)
     for split in ("train", "val", "test"):
@@ -115,11 +116,9 @@ def test_rows_of_a_store_larger_than_memory(tmp_path):
             f.write(np.full(dim, value, dtype="<f2").tobytes())
         f.seek(start + 5 * dim * 2)
         f.write(np.arange(dim, dtype="<f2").tobytes())
-    write_json_atomic(tmp_path / "manifest.json", {
-        "format_version": 1, "dim": dim, "teacher": {"kind": "test"},
-        "files": {"train": [{"file": file.name, "images": [0, n_i], "captions": [0, n_t],
-                             "bytes": file.stat().st_size}]},
-        "splits": {"train": {"num_images": n_i, "num_captions": n_t}}})
+    write_manifest(tmp_path, dim, {"train": (n_i, n_t)},
+                   {"train": [{"file": file.name, "images": [0, n_i], "captions": [0, n_t],
+                               "bytes": file.stat().st_size}]}, dtype="float16")
     split = FeatureStore.open(tmp_path).split("train")
     assert (split.num_images, split.num_captions, split.dim) == (n_i, n_t, dim)
     got = split.text_rows(torch.tensor([*rows, 7]))
@@ -138,9 +137,7 @@ def _small_store(tmp_path, shard_rows: int | None = 4) -> FeatureStore:
     folder = tmp_path / "store"
     folder.mkdir(parents=True)
     records = write_split(folder, "train", feats, "float16", shard_rows)
-    write_json_atomic(folder / "manifest.json", {
-        "format_version": 1, "dim": 8, "teacher": {"kind": "hf_clip"}, "files": {"train": records},
-        "splits": {"train": {"num_images": 6, "num_captions": 12}}})
+    write_manifest(folder, 8, {"train": (6, 12)}, {"train": records}, dtype="float16")
     return FeatureStore.open(folder)
 
 
@@ -162,10 +159,7 @@ def test_truncated_shard_is_named_when_opened(tmp_path):
 def test_truncated_legacy_file_and_corrupt_shard(tmp_path):
     store = _small_store(tmp_path, shard_rows=None)
     # a store written before the manifest listed its files: the header gives the size
-    manifest = json.loads((store.path / "manifest.json").read_text())
-    del manifest["files"]
-    manifest["teacher"]["kind"] = "imported"
-    write_json_atomic(store.path / "manifest.json", manifest)
+    write_manifest(store.path, 8, {"train": (6, 12)}, None, teacher={"kind": "imported"}, dtype="float16")
     assert torch.equal(FeatureStore.open(store.path).split("train").text_rows(torch.tensor([3])),
                        store.split("train").text_rows(torch.tensor([3])))
     file = store.path / "train.safetensors"
@@ -185,7 +179,7 @@ def test_truncated_legacy_file_and_corrupt_shard(tmp_path):
 
 
 def test_training_runs_on_a_sharded_float16_store(tiny_overrides, tmp_path):
-    from dsmd.training.loop import train
+    from dsmd.training import train
 
     overrides = [*tiny_overrides, "store_shard_rows=5", "store_dtype=float16", "train.max_steps=2"]
     store = ex.extract(load_config(None, overrides), **QUIET)

@@ -12,8 +12,8 @@ import torch
 from dsmd.config import DataConfig, load_config
 from dsmd.data.datasets import load_dataset
 from dsmd.errors import DsmdError
-from dsmd.store.extract import extract
-from dsmd.store.webdataset_teacher import write_teacher_shards
+from dsmd.extraction.extractor import extract
+from dsmd.extraction.webdataset_teacher import write_teacher_shards
 
 QUIET = {"progress": False, "log": lambda *_: None}
 

@@ -382,8 +382,8 @@ def test_registry_knows_beit3(teacher: BEiT3Teacher) -> None:
 
 
 def test_checkpoint_errors_name_the_file_and_the_fix(beit3_files, tmp_path: Path) -> None:
-    with pytest.raises(DsmdError, match="needs teacher.name_or_path"):
-        build_teacher(TeacherConfig(kind="beit3"), "cpu")
+    with pytest.raises(DsmdError, match="'teacher.name_or_path': teacher.kind=beit3 needs it"):
+        TeacherConfig(kind="beit3")
     missing = tmp_path / "beit3_base_patch16_384_coco_retrieval.pth"
     with pytest.raises(
         DsmdError, match=r"checkpoint not found: .*coco_retrieval\.pth.*name_or_path"

@@ -57,7 +57,7 @@ def main() -> None:
 
     torch.optim.AdamW.step = step
 
-    import dsmd.training.loop as loop
+    import dsmd.training.run_files as loop
 
     real_save = loop.save_checkpoint
 

@@ -26,9 +26,9 @@ import torch
 from dsmd.config import load_config, packaged_config
 from dsmd.data.synthetic import write_synthetic_dataset
 from dsmd.errors import DsmdError
-from dsmd.store.extract import extract
+from dsmd.extraction.extractor import extract
+from dsmd.training import train
 from dsmd.training.checkpoint import load_checkpoint
-from dsmd.training.loop import train
 from dsmd.training.sampling import RankBatchSampler, epoch_order, micro_batch_size
 
 HELPER = Path(__file__).with_name("_torchrun_train.py")
@@ -232,7 +232,7 @@ def test_killed_mid_epoch_resumes_on_two_or_one_processes(setup, one_process, tw
 
 
 def test_interrupted_mid_epoch_resumes_in_one_process(setup, one_process, monkeypatch):
-    import dsmd.training.loop as loop
+    import dsmd.training.run_files as loop
 
     out = setup["root"] / "interrupted"
     real = loop.save_checkpoint
@@ -283,14 +283,14 @@ def test_rank_parts_make_the_world_size_independent_batches():
     assert sorted(order) == list(range(25)) and order != epoch_order(25, seed=0, epoch=2).tolist()
     for world in (1, 2, 4):
         parts = [list(RankBatchSampler(25, 8, 0, 1, rank, world)) for rank in range(world)]
-        assert all(len(p) == 4 for p in parts)
-        for b in range(4):
-            real = [j for p in parts for (_, j, ok) in p[b] if ok]
-            assert real == order[b * 8:(b + 1) * 8]  # rank order = batch order
-            assert len({len(p[b]) for p in parts}) == 1  # equal parts: padding where short
-        assert [len(p[3]) for p in parts] == [1] * world and sum(ok for p in parts for (_, _, ok) in p[3]) == 1
-        skipped = list(RankBatchSampler(25, 8, 0, 1, world - 1, world, skip=2))
-        assert skipped == parts[world - 1][2:]
+        for b in range(3):
+            assert [j for p in parts for (_, j) in p[b]] == order[b * 8:(b + 1) * 8]  # rank order = batch order
+            assert len({len(p[b]) for p in parts}) == 1  # full micro-batches: equal parts
+        # the short last micro-batch (1 pair) goes to rank 0; the others have no part to yield
+        assert [len(p) for p in parts] == [4] + [3] * (world - 1)
+        assert parts[0][3] == [(parts[0][3][0][0], order[24])]
+        skipped = list(RankBatchSampler(25, 8, 0, 1, 0, world, skip=2))
+        assert skipped == parts[0][2:]
 
 
 # --- one process: precision, accumulation, clipping, activation checkpointing ---------------
@@ -320,8 +320,8 @@ def test_mixed_precision_steps(setup, precision):
 
 
 def test_unsupported_precision_is_refused(setup, monkeypatch):
-    with pytest.raises(DsmdError, match="train.precision must be one of"):
-        train(_cfg(*setup["overrides"], f"out_dir={setup['root'] / 'fp8'}", "train.precision=fp8"), **QUIET)
+    with pytest.raises(DsmdError, match="'train.precision': 'fp8' is not allowed; choose one of fp32, bf16, fp16"):
+        _cfg(*setup["overrides"], f"out_dir={setup['root'] / 'fp8'}", "train.precision=fp8")
 
     def no_autocast(*args, **kwargs):
         raise RuntimeError("autocast: dtype not supported on this device")
@@ -367,7 +367,7 @@ def test_clipping_bounds_the_gradient_norm(setup, monkeypatch):
 def test_activation_checkpointing_gives_the_same_gradients(setup, monkeypatch):
     from dsmd.models import build_student
     from dsmd.models.vision import EfficientNetLite0Tower
-    from dsmd.training.step import enable_gradient_checkpointing
+    from dsmd.training.setup import enable_gradient_checkpointing
 
     _, grads = _one_run(setup, "plain", "train.max_steps=1", "train.epochs=1", monkeypatch=monkeypatch)
     _one_run(setup, "recomputed", "train.max_steps=1", "train.epochs=1", "train.grad_checkpointing=true")

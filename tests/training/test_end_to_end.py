@@ -10,10 +10,11 @@ import torch
 from dsmd.cli import main
 from dsmd.config import load_config
 from dsmd.errors import DsmdError
-from dsmd.store.extract import extract
-from dsmd.store.feature_store import FeatureStore
+from dsmd.extraction.extractor import extract
+from dsmd.store import FeatureStore
+from dsmd.training import train
 from dsmd.training.checkpoint import load_checkpoint
-from dsmd.training.loop import train
+from tiny_runs import tiny_run_overrides
 
 METRICS = {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum"}
 
@@ -25,28 +26,40 @@ def _cli(argv, capsys):
     return exit_info.value.code, out.out, out.err
 
 
-def test_extract_train_eval_resume(tiny_overrides, tmp_path, capsys):
-    cfg = load_config(None, tiny_overrides)
-
-    # extract: image rows once per image, caption rows per caption, unit norm, manifest
+@pytest.fixture(scope="module")
+def tiny_run(tiny_models, synthetic_manifest, tmp_path_factory):
+    """One store and one 2-epoch run on tiny models, shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("e2e")
+    overrides = tiny_run_overrides(tiny_models, synthetic_manifest, root)
+    cfg = load_config("demo", overrides)  # what the CLI uses when no --config is given
     store = extract(cfg, progress=False, log=lambda *_: None)
+    result = train(cfg, progress=False, log=lambda *_: None)
+    return {"root": root, "overrides": overrides, "cfg": cfg, "store": store, "result": result}
+
+
+def test_extract_stores_images_once_and_captions_each(tiny_run):
+    store, root = tiny_run["store"], tiny_run["root"]
     train_split = store.split("train")
     assert train_split.image.shape == (12, 24) and train_split.text.shape == (24, 24)
     assert train_split.caption_image.tolist() == [i // 2 for i in range(24)]
     assert torch.allclose(train_split.image.norm(dim=-1), torch.ones(12), atol=1e-5)
     assert store.manifest["teacher"]["kind"] == "hf_clip" and store.manifest["normalized"] is True
-    assert not (tmp_path / "store.partial").exists()
-    # a second extract reuses it; a different teacher setting is refused unless --overwrite
-    assert extract(cfg, progress=False, log=lambda *_: None).manifest == store.manifest
-    with pytest.raises(DsmdError, match="built differently.*--overwrite"):
-        extract(load_config(None, [*tiny_overrides, "teacher.normalize=false"]), progress=False, log=lambda *_: None)
+    assert not (root / "store.partial").exists()
 
-    # train through the CLI: run folder with config, per-step log, checkpoints
-    code, out, err = _cli(["train", "--quiet", *tiny_overrides], capsys)
-    assert code == 0, err
-    run = tmp_path / "run"
+
+def test_extract_reuses_its_store_and_refuses_another(tiny_run):
+    overrides = tiny_run["overrides"]
+    again = extract(load_config(None, overrides), progress=False, log=lambda *_: None)
+    assert again.manifest == tiny_run["store"].manifest
+    with pytest.raises(DsmdError, match="built differently.*--overwrite"):
+        extract(load_config(None, [*overrides, "teacher.normalize=false"]), progress=False, log=lambda *_: None)
+
+
+def test_train_writes_logs_and_checkpoints(tiny_run):
+    run = tiny_run["root"] / "run"
     steps = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
     assert len(steps) == 2 * 3  # 2 epochs x ceil(24 pairs / 8)
+    assert [s["step"] for s in steps] == list(range(1, 7))
     assert {"cd", "fd", "sd", "hnd", "w_cd", "w_hnd", "r_fd", "s_sd", "lr", "total"} <= set(steps[0])
     assert steps[-1]["lr"] == pytest.approx(1e-4)  # decayed after epoch 1
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "best.pt").is_file()
@@ -54,29 +67,41 @@ def test_extract_train_eval_resume(tiny_overrides, tmp_path, capsys):
     assert state["epoch"] == 2 and state["config"]["train"]["epochs"] == 2
     assert {"optimizer", "objective", "balancer"} <= set(state)
     assert state["objective"]["queue.count"].item() == 16  # the queue wrapped: 48 pairs into 16 slots
+    result = json.loads((run / "result.json").read_text())
+    assert result["best_epoch"] == tiny_run["result"].best_epoch and result["steps"] == 6
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] == result["best_epoch"]
 
-    # eval a checkpoint and the store, as JSON
-    code, out, _ = _cli(["eval", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--split", "test", "--json"], capsys)
-    assert code == 0 and set(json.loads(out)) == METRICS
-    code, out, _ = _cli(["eval", "--store", str(tmp_path / "store"), "--split", "test", "--json"], capsys)
-    assert code == 0 and set(json.loads(out)) == METRICS
 
-    # an interrupted run (stopped after epoch 1) resumed to the end matches the uninterrupted one
-    short = [o for o in tiny_overrides if not o.startswith(("out_dir=", "train.epochs="))]
+def test_eval_scores_a_checkpoint_and_a_store(tiny_run, capsys):
+    root = tiny_run["root"]
+    code, out, err = _cli(["eval", "--checkpoint", str(root / "run" / "checkpoints" / "best.pt"), "--split", "test",
+                           "--json"], capsys)
+    assert code == 0, err
+    assert METRICS <= set(json.loads(out)) and json.loads(out)["images"] == 6
+    code, out, _ = _cli(["eval", "--store", str(root / "store"), "--split", "test", "--json"], capsys)
+    assert code == 0 and METRICS <= set(json.loads(out))
+    code, out, _ = _cli(["eval", "--store", str(root / "store"), "--split", "test"], capsys)
+    assert code == 0 and "split test: 6 images, 12 captions" in out and "| RSUM |" in out
+
+
+def test_a_run_resumed_after_an_epoch_matches_the_uninterrupted_one(tiny_run, capsys):
+    root, overrides = tiny_run["root"], tiny_run["overrides"]
+    state = load_checkpoint(root / "run" / "checkpoints" / "last.pt")
+    short = [o for o in overrides if not o.startswith(("out_dir=", "train.epochs="))]
     # (through the CLI both times: its default config is the packaged demo config)
-    code, _, err = _cli(["train", "--quiet", *short, "train.epochs=1", f"out_dir={tmp_path / 'run2'}"], capsys)
+    code, _, err = _cli(["train", "--quiet", *short, "train.epochs=1", f"out_dir={root / 'run2'}"], capsys)
     assert code == 0, err
-    code, _, err = _cli(["train", "--quiet", *short, f"out_dir={tmp_path / 'run2'}"], capsys)
+    code, _, err = _cli(["train", "--quiet", *short, f"out_dir={root / 'run2'}"], capsys)
     assert code == 2 and "--resume" in err
-    code, _, err = _cli(["train", "--quiet", "--resume", f"out_dir={tmp_path / 'run2'}", "train.epochs=2"], capsys)
+    code, _, err = _cli(["train", "--quiet", "--resume", f"out_dir={root / 'run2'}", "train.epochs=2"], capsys)
     assert code == 0, err
-    resumed = load_checkpoint(tmp_path / "run2" / "checkpoints" / "last.pt")
+    resumed = load_checkpoint(root / "run2" / "checkpoints" / "last.pt")
     for key, value in state["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
     for key, value in state["objective"].items():
         torch.testing.assert_close(resumed["objective"][key], value, msg=key)
     assert resumed["balancer"] == state["balancer"]
-    assert (tmp_path / "run2" / "steps.jsonl").read_text().count("\n") == 6
+    assert (root / "run2" / "steps.jsonl").read_text().count("\n") == 6
 
 
 def test_store_for_other_data_or_teacher_is_refused(tiny_overrides, tmp_path):
@@ -92,24 +117,24 @@ def test_store_for_other_data_or_teacher_is_refused(tiny_overrides, tmp_path):
 
 
 def test_interrupted_extraction_resumes_and_never_looks_finished(tiny_overrides, tmp_path, monkeypatch):
-    import dsmd.store.extract as ex
+    from dsmd.store import StoreWriter
 
     cfg = load_config(None, tiny_overrides)
-    real = ex.write_split
+    real = StoreWriter.write_split
     calls = []
 
-    def crash_on_second(folder, split, feats, dtype):
+    def crash_on_second(self, split, *args):
         calls.append(split)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(folder, split, feats, dtype)
+        return real(self, split, *args)
 
-    monkeypatch.setattr(ex, "write_split", crash_on_second)
+    monkeypatch.setattr(StoreWriter, "write_split", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         extract(cfg, progress=False, log=lambda *_: None)
     with pytest.raises(DsmdError, match="interrupted"):
         FeatureStore.open(tmp_path / "store")
-    monkeypatch.setattr(ex, "write_split", real)
+    monkeypatch.setattr(StoreWriter, "write_split", real)
     messages = []
     store = extract(cfg, progress=False, log=messages.append)
     assert "train: already extracted (resuming)" in messages
@@ -185,7 +210,7 @@ def test_validation_in_the_loop_sees_the_pixels_dsmd_eval_sees(tiny_overrides, t
     from dsmd.data.loader import ImageCache
     from dsmd.evaluation.student_eval import encode_split
     from dsmd.models import build_student
-    from dsmd.training.loop import validation_cache
+    from dsmd.training.setup import validation_cache
 
     cfg = load_config(None, [*tiny_overrides, "student.image_size=16"])
     data = load_split(cfg.data, "val")

@@ -12,8 +12,8 @@ from dsmd.cli import main
 from dsmd.config import DataConfig, load_config
 from dsmd.data.datasets import load_dataset
 from dsmd.data.images import parse_ref
-from dsmd.store.extract import extract
-from dsmd.training.loop import train
+from dsmd.extraction.extractor import extract
+from dsmd.training import train
 from shard_writers import write_shards
 
 QUIET = dict(progress=False, log=lambda *_: None)

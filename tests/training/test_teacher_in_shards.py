@@ -13,9 +13,9 @@ import torch
 from dsmd.config import DataConfig, load_config
 from dsmd.data.datasets import load_dataset
 from dsmd.errors import DsmdError
-from dsmd.store.extract import extract
-from dsmd.store.webdataset_teacher import write_teacher_shards
-from dsmd.training.loop import train
+from dsmd.extraction.extractor import extract
+from dsmd.extraction.webdataset_teacher import write_teacher_shards
+from dsmd.training import train
 from shard_writers import write_shards
 
 QUIET = dict(progress=False, log=lambda *_: None)
@@ -105,8 +105,7 @@ def test_missing_teacher_members_and_no_streaming_are_refused(setup):
     with pytest.raises(DsmdError, match="teacher_image.npy"):
         train(plain, **QUIET)
 
-    not_streaming = load_config(None, [*base, f"data.manifest={tmp_path / 'with_teacher'}",
-                                       "data.teacher_in_shards=true", "data.streaming=false",
-                                       f"out_dir={tmp_path / 'run_not_streaming'}"])
-    with pytest.raises(DsmdError, match="data.streaming=true"):
-        train(not_streaming, **QUIET)
+    # refused when the config is read, before anything is loaded
+    with pytest.raises(DsmdError, match="'data.teacher_in_shards'.*needs data.streaming=true"):
+        load_config(None, [*base, f"data.manifest={tmp_path / 'with_teacher'}", "data.teacher_in_shards=true",
+                           "data.streaming=false", f"out_dir={tmp_path / 'run_not_streaming'}"])

@@ -1,8 +1,8 @@
 """torch datasets over :class:`~dsmd.data.datasets.CaptionedImages`.
 
 Training pairs are looked up by index (caption ``j`` and the row of its image), so the loader
-can shuffle and the teacher's features are fetched from the feature store by the same index
-(the published code took teacher rows by batch position and so could not shuffle). Images are
+can shuffle; each pair carries the teacher's features of the same index, read from the feature
+store (the published code took teacher rows by batch position and so could not shuffle). Images are
 files or container references (:mod:`dsmd.data.images`); :mod:`dsmd.data.streaming` yields
 the same items from webdataset shards read in sequence.
 """
@@ -11,14 +11,24 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from dsmd.data.batches import PairItem
 from dsmd.data.datasets import CaptionedImages
 from dsmd.data.images import decode_image
 from dsmd.data.transforms import ImageTransform, load_image, view_of
+
+
+class TeacherTargets(Protocol):
+    """Where a pair's teacher targets come from (a :class:`dsmd.store.SplitFeatures`)."""
+
+    def pair_rows(self, image: int, view: int, caption: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(teacher_image (D,), teacher_text (D,))`` float32."""
+        ...
 
 
 class ImageCache:
@@ -75,19 +85,25 @@ class ImageDataset(Dataset):
 
 
 class PairDataset(Dataset):
-    """Image-caption pairs; item ``j`` is ``(pixels (3, H, W), caption, j, image row, view)``.
+    """Image-caption pairs with their teacher targets; item ``j`` is a :class:`PairItem`.
 
     With ``views=V > 0`` each item draws ``view`` uniformly from ``0..V``: 0 is the plain
     (eval) transform, ``v >= 1`` the fixed augmented view ``v - 1`` whose teacher feature the
-    store holds. Otherwise ``view`` is 0 and ``transform`` (random crops, if any) applies.
+    store holds. Otherwise ``view`` is 0 and ``transform`` (random crops, if any) applies. The
+    item's ``teacher_image`` is the teacher's feature of exactly that view.
+
+    Args:
+        targets: the split's teacher features (``pair_rows(image, view, caption)``, e.g. a
+            :class:`dsmd.store.SplitFeatures`).
     """
 
-    def __init__(self, data: CaptionedImages, transform: Callable, cache: ImageCache | None = None,
-                 views: int = 0, view_transform: ImageTransform | None = None):
+    def __init__(self, data: CaptionedImages, transform: Callable, targets: TeacherTargets,
+                 cache: ImageCache | None = None, views: int = 0, view_transform: ImageTransform | None = None):
         if views and view_transform is None:
             raise ValueError("views > 0 needs a view_transform (the student's eval transform)")
         self.data = data
         self.transform = transform
+        self.targets = targets
         self.cache = cache or ImageCache(enabled=False, max_side=10**9)
         self.views = views
         self.view_transform = view_transform
@@ -95,44 +111,28 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, j: int) -> tuple[torch.Tensor, str, int, int, int]:
+    def __getitem__(self, j: int) -> PairItem:
         image = self.data.caption_image[j]
         img = self.cache.get(self.data.image_paths[image])
-        return pair_item(img, self.data.captions[j], j, image, self.transform, self.views, self.view_transform)
+        pixels, view = student_view(img, image, self.transform, self.views, self.view_transform)
+        teacher_image, teacher_text = self.targets.pair_rows(image, view, j)
+        return PairItem(pixels, self.data.captions[j], j, image, view, teacher_image, teacher_text)
 
 
-def pair_item(img: Image.Image, caption: str, j: int, image: int, transform: Callable, views: int = 0,
-              view_transform: ImageTransform | None = None) -> tuple[torch.Tensor, str, int, int, int]:
-    """The item ``(pixels (3, H, W), caption, j, image row, view)`` of caption ``j`` of image row ``image``.
+def student_view(img: Image.Image, image: int, transform: Callable, views: int = 0,
+                 view_transform: ImageTransform | None = None) -> tuple[torch.Tensor, int]:
+    """The student's pixels ``(3, H, W)`` of image row ``image`` and which view they are.
 
-    With ``views=V > 0`` the view is drawn uniformly from ``0..V`` (0: ``view_transform``
-    itself; ``v >= 1``: the fixed crop ``v - 1``), else it is 0 and ``transform`` applies.
+    With ``views=V > 0`` the view is drawn uniformly from ``0..V`` with ``random`` (0:
+    ``view_transform`` itself; ``v >= 1``: the fixed crop ``v - 1``), else it is 0 and
+    ``transform`` applies.
     """
     if not views:
-        return transform(img), caption, j, image, 0
+        return transform(img), 0
     view = random.randint(0, views)
     if view == 0:
-        pixels = view_transform(img)
-    else:
-        pixels = view_transform.view(img, view_of(image, view - 1))
-    return pixels, caption, j, image, view
-
-
-def collate_pairs(batch: list[tuple[torch.Tensor, str, int, int, int]]) -> dict:
-    """Stack a list of :class:`PairDataset` items.
-
-    Returns:
-        ``pixel_values (B, 3, H, W)``, ``captions`` (list of B str), ``caption_index (B,)``,
-        ``image_index (B,)``, ``view_index (B,)`` (int64).
-    """
-    pixels, captions, caption_index, image_index, view_index = zip(*batch, strict=True)
-    return {
-        "pixel_values": torch.stack(pixels),
-        "captions": list(captions),
-        "caption_index": torch.tensor(caption_index, dtype=torch.long),
-        "image_index": torch.tensor(image_index, dtype=torch.long),
-        "view_index": torch.tensor(view_index, dtype=torch.long),
-    }
+        return view_transform(img), 0
+    return view_transform.view(img, view_of(image, view - 1)), view
 
 
 def collate_images(batch: list[tuple[int, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:

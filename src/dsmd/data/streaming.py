@@ -1,18 +1,17 @@
 """Training pairs streamed from webdataset shards (``data.streaming: true``).
 
 :class:`StreamingPairDataset` reads a split's shards sequentially instead of opening images by
-random access, and yields the items :class:`~dsmd.data.loader.PairDataset` yields,
-``(pixels (3, H, W), caption, j, image row, view)``: a sample's image reference
-``SHARD::MEMBER`` is looked up in the split's listing to find its image row and caption
-indices, so the feature store is still read by index.
+random access, and yields the :class:`~dsmd.data.batches.PairItem` s
+:class:`~dsmd.data.loader.PairDataset` yields: a sample's image reference ``SHARD::MEMBER`` is
+looked up in the split's listing to find its image row and caption indices, and each pair
+carries its teacher targets, read from the feature store by that index.
 
-With ``teacher_in_shards=True`` (``data.teacher_in_shards``) the teacher's rows come from the
-sample itself instead, from the ``KEY.teacher_image.npy`` / ``teacher_text.npy`` /
-``teacher_views.npy`` members :func:`~dsmd.store.webdataset_teacher.write_teacher_shards`
-adds: each item gains two float32 tensors, the image row of its view (view 0 the plain
-image, ``v >= 1`` row ``v - 1`` of ``teacher_views``) and the row of its caption, and
-:func:`~dsmd.training.sampling.collate_streamed` batches them as ``teacher_image (B, D)`` and
-``teacher_text (B, D)``.
+Without a store (``targets=None``, ``data.teacher_in_shards``) the targets come from the
+sample itself, from the ``KEY.teacher_image.npy`` / ``teacher_text.npy`` /
+``teacher_views.npy`` members
+:func:`~dsmd.extraction.webdataset_teacher.write_teacher_shards` adds: the image row of the
+pair's view (view 0 the plain image, ``v >= 1`` row ``v - 1`` of ``teacher_views``) and the
+row of its caption. Either way the training step sees the same batch record.
 
 Per epoch (:meth:`StreamingPairDataset.set_epoch` sets the seed):
 
@@ -37,15 +36,16 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
+from dsmd.data.batches import PairItem
 from dsmd.data.datasets import CaptionedImages
 from dsmd.data.formats.webdataset import iter_samples
 from dsmd.data.images import parse_ref, tar_ref
-from dsmd.data.loader import ImageCache, pair_item
+from dsmd.data.loader import ImageCache, TeacherTargets, student_view
 from dsmd.data.transforms import ImageTransform
 from dsmd.errors import DsmdError
 
 TEACHER_MEMBERS = ("teacher_image.npy", "teacher_text.npy", "teacher_views.npy")
-FIX = ("Write shards that carry them with dsmd.store.webdataset_teacher.write_teacher_shards (and point "
+FIX = ("Write shards that carry them with dsmd.extraction.webdataset_teacher.write_teacher_shards (and point "
        "data.manifest at the copies), or set data.teacher_in_shards=false to read the targets from the store.")
 
 
@@ -69,19 +69,20 @@ def consumer() -> tuple[int, int]:
 
 
 class StreamingPairDataset(IterableDataset):
-    """The pairs of a webdataset split, read shard by shard; ``len`` is the number of pairs.
+    """The pairs of a webdataset split, read shard by shard, as :class:`~dsmd.data.batches.PairItem` s
+    carrying their teacher targets; ``len`` is the number of pairs.
 
     Args:
         data: the split, listed by ``data.kind=webdataset`` (every image a ``SHARD::MEMBER``).
         transform, cache, views, view_transform: as for :class:`~dsmd.data.loader.PairDataset`
             (an enabled cache keeps every decoded image: switch ``data.cache_images`` off for
             data larger than memory).
+        targets: the split's teacher features in the store; None reads them from each
+            sample's ``teacher_*.npy`` members instead (``data.teacher_in_shards``, see the
+            module docstring).
         shuffle_buffer: pairs held for shuffling (1: no shuffling within the shard order).
         seed: the shuffle seed; :meth:`set_epoch` replaces it each epoch.
-        teacher_in_shards: read the teacher's rows from each sample's ``teacher_*.npy``
-            members (see the module docstring); items are then
-            ``(pixels, caption, j, image row, view, teacher image (D,), teacher text (D,))``.
-        dim: with ``teacher_in_shards``, the feature width the rows must have (None: any).
+        dim: with the rows read from the shards, the feature width they must have (None: any).
 
     Raises:
         DsmdError: an image of ``data`` is not a tar member (the data is not webdataset shards);
@@ -89,9 +90,9 @@ class StreamingPairDataset(IterableDataset):
             holds rows of the wrong shape.
     """
 
-    def __init__(self, data: CaptionedImages, transform: Callable, cache: ImageCache | None = None,
-                 views: int = 0, view_transform: ImageTransform | None = None, shuffle_buffer: int = 1000,
-                 seed: int = 0, teacher_in_shards: bool = False, dim: int | None = None):
+    def __init__(self, data: CaptionedImages, transform: Callable, targets: TeacherTargets | None = None,
+                 cache: ImageCache | None = None, views: int = 0, view_transform: ImageTransform | None = None,
+                 shuffle_buffer: int = 1000, seed: int = 0, dim: int | None = None):
         if views and view_transform is None:
             raise ValueError("views > 0 needs a view_transform (the student's eval transform)")
         if shuffle_buffer < 1:
@@ -103,7 +104,8 @@ class StreamingPairDataset(IterableDataset):
         self.view_transform = view_transform
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
-        self.teacher_in_shards = teacher_in_shards
+        self.targets = targets
+        self.teacher_in_shards = targets is None
         self.dim = dim
         self.row_of = {ref: i for i, ref in enumerate(data.image_paths)}
         self.captions_of: list[list[int]] = [[] for _ in data.image_paths]
@@ -194,9 +196,11 @@ class StreamingPairDataset(IterableDataset):
         for pair in buffer:
             yield self._item(*pair)
 
-    def _item(self, img, j: int, row: int, teacher: tuple | None = None) -> tuple:
-        item = pair_item(img, self.data.captions[j], j, row, self.transform, self.views, self.view_transform)
+    def _item(self, img, j: int, row: int, teacher: tuple | None = None) -> PairItem:
+        pixels, view = student_view(img, row, self.transform, self.views, self.view_transform)
         if teacher is None:
-            return item
-        image_rows, text_row = teacher
-        return (*item, image_rows[item[4]], text_row)
+            teacher_image, teacher_text = self.targets.pair_rows(row, view, j)
+        else:
+            image_rows, teacher_text = teacher
+            teacher_image = image_rows[view]
+        return PairItem(pixels, self.data.captions[j], j, row, view, teacher_image, teacher_text)

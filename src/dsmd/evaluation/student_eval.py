@@ -21,10 +21,8 @@ def encode_split(student, data: CaptionedImages, batch_size: int, device: torch.
                         batch_size=batch_size, collate_fn=collate_images)
     images = [student.encode_images(px.to(device)).float().cpu()
               for _, px in tqdm(loader, desc=f"student images {data.name}", disable=not progress, leave=False)]
-    texts = []
-    for start in range(0, len(data.captions), batch_size):
-        tok = student.tokenize(data.captions[start:start + batch_size])
-        texts.append(student.encode_texts(tok["input_ids"].to(device), tok["attention_mask"].to(device)).float().cpu())
+    texts = [student.encode_captions(data.captions[start:start + batch_size]).float().cpu()
+             for start in range(0, len(data.captions), batch_size)]
     student.train(was_training)
     return torch.cat(images), torch.cat(texts)
 

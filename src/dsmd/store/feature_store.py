@@ -43,249 +43,43 @@ Each file is mapped once per process, on first use (a mapping holds a file descr
 soft limit on open files is raised when a store has many shards); a pickled split (DataLoader
 workers) carries file names and offsets, not rows. Every file's presence and size is checked
 when the store is opened, so a missing or truncated shard is reported before training starts;
-:meth:`FeatureStore.verify` also checks the sha256 sums.
+:meth:`FeatureStore.verify` checks the sha256 sums and that the values are finite, once per
+file and location (:mod:`dsmd.store.integrity`). The manifest itself is checked field by field
+and against its own checksum (:mod:`dsmd.store.manifest`).
 
 Images are stored once per image, captions once per caption; ``caption_image[j]`` is the row
 of caption ``j``'s image. A store is written into ``NAME.partial/`` and renamed into place
-when complete, so an interrupted extraction never leaves a store that looks finished.
+when complete (:mod:`dsmd.store.writer`), so an interrupted extraction never leaves a store
+that looks finished.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
-from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from dsmd.errors import DsmdError
-from dsmd.store.safetensors_mmap import (
-    NUMPY_DTYPES,
-    Block,
-    StoredRows,
-    as_index,
-    data_end,
-    file_sha256,
-    read_header,
-)
-
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+from dsmd.store.integrity import verify_files
+from dsmd.store.manifest import FORMAT_VERSION, MANIFEST, read_manifest
+from dsmd.store.safetensors_mmap import NUMPY_DTYPES, Block, StoredRows, data_end, read_header
+from dsmd.store.split_features import SplitFeatures
 
 _IMAGE_KEYS = ("image", "image_views")
 _TEXT_KEYS = ("text", "caption_image")
 
-class SplitFeatures:
-    """Teacher features of one split, in memory or memory-mapped from a store.
-
-    Attributes (each read in full, as float32, on first access when memory-mapped):
-        image: ``(N_i, D)`` float32.
-        text: ``(N_t, D)`` float32.
-        caption_image: ``(N_t,)`` int64, row in ``image`` of each caption's image.
-        image_views: ``(N_i, V, D)`` float32 features of ``V`` fixed augmented views of each
-            image (:func:`dsmd.data.transforms.view_of`), or None.
-
-    Training reads rows with :meth:`image_rows` and :meth:`text_rows`, which touch only the
-    rows asked for; :attr:`num_images`, :attr:`num_captions`, :attr:`dim` and
-    :attr:`num_views` read nothing.
-
-    Args:
-        image, text, image_views: tensors, or :class:`StoredRows` (lazy).
-        caption_image: ``(N_t,)`` integer tensor, or :class:`StoredRows` (int64, lazy).
-    """
-
-    def __init__(self, image: torch.Tensor | StoredRows, text: torch.Tensor | StoredRows,
-                 caption_image: torch.Tensor | StoredRows,
-                 image_views: torch.Tensor | StoredRows | None = None):
-        self._image = image
-        self._text = text
-        self._caption_image = caption_image
-        self._image_views = image_views
-
-    def __repr__(self) -> str:
-        lazy = isinstance(self._image, StoredRows)
-        return (f"SplitFeatures(num_images={self.num_images}, num_captions={self.num_captions}, dim={self.dim}, "
-                f"num_views={self.num_views}, {'memory-mapped' if lazy else 'in memory'})")
-
-    @staticmethod
-    def _full(value: torch.Tensor | StoredRows | None) -> torch.Tensor | None:
-        return value.read_all() if isinstance(value, StoredRows) else value
-
-    @property
-    def image(self) -> torch.Tensor:
-        self._image = self._full(self._image)
-        return self._image
-
-    @image.setter
-    def image(self, value: torch.Tensor) -> None:
-        self._image = value
-
-    @property
-    def text(self) -> torch.Tensor:
-        self._text = self._full(self._text)
-        return self._text
-
-    @text.setter
-    def text(self, value: torch.Tensor) -> None:
-        self._text = value
-
-    @property
-    def caption_image(self) -> torch.Tensor:
-        self._caption_image = self._full(self._caption_image)
-        return self._caption_image
-
-    @caption_image.setter
-    def caption_image(self, value: torch.Tensor) -> None:
-        self._caption_image = value
-
-    @property
-    def image_views(self) -> torch.Tensor | None:
-        self._image_views = self._full(self._image_views)
-        return self._image_views
-
-    @image_views.setter
-    def image_views(self, value: torch.Tensor | None) -> None:
-        self._image_views = value
-
-    @property
-    def num_images(self) -> int:
-        """``N_i``."""
-        return int(self._image.shape[0])
-
-    @property
-    def num_captions(self) -> int:
-        """``N_t``."""
-        return int(self._text.shape[0])
-
-    @property
-    def dim(self) -> int:
-        """``D``."""
-        return int(self._text.shape[-1] if len(self._text.shape) == 2 else self._image.shape[-1])
-
-    @property
-    def num_views(self) -> int:
-        """``V``, the stored augmented views per image (0 without)."""
-        return 0 if self._image_views is None else int(self._image_views.shape[1])
-
-    @property
-    def memory_mapped(self) -> bool:
-        """True while ``image`` is still read lazily from the store's files."""
-        return isinstance(self._image, StoredRows)
-
-    def image_rows(self, image_index: torch.Tensor, view_index: torch.Tensor | None = None) -> torch.Tensor:
-        """Teacher image features of a batch, ``(B, D)`` float32 on the CPU.
-
-        Args:
-            image_index: ``(B,)`` int64 image rows.
-            view_index: ``(B,)`` int64; 0 is the plain image (``image[i]``), ``v >= 1`` the
-                stored view ``v - 1`` (``image_views[i, v - 1]``). None: all 0.
-
-        Raises:
-            IndexError: an image row is out of range, or a view above :attr:`num_views`.
-        """
-        idx = as_index(image_index)
-        views = np.zeros_like(idx) if view_index is None else as_index(view_index)
-        if views.shape != idx.shape:
-            raise ValueError(f"image_index {tuple(idx.shape)} and view_index {tuple(views.shape)} differ in shape")
-        if len(views) and (views.min() < 0 or views.max() > self.num_views):
-            raise IndexError(f"view index out of range [0, {self.num_views}] (0 is the plain image; the store "
-                             f"holds {self.num_views} views)")
-        plain = views == 0
-        if plain.all():
-            return self._take(self._image, idx)
-        out = torch.empty(len(idx), self.dim, dtype=torch.float32)
-        if plain.any():
-            out[torch.from_numpy(plain)] = self._take(self._image, idx[plain])
-        other = ~plain
-        out[torch.from_numpy(other)] = self._take(self._image_views, idx[other], views[other] - 1)
-        return out
-
-    def text_rows(self, caption_index: torch.Tensor) -> torch.Tensor:
-        """Teacher text features of captions ``caption_index`` ((B,) int64): ``(B, D)`` float32 on the CPU."""
-        return self._take(self._text, as_index(caption_index))
-
-    @staticmethod
-    def _take(source: torch.Tensor | StoredRows, index: np.ndarray, second: np.ndarray | None = None) -> torch.Tensor:
-        if isinstance(source, StoredRows):
-            return torch.from_numpy(source.take(index, second))
-        i = torch.from_numpy(index)
-        rows = source[i] if second is None else source[i, torch.from_numpy(second)]
-        return rows.to(torch.float32)
+__all__ = ["FORMAT_VERSION", "MANIFEST", "FeatureStore", "SplitFeatures"]
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON via a temporary file and ``os.replace`` (never half-written)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-
-
-def shard_names(split: str, count: int) -> list[str]:
-    """File names of a split written as ``count`` shards: ``SPLIT-00000-of-0000N.safetensors`` ..."""
-    return [f"{split}-{k:05d}-of-{count:05d}.safetensors" for k in range(count)]
-
-
-def write_split(folder: str | Path, split: str, features: SplitFeatures, dtype: str = "float32",
-                shard_rows: int | None = None) -> list[dict]:
-    """Write one split's tensors, each file atomically (see the module docstring for the layout).
-
-    Args:
-        features: ``image (N_i, D)``, ``text (N_t, D)``, ``caption_image (N_t,)``, optional
-            ``image_views (N_i, V, D)``.
-        dtype: ``float32`` or ``float16`` (features; ``caption_image`` stays int64).
-        shard_rows: None (or 0): one file ``SPLIT.safetensors``; else shards of at most this
-            many image rows and caption rows.
-
-    Returns:
-        The split's file records for the manifest's ``files``: ``file``, ``images`` and
-        ``captions`` (row ranges ``[start, stop)``), ``bytes``, ``sha256``.
-    """
-    if dtype not in ("float32", "float16"):
-        raise DsmdError(f"feature store dtype must be float32 or float16, got {dtype!r}")
-    if shard_rows is not None and shard_rows < 0:
-        raise DsmdError(f"store_shard_rows must be a positive number of rows (or null), got {shard_rows}")
-    tdtype = torch.float16 if dtype == "float16" else torch.float32
-    folder = Path(folder)
-    n_i, n_t = features.num_images, features.num_captions
-    views = features.image_views
-    if shard_rows:
-        count = max(1, math.ceil(max(n_i, n_t) / shard_rows))
-        names = shard_names(split, count)
-        ranges = [((min(k * shard_rows, n_i), min((k + 1) * shard_rows, n_i)),
-                   (min(k * shard_rows, n_t), min((k + 1) * shard_rows, n_t))) for k in range(count)]
-    else:
-        names, ranges = [f"{split}.safetensors"], [((0, n_i), (0, n_t))]
-    records = []
-    for name, ((a, b), (c, d)) in zip(names, ranges, strict=True):
-        tensors: dict[str, torch.Tensor] = {}
-        if b > a or not shard_rows:
-            tensors["image"] = features.image[a:b].to(tdtype).contiguous()
-            if views is not None:
-                tensors["image_views"] = views[a:b].to(tdtype).contiguous()
-        if d > c or not shard_rows:
-            tensors["text"] = features.text[c:d].to(tdtype).contiguous()
-            tensors["caption_image"] = features.caption_image[c:d].to(torch.long).contiguous()
-        path = folder / name
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, path)
-        records.append({"file": name, "images": [a, b], "captions": [c, d], "bytes": path.stat().st_size,
-                        "sha256": file_sha256(path)})
-    return records
-
-
-def describe_mismatch(found: dict, expected: dict, keys: tuple[str, ...]) -> list[str]:
-    """Human-readable differences between two manifests on ``keys``."""
-    out = []
-    for key in keys:
-        if key in expected and found.get(key) != expected[key]:
-            out.append(f"{key}: store has {found.get(key)!r}, expected {expected[key]!r}")
-    return out
+def _starts(blocks: list[Block]) -> list[int]:
+    """The first row each block must have for the blocks to cover their rows without gaps."""
+    starts, row = [], 0
+    for b in blocks:
+        starts.append(row)
+        row += b.shape[0]
+    return starts
 
 
 class FeatureStore:
@@ -313,12 +107,7 @@ class FeatureStore:
                 str(path) + ".partial").exists() else ""
             raise DsmdError(f"no feature store at {path}.{hint} Build it with `dsmd extract --config CONFIG store={path}` "
                             "(or, for features computed elsewhere, `dsmd import-features`).")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DsmdError(f"{manifest_path} is corrupt ({exc}). Delete {path} and run `dsmd extract` again.") from exc
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise DsmdError(f"{path} has store format {manifest.get('format_version')}, this dsmd reads {FORMAT_VERSION}. Extract again.")
+        manifest = read_manifest(manifest_path, f"Delete {path} and build it again with `dsmd extract`.")
         store = cls(path, manifest)
         for split in manifest["splits"]:
             store._check_files(split)
@@ -369,18 +158,29 @@ class FeatureStore:
             if size < end:
                 raise DsmdError(f"{what} is truncated: {size} bytes, its header needs {end}. {self._fix()}")
 
-    def verify(self) -> None:
-        """Check every file's sha256 against the manifest (reads the whole store).
+    def verify(self, splits: list[str] | None = None, force: bool = False, allow_hashing: bool = True,
+               progress: bool = False) -> int:
+        """Check the files of ``splits`` (default: all) against their sha256 and for finite values.
+
+        Files verified before at this location are skipped unless ``force`` (see
+        :mod:`dsmd.store.integrity` for what that costs and guarantees).
+
+        Returns:
+            Bytes hashed (0 when every file was verified before).
 
         Raises:
-            DsmdError: a file differs from what was written.
+            DsmdError: a corrupt file, values that are not finite, or (``allow_hashing=False``)
+                a file not verified on this machine yet.
         """
-        for split in self.manifest["splits"]:
+        splits = list(self.manifest["splits"]) if splits is None else splits
+        records = [r for split in splits for r in self.files(split)]
+        for split in splits:
             self._check_files(split)
-            for record in self.files(split):
-                if "sha256" in record and file_sha256(self.path / record["file"]) != record["sha256"]:
-                    raise DsmdError(f"feature store {self.path}: {record['file']} is corrupt (sha256 differs from the "
-                                    f"manifest). {self._fix()}")
+        todo = sum(r.get("bytes", 0) for r in records)
+        with tqdm(total=todo, unit="B", unit_scale=True, desc=f"verifying {self.path.name}", leave=False,
+                  disable=not progress) as bar:
+            return verify_files(self.path, records, self._fix(), force=force, allow_hashing=allow_hashing,
+                                progress=bar.update)
 
     def split(self, name: str) -> SplitFeatures:
         """One split, memory-mapped (cached): nothing but the file headers is read now; rows
@@ -420,6 +220,9 @@ class FeatureStore:
                 row_shapes.get("caption_image", ()) != () or \
                 ("image_views" in row_shapes and rows["image_views"] != n_i):
             raise DsmdError(f"the files of split '{name}' in {self.path} do not match its manifest. {self._fix()}")
+        if any(b.first != first for b, first in zip(blocks["image"], _starts(blocks["image"]), strict=True)) or \
+                any(b.first != first for b, first in zip(blocks["text"], _starts(blocks["text"]), strict=True)):
+            raise DsmdError(f"the files of split '{name}' in {self.path} leave gaps between their row ranges. {self._fix()}")
         views = (StoredRows(blocks["image_views"], n_i, row_shapes["image_views"])
                  if "image_views" in row_shapes else None)
         return SplitFeatures(StoredRows(blocks["image"], n_i, (dim,)), StoredRows(blocks["text"], n_t, (dim,)),

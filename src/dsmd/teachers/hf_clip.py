@@ -9,6 +9,7 @@ is ever instantiated.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 
 from dsmd.data.transforms import ImageTransform
 from dsmd.errors import DsmdError
+from dsmd.runtime.pretrained import load_hf_auto_model, load_hf_tokenizer, offline_hub
 from dsmd.teachers.base import Teacher, resolve_dtype
 
 # Families trained on text padded to a fixed length, which their pooling relies on (SigLIP
@@ -54,14 +56,6 @@ def _resolve_source(name_or_path: str) -> str:
             "name such as openai/clip-vit-base-patch32."
         )
     return name_or_path
-
-
-def _load_error(name_or_path: str, what: str, exc: Exception) -> DsmdError:
-    return DsmdError(
-        f"cannot load the {what} of teacher {name_or_path!r}: {exc}. For a hub name without "
-        "internet access, download it first (hf download NAME) or save it to a local folder "
-        "and point teacher.name_or_path there."
-    )
 
 
 def _square_side(value: Any, key: str, source: str) -> int:
@@ -183,13 +177,9 @@ class HFClipTeacher(Teacher):
         name_or_path = str(name_or_path)
         torch_dtype = resolve_dtype(dtype)
         source = _resolve_source(name_or_path)
-        from transformers import AutoModel, AutoTokenizer
         from transformers.image_processing_base import ImageProcessingMixin
 
-        try:
-            model = AutoModel.from_pretrained(source, dtype=torch.float32)
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise _load_error(name_or_path, "model", exc) from exc
+        model = load_hf_auto_model(source, "teacher.name_or_path")
         missing = [m for m in _REQUIRED_METHODS if not callable(getattr(model, m, None))]
         if missing:
             raise DsmdError(
@@ -197,12 +187,10 @@ class HFClipTeacher(Teacher):
                 f"{' / '.join(missing)}. hf_clip needs an image-text dual encoder such as "
                 "CLIPModel, SiglipModel or AlignModel; use teacher.kind=offline otherwise."
             )
+        self.tokenizer = load_hf_tokenizer(source, "teacher.name_or_path")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise _load_error(name_or_path, "tokenizer", exc) from exc
-        try:
-            processor_config, _ = ImageProcessingMixin.get_image_processor_dict(source)
+            with offline_hub() if Path(source).is_dir() else contextlib.nullcontext():
+                processor_config, _ = ImageProcessingMixin.get_image_processor_dict(source)
         except (OSError, ValueError) as exc:
             raise DsmdError(
                 f"teacher {name_or_path!r} has no image-processor config "

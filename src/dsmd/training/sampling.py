@@ -4,12 +4,10 @@ Epoch ``e`` visits the training pairs in one seeded permutation (:func:`epoch_or
 same in every process whatever the world size. Micro-batch ``u`` of the epoch is the
 ``u``-th slice of ``micro_batch`` pairs of that order (with ``grad_accum_steps = N``,
 optimiser step ``s`` is micro-batches ``s*N .. s*N + N - 1``, i.e. the ``s``-th slice of
-``batch_size`` pairs). Rank ``r`` of ``W`` takes the ``r``-th contiguous part of each
-micro-batch, so gathering the ranks' parts in rank order gives back the micro-batch in order.
-
-A short last micro-batch of ``n`` pairs is cut into parts of ``ceil(n / W)``; a rank whose
-part is short (or empty) is padded with repeats of the micro-batch's first pair marked
-``real = False``, which the loss never sees (:class:`RankBatchSampler`).
+``batch_size`` pairs). Rank ``r`` of ``W`` takes the ``r``-th contiguous part of
+``ceil(n / W)`` pairs of each micro-batch of ``n`` pairs, so gathering the ranks' parts in rank
+order gives back the micro-batch in order. In a short last micro-batch some parts are shorter
+or empty; :func:`dsmd.training.batches.synchronised` pads them (the one place padding happens).
 
 Random augmentation is drawn per pair from ``(seed, epoch, pair)``
 (:class:`SeededPairs`), so it too is independent of the world size and of where a resumed
@@ -25,7 +23,6 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from dsmd.data.loader import collate_pairs
 from dsmd.errors import DsmdError
 
 
@@ -47,19 +44,18 @@ def micro_batch_size(batch_size: int, grad_accum_steps: int, world_size: int) ->
         DsmdError: ``batch_size`` does not divide into ``grad_accum_steps`` micro-batches of
             whole per-rank parts.
     """
-    if grad_accum_steps < 1:
-        raise DsmdError(f"train.grad_accum_steps must be at least 1, got {grad_accum_steps}")
-    if batch_size < 1 or batch_size % (grad_accum_steps * world_size):
-        ranks = f" x {world_size} processes" if world_size > 1 else ""
+    if batch_size % (grad_accum_steps * world_size):
         raise DsmdError(
             f"train.batch_size={batch_size} (the global batch) must divide by grad_accum_steps="
-            f"{grad_accum_steps}{ranks} = {grad_accum_steps * world_size}, so that every process "
-            f"takes an equal part of each micro-batch. Choose a multiple of {grad_accum_steps * world_size}.")
+            f"{grad_accum_steps} x {world_size} processes = {grad_accum_steps * world_size}, so that every "
+            f"process takes an equal part of each micro-batch. Choose a multiple of {grad_accum_steps * world_size}.")
     return batch_size // grad_accum_steps
 
 
-class RankBatchSampler(Sampler[list[tuple[int, int, bool]]]):
-    """This rank's part of each micro-batch of one epoch, as ``(seed, pair, real)`` keys.
+class RankBatchSampler(Sampler[list[tuple[int, int]]]):
+    """This rank's part of each micro-batch of one epoch, as ``(seed, pair)`` keys.
+
+    A part that is empty (a short last micro-batch on a high rank) is not yielded.
 
     Args:
         num_pairs: training pairs in the split.
@@ -75,23 +71,26 @@ class RankBatchSampler(Sampler[list[tuple[int, int, bool]]]):
         self.seed, self.epoch = seed, epoch
         self.rank, self.world_size, self.skip = rank, world_size, skip
 
-    def __len__(self) -> int:
-        return max(0, math.ceil(self.num_pairs / self.micro_batch) - self.skip)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int, bool]]]:
+    def _parts(self) -> Iterator[list[int]]:
         order = epoch_order(self.num_pairs, self.seed, self.epoch).tolist()
-        key = epoch_seed(self.seed, self.epoch)
         for start in range(self.skip * self.micro_batch, self.num_pairs, self.micro_batch):
             chunk = order[start:start + self.micro_batch]
             part = math.ceil(len(chunk) / self.world_size)
-            mine = chunk[self.rank * part:(self.rank + 1) * part]
-            yield [(key, j, True) for j in mine] + [(key, chunk[0], False)] * (part - len(mine))
+            yield chunk[self.rank * part:(self.rank + 1) * part]
+
+    def __len__(self) -> int:
+        return sum(1 for part in self._parts() if part)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        key = epoch_seed(self.seed, self.epoch)
+        for part in self._parts():
+            if part:
+                yield [(key, j) for j in part]
 
 
 class SeededPairs(Dataset):
-    """A pair dataset whose item ``(seed, j, real)`` is item ``j`` drawn with ``random``
-    seeded from ``(seed, j)`` (the image transforms and the view choice draw from ``random``).
-    """
+    """A pair dataset whose item ``(seed, j)`` is item ``j`` drawn with ``random`` seeded from
+    ``(seed, j)`` (the image transforms and the view choice draw from ``random``)."""
 
     def __init__(self, pairs: Dataset):
         self.pairs = pairs
@@ -99,28 +98,7 @@ class SeededPairs(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: tuple[int, int, bool]) -> tuple:
-        seed, j, real = key
+    def __getitem__(self, key: tuple[int, int]):
+        seed, j = key
         random.seed(seed * 7_368_787 + j)
-        return (*self.pairs[j], real)
-
-
-def collate_keyed(batch: list[tuple]) -> dict:
-    """:func:`~dsmd.data.loader.collate_pairs` plus ``real (B,)`` bool (False: padding)."""
-    out = collate_pairs([item[:5] for item in batch])
-    out["real"] = torch.tensor([bool(item[5]) for item in batch], dtype=torch.bool)
-    return out
-
-
-def collate_streamed(batch: list[tuple]) -> dict:
-    """:func:`~dsmd.data.loader.collate_pairs` of streamed items, all ``real``.
-
-    Items that carry the teacher's rows (``data.teacher_in_shards``: 7-tuples) add
-    ``teacher_image (B, D)`` and ``teacher_text (B, D)`` float32.
-    """
-    out = collate_pairs([item[:5] for item in batch])
-    out["real"] = torch.ones(len(batch), dtype=torch.bool)
-    if batch and len(batch[0]) == 7:
-        out["teacher_image"] = torch.stack([item[5] for item in batch])
-        out["teacher_text"] = torch.stack([item[6] for item in batch])
-    return out
+        return self.pairs[j]

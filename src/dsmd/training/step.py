@@ -26,15 +26,17 @@ the mean of its k gradients.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from dsmd.config import TrainConfig
+from dsmd.data.batches import PairBatch
 from dsmd.errors import DsmdError
-from dsmd.training.distributed import Distributed
+from dsmd.runtime.distributed import Distributed
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -66,92 +68,68 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return dtype
 
 
-def enable_gradient_checkpointing(student: nn.Module, log: Callable[[str], None]) -> list[str]:
-    """Recompute the transformers towers' activations in the backward pass (less memory).
-
-    Towers that cannot (EfficientNet) run as they are, with a log line.
-
-    Returns:
-        The towers switched to checkpointing (``"vision"``, ``"text"``).
-    """
-    done = []
-    for name in ("vision", "text"):
-        model = getattr(getattr(student, name), "model", None)
-        if model is not None and getattr(model, "supports_gradient_checkpointing", False):
-            # Non-reentrant: works with DDP and with inputs that need no gradient. transformers
-            # renamed the switch (the old name warns); either takes torch.utils.checkpoint's kwargs.
-            kwargs = {"use_reentrant": False}
-            if hasattr(model, "activation_checkpointing_enable"):
-                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-            else:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-            done.append(name)
-        else:
-            log(f"train.grad_checkpointing: the {name} tower ({type(getattr(student, name)).__name__}) "
-                "does not support it; it runs without")
-    return done
-
-
-def wrap_student(student: nn.Module, ctx: Distributed, compile_: bool) -> nn.Module:
-    """The module the loop calls: ``student``, optionally compiled, in DDP under torchrun.
-
-    ``student`` itself stays the one to save, evaluate and tokenize with: it shares its
-    parameters with the wrapper.
-    """
-    model = torch.compile(student) if compile_ else student
-    if ctx.enabled:
-        with ctx.guard("starting DDP (broadcasting rank 0's parameters)"):
-            model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                find_unused_parameters=False)
-    return model
+def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    """The torch seed of micro-batch ``micro`` of optimiser step ``step`` on ``rank``: dropout
+    masks follow from the position alone, so a resumed run draws the same ones."""
+    return (((seed * 1_000_003 + step) * 1_009 + micro) * 65_537 + rank) % 2**63
 
 
 class DistillationStep:
-    """Micro-batches and optimiser steps of DSMD (see the module docstring).
+    """One optimiser step of DSMD over its micro-batches (see the module docstring).
+
+    Calling it with a step's micro-batches (:func:`~dsmd.training.batches.optimizer_steps`)
+    runs each (seeded by its position), steps the optimiser and returns the step's log record.
+    It counts the optimiser steps (:attr:`steps`, restored on resume) and owns the gradient
+    scaler.
 
     Args:
-        student: the bare :class:`~dsmd.models.student.DualEncoder` (tokenizes).
-        model: what :func:`wrap_student` returned (runs the forward pass).
+        student: the bare :class:`~dsmd.models.student.DualEncoder`.
+        model: what :func:`~dsmd.training.setup.wrap_student` returned (runs the forward pass).
         objective: :class:`~dsmd.losses.MultiscaleDistillationLoss`, holding the queue.
         balancer: :class:`~dsmd.balancer.LossBalancer`.
         optimizer: over the student's parameters.
-        features: the training split's :class:`~dsmd.store.feature_store.SplitFeatures` (None:
-            every batch carries its teacher rows, ``teacher_image`` and ``teacher_text``, as
-            with ``data.teacher_in_shards``; batches that carry them use them either way).
-        ctx: this rank's :class:`~dsmd.training.distributed.Distributed`.
-        cfg: ``train`` section (precision, grad_accum_steps, clip_grad_norm).
+        ctx: this rank's :class:`~dsmd.runtime.distributed.Distributed`.
+        cfg: ``train`` section (seed, precision, grad_accum_steps, clip_grad_norm).
+        steps: optimiser steps already taken (a resumed run).
     """
 
-    def __init__(self, student, model, objective, balancer, optimizer, features, ctx: Distributed,
-                 cfg: TrainConfig):
+    def __init__(self, student, model, objective, balancer, optimizer, ctx: Distributed, cfg: TrainConfig,
+                 steps: int = 0):
         self.student, self.model, self.objective = student, model, objective
-        self.balancer, self.optimizer, self.features, self.ctx = balancer, optimizer, features, ctx
+        self.balancer, self.optimizer, self.ctx = balancer, optimizer, ctx
         self.dtype = autocast_dtype(cfg.precision, ctx.device)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.dtype == torch.float16)
-        self.accum = cfg.grad_accum_steps
-        if cfg.clip_grad_norm is not None and not cfg.clip_grad_norm > 0:
-            raise DsmdError(f"train.clip_grad_norm must be positive (or null: no clipping), got {cfg.clip_grad_norm}")
-        self.clip = cfg.clip_grad_norm
+        self.accum, self.clip, self.seed = cfg.grad_accum_steps, cfg.clip_grad_norm, cfg.seed
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
-        self._reset()
+        self.steps = steps
 
-    def _reset(self) -> None:
-        self.micro_done = 0
-        self._sums: dict[str, float] = {}
+    def __call__(self, micro_batches: Iterable[tuple[PairBatch, bool]]) -> dict[str, float]:
+        """Run one optimiser step over ``(micro-batch, last)`` pairs; returns its log record."""
+        sums: dict[str, float] = {}
+        count = 0
+        for micro, (batch, last) in enumerate(micro_batches):
+            torch.manual_seed(step_seed(self.seed, self.steps, micro, self.ctx.rank))
+            for name, value in self.micro_batch(batch, sync=last).items():
+                sums[name] = sums.get(name, 0.0) + value
+            count += 1
+        if count == 0:
+            raise RuntimeError("an optimiser step needs at least one micro-batch")
+        record = {name: value / count for name, value in sums.items()}
+        record.update(self.optimizer_step(count))
+        return record
 
     def _autocast(self):
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.ctx.device.type, dtype=self.dtype)
 
-    def _gather(self, sizes: list[int], student: torch.Tensor, teacher: torch.Tensor, image_ids: torch.Tensor,
+    def _gather(self, student: torch.Tensor, teacher: torch.Tensor, image_ids: torch.Tensor,
                 real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The micro-batch's real rows from all ranks, in rank order.
 
         Args:
-            sizes: every rank's local size (streamed data: they may differ).
-            student: ``(m, 2, D)`` float32 (image, text), with its graph.
+            student: ``(m, 2, D)`` float32 (image, text), with its graph; ``m`` is the same on
+                every rank (:func:`~dsmd.training.batches.synchronised` pads).
             teacher: ``(m, 2, D)`` float32.
             image_ids, real: ``(m,)`` int64 and bool.
 
@@ -160,11 +138,6 @@ class DistillationStep:
         """
         ints = torch.stack([image_ids, real.long()], dim=1)
         if self.ctx.enabled:
-            pad = max(sizes) - student.shape[0]
-            if pad:  # gathers need equal shapes; padded rows are marked not real
-                student = torch.cat([student, student.new_zeros(pad, *student.shape[1:])])
-                teacher = torch.cat([teacher, teacher.new_zeros(pad, *teacher.shape[1:])])
-                ints = torch.cat([ints, ints.new_zeros(pad, 2)])
             student = self.ctx.gather_rows(student, with_grad=True)
             teacher = self.ctx.gather_rows(teacher)
             ints = self.ctx.gather_rows(ints)
@@ -173,60 +146,51 @@ class DistillationStep:
             student, teacher, ints = student[keep], teacher[keep], ints[keep]
         return student, teacher, ints[:, 0]
 
-    def micro_batch(self, batch: dict, sizes: list[int], sync: bool = True) -> None:
+    def micro_batch(self, batch: PairBatch, sync: bool = True) -> dict[str, float]:
         """Forward, losses and backward of one micro-batch; its teacher features enter the queue.
 
         Args:
-            batch: this rank's part (:func:`~dsmd.training.sampling.collate_keyed`):
-                ``pixel_values (m, 3, H, W)``, ``captions``, ``caption_index``,
-                ``image_index``, ``view_index``, ``real (m,)``; optionally ``teacher_image`` and
-                ``teacher_text (m, D)``, the teacher's rows (else read from ``features``).
-            sizes: every rank's ``m`` (from :meth:`Distributed.gather_counts`).
+            batch: this rank's part of the micro-batch, carrying its teacher targets.
             sync: all-reduce gradients in this backward (False: DDP's ``no_sync``, for all but
                 the last micro-batch of a step).
-        """
-        device = self.ctx.device
-        no_sync = getattr(self.model, "no_sync", None)
-        with self.ctx.guard("a training step"), (contextlib.nullcontext() if sync or no_sync is None else no_sync()):
-            tokens = self.student.tokenize(batch["captions"])
-            with self._autocast():
-                student_image, student_text = self.model(batch["pixel_values"].to(device),
-                                                         tokens["input_ids"].to(device),
-                                                         tokens["attention_mask"].to(device))
-            local_student = torch.stack([student_image.float(), student_text.float()], dim=1)
-            if "teacher_image" in batch:  # data.teacher_in_shards: the rows came with the samples
-                local_teacher = torch.stack([batch["teacher_image"], batch["teacher_text"]], dim=1).float().to(device)
-            elif self.features is None:
-                raise DsmdError("this step reads the teacher's rows from the batch (data.teacher_in_shards), but the "
-                                "batch has no teacher_image / teacher_text")
-            else:
-                local_teacher = torch.stack([self.features.image_rows(batch["image_index"], batch["view_index"]),
-                                             self.features.text_rows(batch["caption_index"])], dim=1).to(device)
-            student, teacher, image_ids = self._gather(sizes, local_student, local_teacher,
-                                                       batch["image_index"].to(device), batch["real"].to(device))
-            losses = self.objective(student[:, 0], student[:, 1], teacher[:, 0], teacher[:, 1], image_ids)
-            total, _ = self.balancer(losses)
-            self.scaler.scale(total / self.accum).backward()
-        self.objective.update_queue(teacher[:, 0], teacher[:, 1], image_ids)
-        self.micro_done += 1
-        for name, value in {"total": total, **losses}.items():
-            self._sums[name] = self._sums.get(name, 0.0) + float(value.detach())
-
-    def optimizer_step(self) -> dict[str, float]:
-        """Step on the mean gradient of the micro-batches since the last step.
 
         Returns:
-            The step's log record: the losses and ``total`` averaged over its micro-batches,
-            the balancer's record of the last one, ``grad_norm`` (before clipping; inf or nan
-            when fp16 overflowed and the step was skipped) and, with accumulation,
+            The balanced ``total`` and each raw loss, as floats.
+
+        Raises:
+            DsmdError: a loss is NaN or inf.
+        """
+        batch = batch.to(self.ctx.device, non_blocking=self.ctx.device.type == "cuda")
+        no_sync = getattr(self.model, "no_sync", None)
+        with self.ctx.guard("a training step"), (contextlib.nullcontext() if sync or no_sync is None else no_sync()):
+            with self._autocast():
+                student_image, student_text = self.model(batch.pixel_values, batch.input_ids, batch.attention_mask)
+            local_student = torch.stack([student_image.float(), student_text.float()], dim=1)
+            local_teacher = torch.stack([batch.teacher_image, batch.teacher_text], dim=1)
+            student, teacher, image_ids = self._gather(local_student, local_teacher, batch.image_index, batch.real)
+            losses = self.objective(student[:, 0], student[:, 1], teacher[:, 0], teacher[:, 1], image_ids)
+            raw = {name: float(value.detach()) for name, value in losses.items()}
+            if not all(math.isfinite(v) for v in raw.values()):
+                raise DsmdError(f"training diverged at step {self.steps + 1}: losses {raw}. Lower train.lr, or use "
+                                "train.precision=fp32; `dsmd train --resume` continues from the last checkpoint.")
+            total, _ = self.balancer(losses)
+            values = {"total": float(total.detach()), **raw}
+            self.scaler.scale(total / self.accum).backward()
+        self.objective.update_queue(teacher[:, 0], teacher[:, 1], image_ids)
+        return values
+
+    def optimizer_step(self, micro_batches: int) -> dict[str, float]:
+        """Step on the mean gradient of the step's ``micro_batches`` micro-batches.
+
+        Returns:
+            The balancer's record of the last micro-batch, ``grad_norm`` (before clipping; inf
+            or nan when fp16 overflowed and the step was skipped) and, with accumulation,
             ``micro_batches``.
         """
-        if self.micro_done == 0:
-            raise RuntimeError("optimizer_step() without a micro_batch() before it")
-        if self.micro_done < self.accum:  # a short last step: the mean of the gradients it has
+        if micro_batches < self.accum:  # a short last step: the mean of the gradients it has
             for p in self.params:
                 if p.grad is not None:
-                    p.grad.mul_(self.accum / self.micro_done)
+                    p.grad.mul_(self.accum / micro_batches)
         self.scaler.unscale_(self.optimizer)  # (no collective from here on: DDP all-reduced in backward)
         grads = [p for p in self.params if p.grad is not None]
         if self.clip is not None:
@@ -237,12 +201,11 @@ class DistillationStep:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        record = {name: value / self.micro_done for name, value in self._sums.items()}
-        record.update(self.balancer.log_record())
+        self.steps += 1
+        record = dict(self.balancer.log_record())
         record["grad_norm"] = norm
         if self.accum > 1:
-            record["micro_batches"] = self.micro_done
-        self._reset()
+            record["micro_batches"] = micro_batches
         return record
 
     def state_dict(self) -> dict:

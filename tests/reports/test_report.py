@@ -1,0 +1,28 @@
+"""report.json for programs, report.md for people."""
+
+from __future__ import annotations
+
+import json
+
+from dsmd.reports import format_table, write_report
+
+ROWS = {"teacher": {"i2t_r1": 39.53, "rsum": 376.74, "params": 27_365_224, "image_latency_ms": 17.149},
+        "student": {"i2t_r1": 51.16, "rsum": 397.67, "params": 22_426_216, "image_latency_ms": None}}
+
+
+def test_table_has_readable_headers_and_formatted_values():
+    lines = format_table(ROWS).splitlines()
+    assert lines[0] == "| model | i2t R@1 | RSUM | params | ms / image |"
+    assert lines[2] == "| teacher | 39.5 | 376.7 | 27.37M | 17.15 |"
+    assert lines[3] == "| student | 51.2 | 397.7 | 22.43M | - |"
+
+
+def test_report_files_hold_the_rows_and_explain_the_columns(tmp_path):
+    meta = {"split": "test (43 images, 43 captions)", "seconds": {"extract": 12.5, "train": 200.0}}
+    json_path, md_path = write_report(tmp_path, ROWS, meta)
+    assert json.loads(json_path.read_text()) == {**ROWS, "meta": meta}
+    md = md_path.read_text()
+    assert format_table(ROWS) in md and "image→text" in md and "percentages" in md
+    assert "- **seconds**: extract: 12.5, train: 200" in md
+    assert "{" not in md and "[" not in md  # no raw Python structures
+    assert not list(tmp_path.glob("*.tmp"))

@@ -1,0 +1,19 @@
+"""Overrides for whole runs on the tiny test models (shared by conftest and module fixtures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def tiny_run_overrides(tiny_models: dict[str, str], manifest: str, root: Path) -> list[str]:
+    """``key=value`` overrides for a whole run on tiny models, writing under ``root``."""
+    return [
+        "data.kind=manifest", f"data.manifest={manifest}", "data.val_fraction=0.25",
+        "data.test_fraction=0.25", "teacher.kind=hf_clip", f"teacher.name_or_path={tiny_models['clip']}",
+        "teacher.batch_size=8", f"student.vision={tiny_models['vit']}", "student.image_size=32",
+        "student.vision_head=features", "student.vision_proj_init=default", "store_views=0",
+        f"student.text={tiny_models['bert']}", "student.text_layers=1", "student.max_text_length=16",
+        "loss.queue_size=16", "train.epochs=2", "train.batch_size=8", "train.lr=1e-3",
+        "train.lr_decay_epochs=[1]", "train.eval_batch_size=16", "train.device=cpu",
+        f"store={root / 'store'}", f"out_dir={root / 'run'}",
+    ]
