@@ -18,6 +18,7 @@ from dsmd.extraction import extract
 from dsmd.reports import format_table, write_report
 from dsmd.reports.compare import student_row, teacher_row
 from dsmd.runtime.device import resolve_device
+from dsmd.runtime.files import check_writable
 from dsmd.teachers import build_teacher
 from dsmd.training import load_student, train
 
@@ -30,6 +31,7 @@ def run_demo(out_dir: str | Path = "demo_out", overrides: list[str] | None = Non
         The report: ``{"teacher": {...}, "student": {...}, "meta": {...}}``.
     """
     out = Path(out_dir)
+    check_writable(out, "--out")
     t0 = time.perf_counter()
     cfg = load_config(packaged_config("demo"), [f"store={out / 'store'}", f"out_dir={out / 'train'}",
                                                 *(overrides or [])])

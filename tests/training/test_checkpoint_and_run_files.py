@@ -59,8 +59,7 @@ def test_a_failed_write_leaves_the_old_checkpoint_and_no_temporary(tmp_path, mon
     save_checkpoint(path, {"config": {}, "model": {}, "epoch": 1})
 
     def full_disk(obj, f, *args, **kwargs):
-        with open(f, "wb") as out:
-            out.write(b"partial")
+        f.write(b"partial")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)

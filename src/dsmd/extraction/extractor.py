@@ -49,7 +49,7 @@ from dsmd.extraction.chunks import (
     teacher_features,
 )
 from dsmd.runtime.distributed import Distributed, init_distributed
-from dsmd.runtime.files import write_json_atomic
+from dsmd.runtime.files import check_writable, write_json_atomic
 from dsmd.store import FeatureStore, StoreWriter
 from dsmd.store.manifest import FORMAT_VERSION, MANIFEST, describe_mismatch, read_manifest
 from dsmd.teachers import Teacher, build_teacher
@@ -142,6 +142,8 @@ def extract(cfg: RunConfig, overwrite: bool = False, progress: bool = True, log=
     out = Path(cfg.store)
     if cfg.teacher.kind == "imported":
         return _imported_store(cfg, out, log)
+    if not (out / MANIFEST).is_file():  # (a finished store is reused as it is, even read-only)
+        check_writable(out.parent, "store")
     ctx = init_distributed(cfg.teacher.device, "gloo", BARRIER_TIMEOUT_S)
     ok = False
     try:
@@ -149,8 +151,19 @@ def extract(cfg: RunConfig, overwrite: bool = False, progress: bool = True, log=
                          log if ctx.is_main else (lambda *_: None), overwrite_hint)
         ok = True
         return store
+    except DsmdError:
+        if ctx.is_main:
+            _drop_empty_partial(Path(str(out) + ".partial"))
+        raise
     finally:
         ctx.shutdown(clean=ok)
+
+
+def _drop_empty_partial(partial: Path) -> None:
+    """After an error, remove a ``.partial`` folder that holds no finished chunk: there is
+    nothing to resume from, and a user error should leave nothing behind."""
+    if partial.is_dir() and not any(partial.rglob("*.safetensors")):
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _existing(out: Path, expected: dict, cfg: RunConfig, overwrite: bool, log,

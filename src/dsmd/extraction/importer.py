@@ -65,6 +65,7 @@ from dsmd.config import RunConfig, config_to_dict
 from dsmd.data.datasets import SPLITS, CaptionedImages, load_dataset
 from dsmd.errors import DsmdError
 from dsmd.extraction.feature_files import EXTENSIONS, SourceArray, read_entries
+from dsmd.runtime.files import check_writable
 from dsmd.store import FeatureStore, SplitFeatures, StoreWriter
 from dsmd.store.manifest import FORMAT_VERSION, MANIFEST, describe_mismatch, read_manifest
 from dsmd.store.safetensors_mmap import file_sha256
@@ -388,6 +389,7 @@ def import_features(cfg: RunConfig, files: dict[str, list[str | Path]] | None = 
     dim = next(iter(dims.values()))
 
     out = Path(cfg.store)
+    check_writable(out.parent, "store")
     hashes: dict[Path, str] = {}
     identity: dict[str, Any] = {"kind": "imported", "name": source, "source": source, "dim": dim,
                                 "files": {}, "splits": {}}

@@ -28,12 +28,45 @@ from dsmd.models import DualEncoder, build_student
 from dsmd.runtime.files import atomic_path
 
 
+class _Sink:
+    """A file for ``torch.save`` that keeps the ``OSError`` of a failed write (a full disk):
+    torch reports it as a ``RuntimeError`` about a stream position."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                view = view[self.raw.write(view):]
+        except OSError as exc:
+            self.error = exc
+            raise
+        return len(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """``torch.save`` into a temporary file, then rename: never a half-written checkpoint."""
+    """``torch.save`` into a temporary file, then rename: never a half-written checkpoint.
+
+    Raises:
+        OSError: the file cannot be written (a full disk: ``ENOSPC``); the temporary file is
+            removed and an existing checkpoint at ``path`` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb", buffering=0) as raw:
+        sink = _Sink(raw)
+        try:
+            torch.save(state, sink)
+        except RuntimeError as exc:
+            if sink.error is not None:
+                raise OSError(sink.error.errno, sink.error.strerror, str(path)) from exc
+            raise
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
