@@ -34,7 +34,8 @@ def main() -> None:
     t, s = report["teacher"], report["student"]
     result = {
         "seconds": round(seconds, 1),
-        "teacher_rsum": round(t["rsum"], 2), "student_rsum": round(s["rsum"], 2),
+        "teacher_rsum": round(t["rsum"], 2),
+        "student_rsum": round(s["rsum"], 2),
         "rsum_ratio": round(s["rsum"] / t["rsum"], 4),
         "params": {"teacher": t["params"], "student": s["params"]},
         "image_latency_ms": {"teacher": t["image_latency_ms"], "student": s["image_latency_ms"]},

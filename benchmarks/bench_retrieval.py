@@ -66,9 +66,7 @@ def make_features(
     return image, F.normalize(text, dim=1), ids
 
 
-def reference_ranks(
-    image: torch.Tensor, text: torch.Tensor, ids: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_ranks(image: torch.Tensor, text: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Brute force: the full ``(N_t, N_i)`` matrix, every row and column sorted.
 
     A query's rank is the number of candidates scoring strictly higher than its correct item
@@ -94,9 +92,7 @@ def reference_ranks(
     return i2t_rank.squeeze(1), t2i_rank.squeeze(1)
 
 
-def reference_metrics(
-    i2t_rank: torch.Tensor, t2i_rank: torch.Tensor, ks=(1, 5, 10)
-) -> dict[str, float]:
+def reference_metrics(i2t_rank: torch.Tensor, t2i_rank: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
     """Recall@K in percent from reference ranks, and their sum."""
     i2t_rank = i2t_rank[i2t_rank >= 0]
     metrics = {f"i2t_r{k}": 100.0 * (i2t_rank < k).double().mean().item() for k in ks}

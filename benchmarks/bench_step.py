@@ -71,8 +71,16 @@ def main() -> None:
         leaf_total, _ = balancer(objective(leaf_img, leaf_txt, teacher_image, teacher_text, ids))
         leaf_total.backward()
         t8 = time.perf_counter()
-        return dict(forward=t1 - t0, losses=t2 - t1, balancer=t3 - t2, backward=t4 - t3, optimizer=t5 - t4,
-                    queue_update=t6 - t5, total=t6 - t0, losses_fwd_bwd=t8 - t7)
+        return dict(
+            forward=t1 - t0,
+            losses=t2 - t1,
+            balancer=t3 - t2,
+            backward=t4 - t3,
+            optimizer=t5 - t4,
+            queue_update=t6 - t5,
+            total=t6 - t0,
+            losses_fwd_bwd=t8 - t7,
+        )
 
     runs = []
     for i in range(args.warmup + args.repeats):
@@ -82,8 +90,11 @@ def main() -> None:
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     share = (med["losses_fwd_bwd"] + med["queue_update"]) / med["total"]
     result = {
-        "batch": b, "image_size": cfg.student.image_size, "queue_size": cfg.loss.queue_size,
-        "losses": cfg.loss.losses, "threads": torch.get_num_threads(),
+        "batch": b,
+        "image_size": cfg.student.image_size,
+        "queue_size": cfg.loss.queue_size,
+        "losses": cfg.loss.losses,
+        "threads": torch.get_num_threads(),
         **{f"{k}_ms": round(v * 1e3, 2) for k, v in med.items()},
         "losses_queue_balancer_share": round(share, 4),
     }

@@ -39,10 +39,18 @@ def _write(folder: Path, feats: SplitFeatures, dtype: str, shard_rows: int | Non
     t0 = time.perf_counter()
     records = write_split(folder, "train", feats, dtype, shard_rows)
     seconds = time.perf_counter() - t0
-    write_json_atomic(folder / "manifest.json", {
-        "format_version": 1, "dim": feats.dim, "dtype": dtype, "teacher": {"kind": "benchmark"},
-        "splits": {"train": {"num_images": feats.num_images, "num_captions": feats.num_captions}},
-        "files": {"train": records}, "shard_rows": shard_rows})
+    write_json_atomic(
+        folder / "manifest.json",
+        {
+            "format_version": 1,
+            "dim": feats.dim,
+            "dtype": dtype,
+            "teacher": {"kind": "benchmark"},
+            "splits": {"train": {"num_images": feats.num_images, "num_captions": feats.num_captions}},
+            "files": {"train": records},
+            "shard_rows": shard_rows,
+        },
+    )
     return seconds
 
 
@@ -95,8 +103,11 @@ def main() -> None:
     image = torch.nn.functional.normalize(torch.randn(args.images, args.dim, generator=g), dim=-1)
     text = torch.nn.functional.normalize(torch.randn(args.captions, args.dim, generator=g), dim=-1)
     feats = SplitFeatures(image, text, torch.arange(args.captions) * args.images // args.captions)
-    print(f"random features: {args.images} images + {args.captions} captions x {args.dim} "
-          f"({time.perf_counter() - t0:.1f} s)", flush=True)
+    print(
+        f"random features: {args.images} images + {args.captions} captions x {args.dim} "
+        f"({time.perf_counter() - t0:.1f} s)",
+        flush=True,
+    )
     results = []
     try:
         for dtype in ("float16", "float32"):
@@ -106,8 +117,13 @@ def main() -> None:
                 files = sorted(folder.glob("*.safetensors"))
                 size = sum(f.stat().st_size for f in files)
                 row_bytes = args.dim * (2 if dtype == "float16" else 4)
-                entry = {"dtype": dtype, "shard_rows": shard_rows, "files": len(files), "bytes": size,
-                         "write_s": round(write_s, 2)}
+                entry = {
+                    "dtype": dtype,
+                    "shard_rows": shard_rows,
+                    "files": len(files),
+                    "bytes": size,
+                    "write_s": round(write_s, 2),
+                }
                 for mode, steps in (("cold", args.cold_batches), ("warm", args.batches)):
                     if mode == "cold":
                         _drop_cache(folder)
@@ -117,12 +133,19 @@ def main() -> None:
                     seconds = _rate(split, steps, args.batch, seed=1 if mode == "cold" else 2)
                     assert split.memory_mapped
                     rows = 2 * args.batch * steps
-                    entry[mode] = {"steps": steps, "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds),
-                                   "mb_per_s": round(rows * row_bytes / seconds / 1e6, 1),
-                                   "ms_per_step": round(1e3 * seconds / steps, 3)}
+                    entry[mode] = {
+                        "steps": steps,
+                        "seconds": round(seconds, 3),
+                        "rows_per_s": round(rows / seconds),
+                        "mb_per_s": round(rows * row_bytes / seconds / 1e6, 1),
+                        "ms_per_step": round(1e3 * seconds / steps, 3),
+                    }
                 results.append(entry)
-                print(f"{dtype} {shard_rows or 'one file'}: {size / 1e9:.2f} GB, "
-                      f"cold {entry['cold']['rows_per_s']} rows/s, warm {entry['warm']['rows_per_s']} rows/s", flush=True)
+                print(
+                    f"{dtype} {shard_rows or 'one file'}: {size / 1e9:.2f} GB, "
+                    f"cold {entry['cold']['rows_per_s']} rows/s, warm {entry['warm']['rows_per_s']} rows/s",
+                    flush=True,
+                )
                 shutil.rmtree(folder)
     finally:
         if not args.dir:
@@ -130,8 +153,10 @@ def main() -> None:
 
     head = f"{'dtype':8} {'layout':>14} {'size GB':>8} {'write s':>8} {'':>5} {'rows/s':>9} {'MB/s':>7} {'ms/step':>8}"
     print()
-    print(f"split {args.images} images + {args.captions} captions, D={args.dim}; a step reads "
-          f"{args.batch} image rows + {args.batch} caption rows at random")
+    print(
+        f"split {args.images} images + {args.captions} captions, D={args.dim}; a step reads "
+        f"{args.batch} image rows + {args.batch} caption rows at random"
+    )
     print(head)
     for e in results:
         layout = f"{e['files']} shards" if e["shard_rows"] else "one file"
@@ -139,11 +164,20 @@ def main() -> None:
         for mode in ("cold", "warm"):
             m = e[mode]
             dtype, lay, size, write = first if mode == "cold" else [""] * 4
-            print(f"{dtype:8} {lay:>14} {size:>8} {write:>8} {mode:>5} {m['rows_per_s']:>9} {m['mb_per_s']:>7} "
-                  f"{m['ms_per_step']:>8}")
-    out = {"benchmark": "store_rows", "images": args.images, "captions": args.captions, "dim": args.dim,
-           "batch": args.batch, "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-           "torch": torch.__version__, "results": results}
+            print(
+                f"{dtype:8} {lay:>14} {size:>8} {write:>8} {mode:>5} {m['rows_per_s']:>9} {m['mb_per_s']:>7} "
+                f"{m['ms_per_step']:>8}"
+            )
+    out = {
+        "benchmark": "store_rows",
+        "images": args.images,
+        "captions": args.captions,
+        "dim": args.dim,
+        "batch": args.batch,
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+        "torch": torch.__version__,
+        "results": results,
+    }
     line = json.dumps(out)
     print(line)
     if args.json:

@@ -38,8 +38,13 @@ def paper_student(dim: int) -> DualEncoder:
 
     vit = ViTModel(ViTConfig(), add_pooling_layer=False)  # ViT-B/16 at 224 px
     bert = BertModel(BertConfig(), add_pooling_layer=False)  # BERT-base, uncased vocabulary
-    return DualEncoder(HFVisionTower(vit), TextTower(bert, tokenizer=None, pooling="cls"), dim,
-                       image_size=224, max_text_length=TEXT_LEN)
+    return DualEncoder(
+        HFVisionTower(vit),
+        TextTower(bert, tokenizer=None, pooling="cls"),
+        dim,
+        image_size=224,
+        max_text_length=TEXT_LEN,
+    )
 
 
 def step_flops(student: DualEncoder, batch: int, counted: int = 2) -> int:
@@ -69,8 +74,12 @@ def teacher_flops(size: str) -> dict:
     with torch.inference_mode(), FlopCounterMode(display=False) as c_txt:
         model.text_features(ids, torch.zeros_like(ids, dtype=torch.bool))
     params = sum(p.numel() for p in model.parameters())
-    return {"params": params, "dim": cfg.embed_dim, "image_gflops": c_img.get_total_flops() / 1e9,
-            "caption_gflops": c_txt.get_total_flops() / 1e9}
+    return {
+        "params": params,
+        "dim": cfg.embed_dim,
+        "image_gflops": c_img.get_total_flops() / 1e9,
+        "caption_gflops": c_txt.get_total_flops() / 1e9,
+    }
 
 
 def measure_cpu_step(student: DualEncoder, batch: int) -> dict:
@@ -92,8 +101,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=64, help="training batch (paper: 64)")
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--tflops", type=float, nargs="+", default=[100.0, 300.0],
-                   help="sustained TFLOP/s to compute GPU hours for")
+    p.add_argument(
+        "--tflops", type=float, nargs="+", default=[100.0, 300.0], help="sustained TFLOP/s to compute GPU hours for"
+    )
     p.add_argument("--measure-batch", type=int, default=16, help="CPU step to time (0: skip)")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args()
@@ -101,24 +111,33 @@ def main() -> None:
 
     teachers = {size: teacher_flops(size) for size in ("base", "large")}
     for size, t in teachers.items():
-        print(f"BEiT-3 {size}: {t['params'] / 1e6:.1f}M params, {t['image_gflops']:.0f} GFLOPs per 384 px image, "
-              f"{t['caption_gflops']:.1f} GFLOPs per 64-token caption")
+        print(
+            f"BEiT-3 {size}: {t['params'] / 1e6:.1f}M params, {t['image_gflops']:.0f} GFLOPs per 384 px image, "
+            f"{t['caption_gflops']:.1f} GFLOPs per 64-token caption"
+        )
     result = {"teacher": teachers, "student": {}, "datasets": {}}
     for size, dim in (("base", 768), ("large", 1024)):
         student = paper_student(dim).train()
         params = sum(p.numel() for p in student.parameters())
         flops = step_flops(student, args.batch)
         result["student"][size] = {"dim": dim, "params": params, "step_tflops": flops / 1e12}
-        print(f"student for BEiT-3 {size} (D={dim}): {params / 1e6:.1f}M params, "
-              f"{flops / 1e12:.2f} TFLOPs per step of {args.batch} pairs (fwd+bwd)")
+        print(
+            f"student for BEiT-3 {size} (D={dim}): {params / 1e6:.1f}M params, "
+            f"{flops / 1e12:.2f} TFLOPs per step of {args.batch} pairs (fwd+bwd)"
+        )
     if args.measure_batch:
         cpu = measure_cpu_step(paper_student(768).train(), args.measure_batch)
         result["cpu_step_measured"] = cpu
-        print(f"measured here (CPU, fp32): one step of {cpu['batch']} pairs {cpu['seconds']} s, "
-              f"peak RSS +{cpu['peak_rss_growth_gib']} GiB")
+        print(
+            f"measured here (CPU, fp32): one step of {cpu['batch']} pairs {cpu['seconds']} s, "
+            f"peak RSS +{cpu['peak_rss_growth_gib']} GiB"
+        )
 
-    print("\n| dataset | teacher | store (fp32 / fp16) | extraction TFLOPs | train steps | train PFLOPs | "
-          + " | ".join(f"GPU h @ {t:g} TFLOP/s" for t in args.tflops) + " |")
+    print(
+        "\n| dataset | teacher | store (fp32 / fp16) | extraction TFLOPs | train steps | train PFLOPs | "
+        + " | ".join(f"GPU h @ {t:g} TFLOP/s" for t in args.tflops)
+        + " |"
+    )
     print("|---" * (6 + len(args.tflops)) + "|")
     for name, (n_img, n_cap, test_img, test_cap) in DATASETS.items():
         for size in ("base", "large"):
@@ -132,13 +151,19 @@ def main() -> None:
             total_tf = train_pf * 1e3 + extract_tf
             hours = [total_tf / t_ / 3600 for t_ in args.tflops]
             result["datasets"][f"{name}/{size}"] = {
-                "images": n_img, "captions": n_cap, "store_gb_fp32": round(store_gb, 2),
-                "extract_tflops": extract_tf, "train_steps": steps, "train_pflops": round(train_pf, 1),
+                "images": n_img,
+                "captions": n_cap,
+                "store_gb_fp32": round(store_gb, 2),
+                "extract_tflops": extract_tf,
+                "train_steps": steps,
+                "train_pflops": round(train_pf, 1),
                 "gpu_hours": {f"{t_:g}": round(h, 2) for t_, h in zip(args.tflops, hours, strict=True)},
             }
             ext = f"{extract_tf:,.0f}"
-            print(f"| {name} | BEiT-3 {size} | {store_gb:.2f} / {store_gb / 2:.2f} GB | {ext} | {steps:,} | "
-                  f"{train_pf:,.0f} | " + " | ".join(f"{h:.1f}" for h in hours) + " |")
+            print(
+                f"| {name} | BEiT-3 {size} | {store_gb:.2f} / {store_gb / 2:.2f} GB | {ext} | {steps:,} | "
+                f"{train_pf:,.0f} | " + " | ".join(f"{h:.1f}" for h in hours) + " |"
+            )
     print(json.dumps(result))
     if args.json:
         with open(args.json, "w") as f:

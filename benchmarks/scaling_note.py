@@ -41,12 +41,17 @@ def main() -> None:
     p.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--tflops", type=float, default=300.0, help="sustained bf16 TFLOP/s per GPU (assumed)")
     p.add_argument("--intra-gbps", type=float, default=300.0, help="NVLink bus GB/s per GPU (assumed)")
-    p.add_argument("--inter-gbps", type=float, default=25.0,
-                   help="network GB/s per GPU across nodes (assumed: 200 Gb/s per GPU)")
+    p.add_argument(
+        "--inter-gbps", type=float, default=25.0, help="network GB/s per GPU across nodes (assumed: 200 Gb/s per GPU)"
+    )
     p.add_argument("--grad-bytes", type=int, default=4, help="bytes per gradient element (4: fp32 DDP buckets)")
     p.add_argument("--dim", type=int, default=768)
-    p.add_argument("--train-pairs-per-s", type=float, default=None,
-                   help="read rate to size the store for (default: what the largest run consumes)")
+    p.add_argument(
+        "--train-pairs-per-s",
+        type=float,
+        default=None,
+        help="read rate to size the store for (default: what the largest run consumes)",
+    )
     args = p.parse_args()
 
     params, flops_per_pair = student_costs(args.dim)
@@ -58,46 +63,81 @@ def main() -> None:
         global_batch = g * args.per_gpu_batch
         # Hierarchical ring: inside the node over NVLink, across nodes over the network.
         intra = 2 * (args.gpus_per_node - 1) / args.gpus_per_node * grad_bytes / (args.intra_gbps * 1e9)
-        inter = 0.0 if nodes == 1 else 2 * (nodes - 1) / nodes * grad_bytes / args.gpus_per_node / (args.inter_gbps * 1e9)
+        inter = (
+            0.0 if nodes == 1 else 2 * (nodes - 1) / nodes * grad_bytes / args.gpus_per_node / (args.inter_gbps * 1e9)
+        )
         allreduce_s = intra + inter
         # Gathers: student features (fwd + bwd), teacher features, image ids, float32 / int64.
         gathered = global_batch * (2 * args.dim * 4 * 2 + 2 * args.dim * 4 + 8)
         bw = args.intra_gbps if nodes == 1 else args.inter_gbps
         gather_s = (g - 1) / g * gathered / (bw * 1e9)
-        rows.append({"nodes": nodes, "gpus": g, "global_batch": global_batch,
-                     "compute_ms": compute_s * 1e3, "allreduce_ms": allreduce_s * 1e3, "gather_ms": gather_s * 1e3,
-                     "comm_over_compute": (allreduce_s + gather_s) / compute_s,
-                     "pairs_per_s": global_batch / max(compute_s, allreduce_s + gather_s)})
+        rows.append(
+            {
+                "nodes": nodes,
+                "gpus": g,
+                "global_batch": global_batch,
+                "compute_ms": compute_s * 1e3,
+                "allreduce_ms": allreduce_s * 1e3,
+                "gather_ms": gather_s * 1e3,
+                "comm_over_compute": (allreduce_s + gather_s) / compute_s,
+                "pairs_per_s": global_batch / max(compute_s, allreduce_s + gather_s),
+            }
+        )
 
-    print(f"paper student: {params / 1e6:.1f}M parameters, {flops_per_pair / 1e9:.1f} GFLOP per pair (fwd+bwd); "
-          f"assumed {args.tflops:g} TFLOP/s per GPU, NVLink {args.intra_gbps:g} GB/s, network {args.inter_gbps:g} GB/s "
-          f"per GPU, {args.grad_bytes}-byte gradients ({grad_bytes / 1e9:.2f} GB), {args.per_gpu_batch} pairs per GPU\n")
-    print("| nodes | GPUs | global batch | compute ms | grad all-reduce ms | feature gathers ms | comm / compute | pairs/s, communication overlapped with compute |")
+    print(
+        f"paper student: {params / 1e6:.1f}M parameters, {flops_per_pair / 1e9:.1f} GFLOP per pair (fwd+bwd); "
+        f"assumed {args.tflops:g} TFLOP/s per GPU, NVLink {args.intra_gbps:g} GB/s, network {args.inter_gbps:g} GB/s "
+        f"per GPU, {args.grad_bytes}-byte gradients ({grad_bytes / 1e9:.2f} GB), {args.per_gpu_batch} pairs per GPU\n"
+    )
+    print(
+        "| nodes | GPUs | global batch | compute ms | grad all-reduce ms | feature gathers ms | comm / compute | pairs/s, communication overlapped with compute |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['nodes']} | {r['gpus']} | {r['global_batch']:,} | {r['compute_ms']:.0f} | {r['allreduce_ms']:.0f} | "
-              f"{r['gather_ms']:.2f} | {r['comm_over_compute']:.2f} | {r['pairs_per_s']:,.0f} |")
+        print(
+            f"| {r['nodes']} | {r['gpus']} | {r['global_batch']:,} | {r['compute_ms']:.0f} | {r['allreduce_ms']:.0f} | "
+            f"{r['gather_ms']:.2f} | {r['comm_over_compute']:.2f} | {r['pairs_per_s']:,.0f} |"
+        )
 
     largest = rows[-1]
     need = args.train_pairs_per_s or largest["pairs_per_s"]
     per_gpu = 2 * need / largest["gpus"]
-    print(f"\nreading the store at {need:,.0f} pairs/s ({largest['gpus']} GPUs): every pair reads one image row "
-          f"and one caption row, {per_gpu:,.0f} rows/s per GPU ({per_gpu * args.dim * 2 / 1e6:.1f} MB/s in float16)")
+    print(
+        f"\nreading the store at {need:,.0f} pairs/s ({largest['gpus']} GPUs): every pair reads one image row "
+        f"and one caption row, {per_gpu:,.0f} rows/s per GPU ({per_gpu * args.dim * 2 / 1e6:.1f} MB/s in float16)"
+    )
     print("\n| data | store rows | float32 | float16 | rows/s in all | MB/s in all (float16) |")
     print("|---|---|---|---|---|---|")
-    stores = {"COCO Karpathy train (113,287 images, 566,747 captions)": 113_287 + 566_747,
-              "100M pairs (one caption per image)": 200_000_000}
+    stores = {
+        "COCO Karpathy train (113,287 images, 566,747 captions)": 113_287 + 566_747,
+        "100M pairs (one caption per image)": 200_000_000,
+    }
     out = {}
     for name, n_rows in stores.items():
         f32 = n_rows * args.dim * 4 / 1e9
         # every pair reads one image row and one caption row
         rate = 2 * need
         mb_s = rate * args.dim * 2 / 1e6
-        out[name] = {"rows": n_rows, "gb_float32": f32, "gb_float16": f32 / 2, "rows_per_s": rate,
-                     "rows_per_s_per_gpu": per_gpu, "mb_per_s_fp16": mb_s}
+        out[name] = {
+            "rows": n_rows,
+            "gb_float32": f32,
+            "gb_float16": f32 / 2,
+            "rows_per_s": rate,
+            "rows_per_s_per_gpu": per_gpu,
+            "mb_per_s_fp16": mb_s,
+        }
         print(f"| {name} | {n_rows:,} | {f32:,.1f} GB | {f32 / 2:,.1f} GB | {rate:,.0f} | {mb_s:,.0f} |")
-    print(json.dumps({"params": params, "gflops_per_pair": flops_per_pair / 1e9, "rows": rows, "stores": out,
-                      "assumptions": vars(args)}))
+    print(
+        json.dumps(
+            {
+                "params": params,
+                "gflops_per_pair": flops_per_pair / 1e9,
+                "rows": rows,
+                "stores": out,
+                "assumptions": vars(args),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

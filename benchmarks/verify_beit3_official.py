@@ -125,9 +125,7 @@ def main() -> int:
     parser.add_argument("--size", choices=("base", "large"), default="base")
     parser.add_argument("--checkpoint", type=Path, help="a released *_retrieval.pth (optional)")
     parser.add_argument("--spm", type=Path, help="beit3.spm (with --checkpoint)")
-    parser.add_argument(
-        "--vocab-size", type=int, default=64010, help="text embedding rows of the random model"
-    )
+    parser.add_argument("--vocab-size", type=int, default=64010, help="text embedding rows of the random model")
     parser.add_argument("--tolerance", type=float, default=1e-4)
     args = parser.parse_args()
 
@@ -155,9 +153,7 @@ def main() -> int:
     print(f"inferred {config}")
 
     official_sd, our_sd = official.state_dict(), ours.state_dict()
-    keys_ok = set(official_sd) == set(our_sd) and all(
-        official_sd[k].shape == our_sd[k].shape for k in our_sd
-    )
+    keys_ok = set(official_sd) == set(our_sd) and all(official_sd[k].shape == our_sd[k].shape for k in our_sd)
     print(
         f"keys {'identical' if keys_ok else 'DIFFER'} ({len(our_sd)} ours, {len(official_sd)} "
         f"official); only official: {sorted(set(official_sd) - set(our_sd))[:5]}, only ours: "
@@ -175,9 +171,9 @@ def main() -> int:
 
     with torch.no_grad():
         off_image_out = official.beit3(textual_tokens=None, visual_tokens=pixels)["encoder_out"]
-        off_text_out = official.beit3(
-            textual_tokens=ids, visual_tokens=None, text_padding_position=padding.long()
-        )["encoder_out"]
+        off_text_out = official.beit3(textual_tokens=ids, visual_tokens=None, text_padding_position=padding.long())[
+            "encoder_out"
+        ]
         off_image = official.vision_head(off_image_out[:, 0])
         off_text = official.language_head(off_text_out[:, 0])
         off_image_n, off_text_n = official(
@@ -245,9 +241,7 @@ def _compare_tokenizer(spm: Path) -> bool:
         print(f"tokenizer: official ids not compared ({exc})")
         return True
     official = XLMRobertaTokenizer(str(spm))
-    same = all(
-        official.convert_tokens_to_ids(official.tokenize(c)) == ours.tokenize(c) for c in captions
-    )
+    same = all(official.convert_tokens_to_ids(official.tokenize(c)) == ours.tokenize(c) for c in captions)
     print(f"tokenizer: ids {'identical' if same else 'DIFFER'} to XLMRobertaTokenizer's")
     return same
 

@@ -41,8 +41,7 @@ def train_sentencepiece(path: Path, vocab_size: int, seed: int = 0) -> Path:
 
     rng = random.Random(seed)
     sentences = [
-        " ".join(rng.choice(BEIT3_WORDS) for _ in range(rng.randint(3, 12))).capitalize() + "."
-        for _ in range(500)
+        " ".join(rng.choice(BEIT3_WORDS) for _ in range(rng.randint(3, 12))).capitalize() + "." for _ in range(500)
     ]
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(

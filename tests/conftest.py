@@ -27,8 +27,24 @@ from dsmd.data.synthetic import COLOURS, SHAPES, write_synthetic_dataset
 from tiny_runs import tiny_run_overrides
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-WORDS = sorted({*COLOURS, *SHAPES, "a", "on", "background", "picture", "with", ",", "backdrop", "the", "is",
-                "and", "drawing", "of"})
+WORDS = sorted(
+    {
+        *COLOURS,
+        *SHAPES,
+        "a",
+        "on",
+        "background",
+        "picture",
+        "with",
+        ",",
+        "backdrop",
+        "the",
+        "is",
+        "and",
+        "drawing",
+        "of",
+    }
+)
 
 
 def save_tokenizer(folder: Path) -> None:
@@ -37,19 +53,29 @@ def save_tokenizer(folder: Path) -> None:
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                            sep_token="[SEP]").save_pretrained(folder)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
+    ).save_pretrained(folder)
 
 
 def _text_kwargs(layers: int) -> dict:
-    return dict(vocab_size=len(SPECIALS) + len(WORDS), hidden_size=32, intermediate_size=64,
-                num_hidden_layers=layers, num_attention_heads=2, max_position_embeddings=32)
+    return dict(
+        vocab_size=len(SPECIALS) + len(WORDS),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+    )
 
 
 def _vision_kwargs() -> dict:
-    return dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                image_size=32, patch_size=8)
+    return dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+    )
 
 
 @pytest.fixture(scope="session")
@@ -58,14 +84,31 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("tiny_models")
     torch.manual_seed(0)
     clip = root / "clip"
-    CLIPModel(CLIPConfig(text_config=dict(_text_kwargs(2), eos_token_id=3, bos_token_id=2, pad_token_id=0),
-                         vision_config=_vision_kwargs(), projection_dim=24)).save_pretrained(clip)
+    CLIPModel(
+        CLIPConfig(
+            text_config=dict(_text_kwargs(2), eos_token_id=3, bos_token_id=2, pad_token_id=0),
+            vision_config=_vision_kwargs(),
+            projection_dim=24,
+        )
+    ).save_pretrained(clip)
     save_tokenizer(clip)
-    (clip / "preprocessor_config.json").write_text(json.dumps({
-        "crop_size": {"height": 32, "width": 32}, "do_center_crop": True, "do_normalize": True,
-        "do_rescale": True, "do_resize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
-        "image_processor_type": "CLIPImageProcessor", "resample": 3, "rescale_factor": 1 / 255,
-        "size": {"shortest_edge": 32}}))
+    (clip / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "crop_size": {"height": 32, "width": 32},
+                "do_center_crop": True,
+                "do_normalize": True,
+                "do_rescale": True,
+                "do_resize": True,
+                "image_mean": [0.5] * 3,
+                "image_std": [0.5] * 3,
+                "image_processor_type": "CLIPImageProcessor",
+                "resample": 3,
+                "rescale_factor": 1 / 255,
+                "size": {"shortest_edge": 32},
+            }
+        )
+    )
     vit = root / "vit"
     ViTModel(ViTConfig(**_vision_kwargs()), add_pooling_layer=False).save_pretrained(vit)
     (vit / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
@@ -78,8 +121,9 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def synthetic_manifest(tmp_path_factory) -> str:
     """24 generated 32 px images with 2 captions each."""
-    return str(write_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), num_images=24,
-                                       captions_per_image=2, size=32))
+    return str(
+        write_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), num_images=24, captions_per_image=2, size=32)
+    )
 
 
 @pytest.fixture

@@ -19,5 +19,10 @@ def write_shards(splits: dict, folder: Path, per_shard: int = 4) -> None:
             with wds.TarWriter(str(folder / f"{split}-{start // per_shard:06d}.tar")) as sink:
                 for row in range(start, min(start + per_shard, data.num_images)):
                     caps = [c for c, r in zip(data.captions, data.caption_image, strict=True) if r == row]
-                    sink.write({"__key__": f"{row:06d}", "png": Path(data.image_paths[row]).read_bytes(),
-                                "txt": "\n".join(caps)})
+                    sink.write(
+                        {
+                            "__key__": f"{row:06d}",
+                            "png": Path(data.image_paths[row]).read_bytes(),
+                            "txt": "\n".join(caps),
+                        }
+                    )

@@ -24,9 +24,23 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "dsmd"
 LAYERS = {
-    "errors": -1, "runtime": 0, "config": 1, "store": 2, "data": 2, "models": 3, "losses": 3, "balancer": 3,
-    "teachers": 4, "evaluation": 4, "extraction": 5, "training": 5, "reports": 5, "demo": 6, "scoring": 6,
-    "cli": 7, "__main__": 8,
+    "errors": -1,
+    "runtime": 0,
+    "config": 1,
+    "store": 2,
+    "data": 2,
+    "models": 3,
+    "losses": 3,
+    "balancer": 3,
+    "teachers": 4,
+    "evaluation": 4,
+    "extraction": 5,
+    "training": 5,
+    "reports": 5,
+    "demo": 6,
+    "scoring": 6,
+    "cli": 7,
+    "__main__": 8,
 }
 MAX_MODULE_LINES = 450
 MAX_TRAINING_FUNCTION_LINES = 80
@@ -68,7 +82,9 @@ def test_imports_point_down(path):
     if own == "__init__":
         return
     wrong = sorted(dep for dep in _imports(path) if dep != own and LAYERS[dep] >= LAYERS[own])
-    assert not wrong, f"{path.relative_to(SRC)} (layer {LAYERS[own]}) imports {wrong} (layers {[LAYERS[d] for d in wrong]})"
+    assert not wrong, (
+        f"{path.relative_to(SRC)} (layer {LAYERS[own]}) imports {wrong} (layers {[LAYERS[d] for d in wrong]})"
+    )
 
 
 def test_the_layer_check_can_fail(tmp_path):

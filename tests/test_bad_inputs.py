@@ -150,15 +150,23 @@ def test_edited_manifest_is_refused(base, tmp_path, capsys):
     manifest = json.loads((store / "manifest.json").read_text())
     manifest["normalized"] = False  # would train an unnormalised student on unit-norm targets
     (store / "manifest.json").write_text(json.dumps(manifest))
-    _refused(["train", *base["overrides"], f"store={store}", f"out_dir={tmp_path / 'run'}"], capsys, tmp_path,
-             "was modified after the store was written")
+    _refused(
+        ["train", *base["overrides"], f"store={store}", f"out_dir={tmp_path / 'run'}"],
+        capsys,
+        tmp_path,
+        "was modified after the store was written",
+    )
 
 
 def test_nan_rows_in_a_store_are_refused_before_training_writes_anything(base, tmp_path, capsys):
     store = _copy(base["store"], tmp_path / "store")
     _reseal(store, "train", lambda t: t["text"][3].fill_(float("nan")))
-    _refused(["train", *base["overrides"], f"store={store}", f"out_dir={tmp_path / 'run'}"], capsys, tmp_path,
-             "holds NaN or inf")
+    _refused(
+        ["train", *base["overrides"], f"store={store}", f"out_dir={tmp_path / 'run'}"],
+        capsys,
+        tmp_path,
+        "holds NaN or inf",
+    )
 
 
 def test_caption_owners_out_of_range_are_refused(base, tmp_path, capsys):
@@ -175,45 +183,86 @@ def test_manifest_without_splits_is_refused(base, tmp_path, capsys):
     _refused(["eval", "--store", str(store)], capsys, tmp_path, "not a valid store manifest: it has no 'splits'")
 
 
-@pytest.mark.parametrize("line, fragment", [
-    ({"image": 12, "captions": ["a red kite"]}, "'image' must be a string"),
-    ({"image": "a.png", "captions": 5}, "'captions' must be a string or a list of strings"),
-    ({"image": "a.png", "captions": {"a": "b"}}, "'captions' must be a string or a list of strings, not an object"),
-])
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        ({"image": 12, "captions": ["a red kite"]}, "'image' must be a string"),
+        ({"image": "a.png", "captions": 5}, "'captions' must be a string or a list of strings"),
+        ({"image": "a.png", "captions": {"a": "b"}}, "'captions' must be a string or a list of strings, not an object"),
+    ],
+)
 def test_manifest_fields_of_the_wrong_type_are_refused(tmp_path, capsys, line, fragment):
     _image(tmp_path)
     manifest = _jsonl(tmp_path / "m.jsonl", [line])
-    _refused(["extract", "data.kind=manifest", f"data.manifest={manifest}", f"store={tmp_path / 'store'}"], capsys,
-             tmp_path, "m.jsonl:1", fragment)
+    _refused(
+        ["extract", "data.kind=manifest", f"data.manifest={manifest}", f"store={tmp_path / 'store'}"],
+        capsys,
+        tmp_path,
+        "m.jsonl:1",
+        fragment,
+    )
 
 
-@pytest.mark.parametrize("name, content", [
-    ("m.jsonl", '{"image": "a.png", "captions": ["caf\xe9"]}\n'.encode("latin-1")),
-    ("m.csv", "image,caption\na.png,caf\xe9\n".encode("latin-1")),
-])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("m.jsonl", '{"image": "a.png", "captions": ["caf\xe9"]}\n'.encode("latin-1")),
+        ("m.csv", "image,caption\na.png,caf\xe9\n".encode("latin-1")),
+    ],
+)
 def test_text_that_is_not_utf8_is_refused(tmp_path, capsys, name, content):
     _image(tmp_path)
     (tmp_path / name).write_bytes(content)
-    _refused(["extract", "data.kind=manifest", f"data.manifest={tmp_path / name}", f"store={tmp_path / 'store'}"],
-             capsys, tmp_path, f"{name}:", "not UTF-8")
+    _refused(
+        ["extract", "data.kind=manifest", f"data.manifest={tmp_path / name}", f"store={tmp_path / 'store'}"],
+        capsys,
+        tmp_path,
+        f"{name}:",
+        "not UTF-8",
+    )
 
 
 def test_an_image_under_two_splits_is_refused(tmp_path, capsys):
     _image(tmp_path)
-    manifest = _jsonl(tmp_path / "m.jsonl", [{"image": "a.png", "captions": ["one"], "split": "train"},
-                                             {"image": "a.png", "captions": ["two"], "split": "test"}])
-    _refused(["extract", "data.kind=manifest", f"data.manifest={manifest}", f"store={tmp_path / 'store'}"], capsys,
-             tmp_path, "listed under two splits", "'train' and 'test'")
+    manifest = _jsonl(
+        tmp_path / "m.jsonl",
+        [
+            {"image": "a.png", "captions": ["one"], "split": "train"},
+            {"image": "a.png", "captions": ["two"], "split": "test"},
+        ],
+    )
+    _refused(
+        ["extract", "data.kind=manifest", f"data.manifest={manifest}", f"store={tmp_path / 'store'}"],
+        capsys,
+        tmp_path,
+        "listed under two splits",
+        "'train' and 'test'",
+    )
 
 
 def test_a_decompression_bomb_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # (a 20000 x 20000 PNG, scaled down)
     _image(tmp_path, size=(20, 20))
-    manifest = _jsonl(tmp_path / "m.jsonl", [{"image": "a.png", "captions": ["a red square"]}] +
-                      [{"image": f"b{i}.png", "captions": ["small"]} for i in range(0)])
-    _refused(["extract", "data.kind=manifest", f"data.manifest={manifest}", "data.val_fraction=0",
-              "data.test_fraction=0", "teacher.batch_size=1", f"store={tmp_path / 'store'}"], capsys, tmp_path,
-             "a.png is too large", "MAX_IMAGE_PIXELS")
+    manifest = _jsonl(
+        tmp_path / "m.jsonl",
+        [{"image": "a.png", "captions": ["a red square"]}]
+        + [{"image": f"b{i}.png", "captions": ["small"]} for i in range(0)],
+    )
+    _refused(
+        [
+            "extract",
+            "data.kind=manifest",
+            f"data.manifest={manifest}",
+            "data.val_fraction=0",
+            "data.test_fraction=0",
+            "teacher.batch_size=1",
+            f"store={tmp_path / 'store'}",
+        ],
+        capsys,
+        tmp_path,
+        "a.png is too large",
+        "MAX_IMAGE_PIXELS",
+    )
 
 
 def test_a_csv_with_a_byte_order_mark_is_read(tmp_path):
@@ -229,23 +278,32 @@ def test_a_csv_with_a_byte_order_mark_is_read(tmp_path):
 # -- config values, one line before anything is loaded -----------------------------------------
 
 
-@pytest.mark.parametrize("override, fragments", [
-    ("train.epochs=0", ("'train.epochs': must be at least 1, got 0",)),
-    ("train.batch_size=0", ("'train.batch_size': must be at least 1, got 0",)),
-    ("loss.losses=[cd,fd", ("override 'loss.losses=[cd,fd': the value is not valid YAML",)),
-    ("balancer.mode=dynmic", ("'balancer.mode': 'dynmic' is not allowed", "dynamic, static, reference")),
-    ("loss.temperature=0", ("'loss.temperature': must be greater than 0",)),
-])
+@pytest.mark.parametrize(
+    "override, fragments",
+    [
+        ("train.epochs=0", ("'train.epochs': must be at least 1, got 0",)),
+        ("train.batch_size=0", ("'train.batch_size': must be at least 1, got 0",)),
+        ("loss.losses=[cd,fd", ("override 'loss.losses=[cd,fd': the value is not valid YAML",)),
+        ("balancer.mode=dynmic", ("'balancer.mode': 'dynmic' is not allowed", "dynamic, static, reference")),
+        ("loss.temperature=0", ("'loss.temperature': must be greater than 0",)),
+    ],
+)
 def test_bad_config_values_fail_before_anything_is_loaded(tmp_path, capsys, override, fragments):
     # the store does not exist: the config error must come first
-    _refused(["train", override, f"store={tmp_path / 'none'}", f"out_dir={tmp_path / 'run'}"], capsys, tmp_path,
-             *fragments)
+    _refused(
+        ["train", override, f"store={tmp_path / 'none'}", f"out_dir={tmp_path / 'run'}"], capsys, tmp_path, *fragments
+    )
 
 
 def test_eval_refuses_overrides_it_would_ignore(base, tmp_path, capsys):
     ckpt = base["run"] / "checkpoints" / "best.pt"
-    _refused(["eval", "--checkpoint", str(ckpt), "student.image_size=224"], capsys, tmp_path,
-             "'student.image_size' cannot be changed", "data.*")
+    _refused(
+        ["eval", "--checkpoint", str(ckpt), "student.image_size=224"],
+        capsys,
+        tmp_path,
+        "'student.image_size' cannot be changed",
+        "data.*",
+    )
 
 
 def test_eval_says_what_it_scored(base, tmp_path, capsys):
@@ -260,8 +318,12 @@ def test_eval_says_what_it_scored(base, tmp_path, capsys):
 
 def test_out_dir_that_is_a_file(base, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    _refused(["train", *base["overrides"], f"store={base['store']}", f"out_dir={tmp_path / 'file' / 'run'}"],
-             capsys, tmp_path, "is a file, not a folder")
+    _refused(
+        ["train", *base["overrides"], f"store={base['store']}", f"out_dir={tmp_path / 'file' / 'run'}"],
+        capsys,
+        tmp_path,
+        "is a file, not a folder",
+    )
 
 
 def _mount(args: list[str], target: Path) -> None:
@@ -276,8 +338,12 @@ def test_read_only_output_and_store_folders(base, tmp_path, capsys):
     src.mkdir()
     _mount(["--bind", "-o", "ro", str(src)], ro)
     try:
-        _refused(["train", *base["overrides"], f"store={base['store']}", f"out_dir={ro / 'run'}"], capsys, tmp_path,
-                 "is not writable")
+        _refused(
+            ["train", *base["overrides"], f"store={base['store']}", f"out_dir={ro / 'run'}"],
+            capsys,
+            tmp_path,
+            "is not writable",
+        )
         _refused(["extract", *base["overrides"], f"store={ro / 'store'}"], capsys, tmp_path, "is not writable")
     finally:
         subprocess.run(["umount", "-l", str(ro)], check=True)
@@ -301,8 +367,13 @@ def test_a_full_disk_leaves_no_temporary_file(base, tmp_path, capsys):
 
 def test_resuming_with_another_architecture_is_one_line(base, tmp_path, capsys):
     run = _copy(base["run"], tmp_path / "run")
-    line = _refused(["train", "--resume", f"out_dir={run}", "student.text_layers=2"], capsys, tmp_path,
-                    "does not match the model its config builds", "missing")
+    line = _refused(
+        ["train", "--resume", f"out_dir={run}", "student.text_layers=2"],
+        capsys,
+        tmp_path,
+        "does not match the model its config builds",
+        "missing",
+    )
     assert len(line) < 600
 
 

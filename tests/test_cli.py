@@ -14,21 +14,26 @@ def _run(argv, capsys):
     return exit_info.value.code, out.out + out.err
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["extract", "--help"], ["train", "--help"], ["eval", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["demo", "--help"], ["extract", "--help"], ["train", "--help"], ["eval", "--help"]]
+)
 def test_help_shows_an_example(argv, capsys):
     code, text = _run(argv, capsys)
     assert code == 0 and "example" in text and "dsmd " in text
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["extract", "data.root=/nonexistent/stamps"], "apt-get install -y tuxpaint-stamps-default"),
-    (["train", "train.lrr=1"], "unknown config key 'train.lrr'"),
-    (["train", "--config", "/nonexistent.yaml"], "config file not found"),
-    (["eval", "--checkpoint", "/nonexistent.pt"], "checkpoint not found"),
-    (["eval", "--store", "/nonexistent_store"], "no feature store at /nonexistent_store"),
-    (["train", "--resume", "out_dir=/nonexistent_run"], "nothing to resume"),
-    (["extract", "teacher.kind=bert"], "'teacher.kind': 'bert' is not allowed"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["extract", "data.root=/nonexistent/stamps"], "apt-get install -y tuxpaint-stamps-default"),
+        (["train", "train.lrr=1"], "unknown config key 'train.lrr'"),
+        (["train", "--config", "/nonexistent.yaml"], "config file not found"),
+        (["eval", "--checkpoint", "/nonexistent.pt"], "checkpoint not found"),
+        (["eval", "--store", "/nonexistent_store"], "no feature store at /nonexistent_store"),
+        (["train", "--resume", "out_dir=/nonexistent_run"], "nothing to resume"),
+        (["extract", "teacher.kind=bert"], "'teacher.kind': 'bert' is not allowed"),
+    ],
+)
 def test_user_errors_are_one_clear_line(argv, fragment, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, text = _run(argv, capsys)
@@ -55,6 +60,7 @@ def test_empty_caption_in_manifest(tmp_path, capsys):
 
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     (tmp_path / "m.csv").write_text("image,caption\na.png,\n")
-    code, text = _run(["extract", "data.kind=manifest", f"data.manifest={tmp_path / 'm.csv'}",
-                       f"store={tmp_path / 'store'}"], capsys)
+    code, text = _run(
+        ["extract", "data.kind=manifest", f"data.manifest={tmp_path / 'm.csv'}", f"store={tmp_path / 'store'}"], capsys
+    )
     assert code == 2 and "empty caption" in text and not (tmp_path / "store").exists()

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from dsmd.demo import run_demo
 from dsmd.reports import REPORT_KEYS
+
+pytestmark = pytest.mark.e2e  # whole commands on tiny models: the end-to-end tier
 
 
 def test_demo_reports_teacher_and_student_and_resumes(tiny_overrides, tmp_path):
@@ -25,4 +29,6 @@ def test_demo_reports_teacher_and_student_and_resumes(tiny_overrides, tmp_path):
     messages = []
     again = run_demo(out, overrides, progress=False, log=messages.append)
     assert any("up to date" in m for m in messages) and any("resuming" in m for m in messages)
-    assert again["student"]["rsum"] == report["student"]["rsum"] and again["teacher"]["rsum"] == report["teacher"]["rsum"]
+    assert (
+        again["student"]["rsum"] == report["student"]["rsum"] and again["teacher"]["rsum"] == report["teacher"]["rsum"]
+    )

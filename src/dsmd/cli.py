@@ -18,12 +18,12 @@ EXAMPLES = {
     "demo": "dsmd demo --out demo_out",
     "extract": "dsmd extract --config demo store=runs/store",
     "import-features": "dsmd import-features --config demo store=runs/imported teacher.name_or_path=FEATURES_FOLDER\n"
-                       "  dsmd import-features --config demo store=runs/imported --trust-pickle \\\n"
-                       "      --train train_image_feats.pkl train_text_feats.pkl --val val_image.npy val_text.npy",
+    "  dsmd import-features --config demo store=runs/imported --trust-pickle \\\n"
+    "      --train train_image_feats.pkl train_text_feats.pkl --val val_image.npy val_text.npy",
     "train": "dsmd train --config demo store=runs/store out_dir=runs/exp1 train.epochs=2\n"
-             "  dsmd train --resume out_dir=runs/exp1",
+    "  dsmd train --resume out_dir=runs/exp1",
     "eval": "dsmd eval --checkpoint runs/exp1/checkpoints/best.pt --split test --json\n"
-            "  dsmd eval --store runs/store --split test",
+    "  dsmd eval --store runs/store --split test",
     "verify": "dsmd verify runs/store",
 }
 
@@ -39,14 +39,22 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
-        q = sub.add_parser(name, help=help_, description=help_, epilog=f"example:\n  {EXAMPLES[name]}",
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        q = sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=f"example:\n  {EXAMPLES[name]}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         q.add_argument("--quiet", action="store_true", help="no progress bars")
         return q
 
     def config_args(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--config", help="YAML file, or the name of a packaged config: demo (the default), "
-                       "paper_f30k_beit3_base, paper_coco_beit3_large, ... (src/dsmd/configs)")
+        q.add_argument(
+            "--config",
+            help="YAML file, or the name of a packaged config: demo (the default), "
+            "paper_f30k_beit3_base, paper_coco_beit3_large, ... (src/dsmd/configs)",
+        )
         q.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=3e-4")
 
     q = add("demo", "Run the whole pipeline on the embedded offline default (Tux Paint stamps, offline teacher).")
@@ -57,19 +65,33 @@ def _parser() -> argparse.ArgumentParser:
     config_args(q)
     q.add_argument("--overwrite", action="store_true", help="replace a store built differently")
 
-    q = add("import-features", "Write a feature store from teacher features computed elsewhere "
-                               "(.npy/.npz/.pt/.safetensors/.pkl; see dsmd.extraction.importer).")
+    q = add(
+        "import-features",
+        "Write a feature store from teacher features computed elsewhere "
+        "(.npy/.npz/.pt/.safetensors/.pkl; see dsmd.extraction.importer).",
+    )
     config_args(q)
     for split in ("train", "val", "test"):
-        q.add_argument(f"--{split}", nargs="+", metavar="FILE",
-                       help=f"the {split} split's IMAGE and TEXT feature files, or one file with both "
-                            "(default: teacher.name_or_path, a file or folder)")
+        q.add_argument(
+            f"--{split}",
+            nargs="+",
+            metavar="FILE",
+            help=f"the {split} split's IMAGE and TEXT feature files, or one file with both "
+            "(default: teacher.name_or_path, a file or folder)",
+        )
     q.add_argument("--image-key", help="entry holding the image features (default: image, img_feats or image_feats)")
     q.add_argument("--text-key", help="entry holding the text features (default: text, txt_feats or text_feats)")
-    q.add_argument("--tolerance", type=float, default=None,
-                   help="how far repeated rows of one image may differ, relative L2 (default: 1e-3)")
-    q.add_argument("--trust-pickle", action="store_true",
-                   help="allow .pkl files (and .pt files holding more than tensors): unpickling runs code in the file")
+    q.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="how far repeated rows of one image may differ, relative L2 (default: 1e-3)",
+    )
+    q.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow .pkl files (and .pt files holding more than tensors): unpickling runs code in the file",
+    )
     q.add_argument("--overwrite", action="store_true", help="replace a store built differently")
 
     q = add("train", "Distil a student from a feature store.")
@@ -82,8 +104,12 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--store", help="feature store written by `dsmd extract` (scores the teacher's features)")
     q.add_argument("--split", default="test", help="train, val or test (default: test)")
     q.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
-    q.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="with --checkpoint: which data to score (data.*=...), train.device, train.eval_batch_size")
+    q.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="with --checkpoint: which data to score (data.*=...), train.device, train.eval_batch_size",
+    )
 
     q = add("verify", "Check every file of a feature store against its manifest (sha256, finite values).")
     q.add_argument("store", help="the feature store folder")
@@ -111,9 +137,15 @@ def _import_features(args):
     args.overrides = ["teacher.kind=imported", *args.overrides]
     if files and not any(o.startswith("teacher.name_or_path=") for o in args.overrides):
         args.overrides.append("teacher.name_or_path=null")
-    return import_features(_load(args), files or None, image_key=args.image_key, text_key=args.text_key,
-                           tolerance=DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance,
-                           trust_pickle=args.trust_pickle, overwrite=args.overwrite)
+    return import_features(
+        _load(args),
+        files or None,
+        image_key=args.image_key,
+        text_key=args.text_key,
+        tolerance=DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance,
+        trust_pickle=args.trust_pickle,
+        overwrite=args.overwrite,
+    )
 
 
 def _eval(args, progress: bool) -> None:
@@ -127,11 +159,15 @@ def _eval(args, progress: bool) -> None:
     else:
         metrics, about = score_checkpoint(args.checkpoint, args.split, args.overrides, progress=progress)
     if args.json:
-        print(json.dumps({**metrics, "split": about["split"], "images": about["images"],
-                          "captions": about["captions"]}))
+        print(
+            json.dumps({**metrics, "split": about["split"], "images": about["images"], "captions": about["captions"]})
+        )
         return
-    print(f"{about['model']} on {about['data']}, split {about['split']}: {about['images']} images, "
-          f"{about['captions']} captions" + (f" (overrides: {' '.join(about['overrides'])})" if about["overrides"] else ""))
+    print(
+        f"{about['model']} on {about['data']}, split {about['split']}: {about['images']} images, "
+        f"{about['captions']} captions"
+        + (f" (overrides: {' '.join(about['overrides'])})" if about["overrides"] else "")
+    )
     print(format_table({Path(args.checkpoint or args.store).name: metrics}))
 
 
@@ -144,8 +180,10 @@ def _verify(args, progress: bool) -> None:
     t0 = time.perf_counter()
     hashed = store.verify(force=True, progress=progress)
     seconds = time.perf_counter() - t0
-    print(f"feature store {store.path}: every file matches its manifest and holds finite values "
-          f"({hashed / 1e6:.1f} MB hashed in {seconds:.1f} s)")
+    print(
+        f"feature store {store.path}: every file matches its manifest and holds finite values "
+        f"({hashed / 1e6:.1f} MB hashed in {seconds:.1f} s)"
+    )
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -163,20 +201,30 @@ def run(argv: list[str] | None = None) -> int:
     elif args.command == "extract":
         from dsmd.extraction import extract
 
-        store = extract(_load(args), overwrite=args.overwrite, progress=progress,
-                        overwrite_hint="Pass --overwrite to replace it, or choose another store=PATH.")
+        store = extract(
+            _load(args),
+            overwrite=args.overwrite,
+            progress=progress,
+            overwrite_hint="Pass --overwrite to replace it, or choose another store=PATH.",
+        )
         if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports for all
             print(f"feature store: {store.path} ({store.dim}-d, teacher {store.teacher.get('name')})")
     elif args.command == "import-features":
         store = _import_features(args)
-        print(f"feature store: {store.path} ({store.dim}-d, imported from {store.teacher['source']}). "
-              f"Train with teacher.kind=imported teacher.name_or_path={store.teacher['source']} store={store.path}")
+        print(
+            f"feature store: {store.path} ({store.dim}-d, imported from {store.teacher['source']}). "
+            f"Train with teacher.kind=imported teacher.name_or_path={store.teacher['source']} store={store.path}"
+        )
     elif args.command == "train":
         from dsmd.training import train
 
         if args.resume:  # the run's own saved config, plus what the command line changes
-            result = train(_load(args), resume=True, progress=progress,
-                           resume_overrides=[o for o in args.overrides if not o.startswith("out_dir=")])
+            result = train(
+                _load(args),
+                resume=True,
+                progress=progress,
+                resume_overrides=[o for o in args.overrides if not o.startswith("out_dir=")],
+            )
         else:
             result = train(_load(args), progress=progress)
         if result.rank == 0:  # under torchrun, rank 0 validates and reports for all

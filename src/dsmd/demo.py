@@ -23,8 +23,9 @@ from dsmd.teachers import build_teacher
 from dsmd.training import load_student, train
 
 
-def run_demo(out_dir: str | Path = "demo_out", overrides: list[str] | None = None,
-             progress: bool = True, log=print) -> dict:
+def run_demo(
+    out_dir: str | Path = "demo_out", overrides: list[str] | None = None, progress: bool = True, log=print
+) -> dict:
     """Run the demo into ``out_dir``; an interrupted demo resumes where it stopped.
 
     Returns:
@@ -33,8 +34,9 @@ def run_demo(out_dir: str | Path = "demo_out", overrides: list[str] | None = Non
     out = Path(out_dir)
     check_writable(out, "--out")
     t0 = time.perf_counter()
-    cfg = load_config(packaged_config("demo"), [f"store={out / 'store'}", f"out_dir={out / 'train'}",
-                                                *(overrides or [])])
+    cfg = load_config(
+        packaged_config("demo"), [f"store={out / 'store'}", f"out_dir={out / 'train'}", *(overrides or [])]
+    )
     log("1/4 teacher features -> feature store")
     store = extract(cfg, progress=progress, log=log)
     t_extract = time.perf_counter() - t0
@@ -65,8 +67,11 @@ def run_demo(out_dir: str | Path = "demo_out", overrides: list[str] | None = Non
         "checkpoint": str(result.best_checkpoint),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
-        "seconds": {"extract": round(t_extract, 1), "train": round(t_train, 1),
-                    "total": round(time.perf_counter() - t0, 1)},
+        "seconds": {
+            "extract": round(t_extract, 1),
+            "train": round(t_train, 1),
+            "total": round(time.perf_counter() - t0, 1),
+        },
     }
     write_report(out, rows, meta)
     log("\n" + format_table(rows))

@@ -26,12 +26,15 @@ def check_eval_overrides(overrides: list[str]) -> None:
     for override in overrides:
         if not override.startswith(EVAL_OVERRIDABLE):
             key = override.split("=", 1)[0]
-            raise DsmdError(f"dsmd eval --checkpoint: '{key}' cannot be changed: the checkpoint's weights fix its "
-                            "model. Only data.* (which data to score), train.device and train.eval_batch_size apply.")
+            raise DsmdError(
+                f"dsmd eval --checkpoint: '{key}' cannot be changed: the checkpoint's weights fix its "
+                "model. Only data.* (which data to score), train.device and train.eval_batch_size apply."
+            )
 
 
-def score_checkpoint(path: str | Path, split: str, overrides: list[str] | None = None,
-                     progress: bool = False) -> tuple[dict, dict]:
+def score_checkpoint(
+    path: str | Path, split: str, overrides: list[str] | None = None, progress: bool = False
+) -> tuple[dict, dict]:
     """Retrieval metrics of a checkpoint's student on ``split`` of its data (or ``data.*`` overrides).
 
     Returns:
@@ -46,8 +49,14 @@ def score_checkpoint(path: str | Path, split: str, overrides: list[str] | None =
     data = load_split(cfg.data, split)
     metrics = evaluate_student(student.to(device), data, cfg.train.eval_batch_size, device, progress=progress)
     source = cfg.data.manifest or cfg.data.root
-    return metrics, {"model": str(path), "data": f"{cfg.data.kind} {source}", "split": split,
-                     "images": data.num_images, "captions": len(data), "overrides": overrides}
+    return metrics, {
+        "model": str(path),
+        "data": f"{cfg.data.kind} {source}",
+        "split": split,
+        "images": data.num_images,
+        "captions": len(data),
+        "overrides": overrides,
+    }
 
 
 def score_store(path: str | Path, split: str, progress: bool = False) -> tuple[dict, dict]:
@@ -57,5 +66,11 @@ def score_store(path: str | Path, split: str, progress: bool = False) -> tuple[d
     feats = store.split(split)
     metrics = retrieval_metrics(feats.image, feats.text, feats.caption_image)
     teacher = store.teacher.get("name") or store.teacher.get("kind")
-    return metrics, {"model": f"teacher {teacher} (stored features)", "data": str(path), "split": split,
-                     "images": feats.num_images, "captions": feats.num_captions, "overrides": []}
+    return metrics, {
+        "model": f"teacher {teacher} (stored features)",
+        "data": str(path),
+        "split": split,
+        "images": feats.num_images,
+        "captions": feats.num_captions,
+        "overrides": [],
+    }

@@ -1,4 +1,3 @@
-
 import pytest
 
 from dsmd.config import (
@@ -27,8 +26,16 @@ def test_defaults_follow_the_paper():
 def test_overrides_parse_yaml_values(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  epochs: 3\nloss:\n  temperature: 0.1\n")
-    cfg = load_config(path, ["train.lr=3e-4", "loss.losses=[cd,fd]", "student.text_layers=null",
-                             "balancer.static_weights={cd: 2}", "train.augment=false"])
+    cfg = load_config(
+        path,
+        [
+            "train.lr=3e-4",
+            "loss.losses=[cd,fd]",
+            "student.text_layers=null",
+            "balancer.static_weights={cd: 2}",
+            "train.augment=false",
+        ],
+    )
     assert cfg.train.epochs == 3 and cfg.loss.temperature == 0.1
     assert cfg.train.lr == pytest.approx(3e-4)
     assert cfg.loss.losses == ["cd", "fd"]
@@ -37,13 +44,16 @@ def test_overrides_parse_yaml_values(tmp_path):
     assert cfg.train.augment is False
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("train.lrr=1", "unknown config key 'train.lrr'"),
-    ("nosection.x=1", "unknown config key 'nosection'"),
-    ("train.epochs=two", "expected an integer"),
-    ("train.augment=3", "expected true or false"),
-    ("train.lr", "must look like key=value"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.lrr=1", "unknown config key 'train.lrr'"),
+        ("nosection.x=1", "unknown config key 'nosection'"),
+        ("train.epochs=two", "expected an integer"),
+        ("train.augment=3", "expected true or false"),
+        ("train.lr", "must look like key=value"),
+    ],
+)
 def test_bad_overrides_are_named(override, fragment):
     with pytest.raises(DsmdError, match=fragment):
         load_config(None, [override])
@@ -83,8 +93,14 @@ PAPER = [name for name in SHIPPED if name.startswith("paper_")]
 
 
 def test_the_expected_configs_ship():
-    assert {"demo", "paper_f30k_beit3_base", "paper_f30k_beit3_large", "paper_coco_beit3_base",
-            "paper_coco_beit3_large", "paper_f30k_clip_vitl14"} <= set(SHIPPED)
+    assert {
+        "demo",
+        "paper_f30k_beit3_base",
+        "paper_f30k_beit3_large",
+        "paper_coco_beit3_base",
+        "paper_coco_beit3_large",
+        "paper_f30k_clip_vitl14",
+    } <= set(SHIPPED)
 
 
 @pytest.mark.parametrize("name", SHIPPED)

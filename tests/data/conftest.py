@@ -25,10 +25,14 @@ def hf_dataset_dict(tmp_path) -> dict:
     files = write_image_files(tmp_path / "png", range(8))
     splits = {"train": range(4), "validation": range(4, 6), "test": range(6, 8)}
     features = datasets.Features({"image": datasets.Image(), "caption": datasets.Sequence(datasets.Value("string"))})
-    dd = datasets.DatasetDict({
-        name: datasets.Dataset.from_dict({"image": [str(files[i]) for i in ids],
-                                          "caption": [captions_of(i, 3) for i in ids]}, features=features)
-        for name, ids in splits.items()})
+    dd = datasets.DatasetDict(
+        {
+            name: datasets.Dataset.from_dict(
+                {"image": [str(files[i]) for i in ids], "caption": [captions_of(i, 3) for i in ids]}, features=features
+            )
+            for name, ids in splits.items()
+        }
+    )
     folder = tmp_path / "hf_dd"
     dd.save_to_disk(str(folder))
     return {"folder": folder, "files": files}
@@ -40,16 +44,27 @@ def hf_parquet(tmp_path) -> dict:
     row groups of 2 rows."""
     import datasets
 
-    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Sequence(datasets.Value("string")),
-                                  "split": datasets.Value("string"), "filename": datasets.Value("string")})
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "caption": datasets.Sequence(datasets.Value("string")),
+            "split": datasets.Value("string"),
+            "filename": datasets.Value("string"),
+        }
+    )
     split_of = {0: "train", 1: "train", 2: "val", 3: "test", 4: "train", 5: "train", 6: "test", 7: "train"}
     folder = tmp_path / "parquet"
     folder.mkdir()
     for part, ids in enumerate((range(0, 5), range(5, 8))):
-        ds = datasets.Dataset.from_dict({
-            "image": [{"bytes": image_bytes(i, "JPEG"), "path": f"{i}.jpg"} for i in ids],
-            "caption": [captions_of(i) for i in ids], "split": [split_of[i] for i in ids],
-            "filename": [f"{i}.jpg" for i in ids]}, features=features)
+        ds = datasets.Dataset.from_dict(
+            {
+                "image": [{"bytes": image_bytes(i, "JPEG"), "path": f"{i}.jpg"} for i in ids],
+                "caption": [captions_of(i) for i in ids],
+                "split": [split_of[i] for i in ids],
+                "filename": [f"{i}.jpg" for i in ids],
+            },
+            features=features,
+        )
         ds.to_parquet(str(folder / f"part-{part}.parquet"), batch_size=2)
     return {"folder": folder, "split_of": split_of}
 

@@ -45,13 +45,23 @@ def write_karpathy(folder: Path, layout: str) -> dict:
     """
     images = []
     if layout == "flickr":
-        plan = [(i, "", "train") for i in range(5)] + [(i, "", "val") for i in (5, 6)] + \
-               [(i, "", "test") for i in (7, 8, 9)]
+        plan = (
+            [(i, "", "train") for i in range(5)]
+            + [(i, "", "val") for i in (5, 6)]
+            + [(i, "", "test") for i in (7, 8, 9)]
+        )
         root = folder / "flickr30k-images"
     else:
-        plan = [(20, "train2014", "train"), (21, "train2014", "train"), (22, "val2014", "restval"),
-                (23, "val2014", "restval"), (30, "val2014", "val"), (31, "val2014", "test"),
-                (32, "val2014", "test"), (33, "val2014", "test")]
+        plan = [
+            (20, "train2014", "train"),
+            (21, "train2014", "train"),
+            (22, "val2014", "restval"),
+            (23, "val2014", "restval"),
+            (30, "val2014", "val"),
+            (31, "val2014", "test"),
+            (32, "val2014", "test"),
+            (33, "val2014", "test"),
+        ]
         root = folder / "coco"
     sentid = 0
     for i, filepath, split in plan:
@@ -63,8 +73,13 @@ def write_karpathy(folder: Path, layout: str) -> dict:
         for caption in captions_of(i, 7 if i == 33 else 5):
             sentences.append({"tokens": caption.split(), "raw": caption + " ", "imgid": i, "sentid": sentid})
             sentid += 1
-        entry = {"sentids": [s["sentid"] for s in sentences], "filename": filename, "imgid": i,
-                 "split": split, "sentences": sentences}
+        entry = {
+            "sentids": [s["sentid"] for s in sentences],
+            "filename": filename,
+            "imgid": i,
+            "split": split,
+            "sentences": sentences,
+        }
         if layout == "coco":
             entry.update(filepath=filepath, cocoid=i)
         elif i % 2:
@@ -100,8 +115,13 @@ def write_shards(folder: Path) -> dict:
     import webdataset as wds
 
     folder.mkdir(parents=True, exist_ok=True)
-    plan = {"train-000000": [0, 1, 2], "train-000001": [3, 4, 5], "train-000002": [6, 7, 8],
-            "val-000000": [9, 10], "test-000000": [11, 12]}
+    plan = {
+        "train-000000": [0, 1, 2],
+        "train-000001": [3, 4, 5],
+        "train-000002": [6, 7, 8],
+        "val-000000": [9, 10],
+        "test-000000": [11, 12],
+    }
     for name, ids in plan.items():
         with wds.TarWriter(str(folder / f"{name}.tar")) as sink:
             for i in ids:
@@ -120,4 +140,3 @@ def write_plain_tar(path: Path, entries: list[tuple[str, bytes]]) -> Path:
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     return path
-

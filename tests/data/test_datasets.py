@@ -16,10 +16,18 @@ from pair_helpers import IndexTargets, count_words
 
 def _stamps(root):
     """A miniature Tux Paint stamps tree: captions in NAME.txt, nested excluded folders."""
-    layout = {"animals/birds/hen": "A brown hen.", "animals/fish/trout": "A coral trout.",
-              "food/fruit/apple": "A red apple.", "food/fruit/cartoon/pear": "A cartoon pear.",
-              "symbols/star": "A star.", "town/car": "A car.", "town/bus": "A bus.", "town/bike": "A bike.",
-              "plants/tree": "A tree.", "plants/rose": "A rose."}
+    layout = {
+        "animals/birds/hen": "A brown hen.",
+        "animals/fish/trout": "A coral trout.",
+        "food/fruit/apple": "A red apple.",
+        "food/fruit/cartoon/pear": "A cartoon pear.",
+        "symbols/star": "A star.",
+        "town/car": "A car.",
+        "town/bus": "A bus.",
+        "town/bike": "A bike.",
+        "plants/tree": "A tree.",
+        "plants/rose": "A rose.",
+    }
     for name, caption in layout.items():
         png = root / f"{name}.png"
         png.parent.mkdir(parents=True, exist_ok=True)
@@ -34,8 +42,9 @@ def test_tuxpaint_listing_excludes_nested_folders_and_splits_by_image(tmp_path):
     cfg = DataConfig(root=str(root), val_fraction=0.125, test_fraction=0.25)
     splits = load_dataset(cfg)
     all_caps = sum((s.captions for s in splits.values()), [])
-    assert sorted(all_caps) == sorted(["A brown hen.", "A coral trout.", "A red apple.", "A car.", "A bus.",
-                                       "A bike.", "A tree.", "A rose."])
+    assert sorted(all_caps) == sorted(
+        ["A brown hen.", "A coral trout.", "A red apple.", "A car.", "A bus.", "A bike.", "A tree.", "A rose."]
+    )
     images = [p for s in splits.values() for p in s.image_paths]
     assert len(images) == len(set(images)) == 8
     assert [splits[k].num_images for k in ("train", "val", "test")] == [5, 1, 2]
@@ -48,9 +57,11 @@ def test_tuxpaint_listing_excludes_nested_folders_and_splits_by_image(tmp_path):
 def test_manifest_jsonl_groups_captions_and_keeps_given_splits(tmp_path):
     for name in ("a", "b", "c"):
         Image.new("RGB", (10, 10)).save(tmp_path / f"{name}.png")
-    rows = [{"image": "a.png", "captions": ["a one", "a two"], "split": "train"},
-            {"image": "b.png", "caption": "b one", "split": "val"},
-            {"image": "c.png", "captions": ["c one", "c two", "c three"], "split": "test"}]
+    rows = [
+        {"image": "a.png", "captions": ["a one", "a two"], "split": "train"},
+        {"image": "b.png", "caption": "b one", "split": "val"},
+        {"image": "c.png", "captions": ["c one", "c two", "c three"], "split": "test"},
+    ]
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("\n".join(json.dumps(r) for r in rows))
     splits = load_dataset(DataConfig(kind="manifest", manifest=str(manifest)))
@@ -66,12 +77,15 @@ def test_manifest_csv(tmp_path):
     assert data.captions == ["first", "second"] and data.caption_image == [0, 0]
 
 
-@pytest.mark.parametrize("content, fragment", [
-    ('{"image": "missing.png", "caption": "x"}', "not found"),
-    ('{"image": "ok.png", "caption": "   "}', "empty caption"),
-    ('{"image": "ok.png", "captions": []}', "has no caption"),
-    ("not json", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ('{"image": "missing.png", "caption": "x"}', "not found"),
+        ('{"image": "ok.png", "caption": "   "}', "empty caption"),
+        ('{"image": "ok.png", "captions": []}', "has no caption"),
+        ("not json", "not valid JSON"),
+    ],
+)
 def test_manifest_errors_name_the_problem(tmp_path, content, fragment):
     Image.new("RGB", (10, 10)).save(tmp_path / "ok.png")
     (tmp_path / "m.jsonl").write_text(content + "\n")

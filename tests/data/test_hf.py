@@ -59,12 +59,19 @@ def test_one_caption_per_row_with_file_paths_is_grouped_and_seeded(tmp_path):
 
     files = write_image_files(tmp_path / "img", range(10))
     rows = [(i, c) for i in range(10) for c in captions_of(i, 2)]
-    ds = datasets.Dataset.from_dict({"picture": [str(files[i]) for i, _ in rows], "text": [c for _, c in rows]},
-                                    features=datasets.Features({"picture": datasets.Image(),
-                                                                "text": datasets.Value("string")}))
+    ds = datasets.Dataset.from_dict(
+        {"picture": [str(files[i]) for i, _ in rows], "text": [c for _, c in rows]},
+        features=datasets.Features({"picture": datasets.Image(), "text": datasets.Value("string")}),
+    )
     ds.to_parquet(str(tmp_path / "pairs.parquet"))  # external files: paths, no bytes
-    cfg = DataConfig(kind="hf", manifest=str(tmp_path / "pairs.parquet"), image_column="picture",
-                     caption_column="text", val_fraction=0.2, test_fraction=0.2)
+    cfg = DataConfig(
+        kind="hf",
+        manifest=str(tmp_path / "pairs.parquet"),
+        image_column="picture",
+        caption_column="text",
+        val_fraction=0.2,
+        test_fraction=0.2,
+    )
     splits = load_dataset(cfg)
     assert [splits[k].num_images for k in ("train", "val", "test")] == [6, 2, 2]
     assert all(len(s) == 2 * s.num_images for s in splits.values())
@@ -78,9 +85,13 @@ def test_one_caption_per_row_with_embedded_bytes_groups_by_path(tmp_path):
     import datasets
 
     rows = [(i, c) for i in range(4) for c in captions_of(i, 3)]
-    ds = datasets.Dataset.from_dict({
-        "image": [{"bytes": image_bytes(i, "PNG"), "path": f"{i}.png"} for i, _ in rows], "caption": [c for _, c in rows],
-        "split": ["test" if i == 3 else "train" for i, _ in rows]})
+    ds = datasets.Dataset.from_dict(
+        {
+            "image": [{"bytes": image_bytes(i, "PNG"), "path": f"{i}.png"} for i, _ in rows],
+            "caption": [c for _, c in rows],
+            "split": ["test" if i == 3 else "train" for i, _ in rows],
+        }
+    )
     ds = ds.cast_column("image", datasets.Image())  # embedded bytes, kept by save_to_disk
     ds.save_to_disk(str(tmp_path / "ds"))
     test = load_split(DataConfig(kind="hf", manifest=str(tmp_path / "ds")), "test")
@@ -89,8 +100,11 @@ def test_one_caption_per_row_with_embedded_bytes_groups_by_path(tmp_path):
 
 
 def test_missing_columns_are_named_with_the_available_ones(hf_dataset_dict, hf_parquet):
-    with pytest.raises(DsmdError, match=r"no column 'x'; its columns are: image, caption, split, filename\. "
-                                        r"Set data.caption_column"):
+    with pytest.raises(
+        DsmdError,
+        match=r"no column 'x'; its columns are: image, caption, split, filename\. "
+        r"Set data.caption_column",
+    ):
         load_dataset(DataConfig(kind="hf", manifest=str(hf_parquet["folder"]), caption_column="x"))
     with pytest.raises(DsmdError, match=r"no column 'img'; its columns are: image, caption\. Set data.image_column"):
         load_dataset(DataConfig(kind="hf", manifest=str(hf_dataset_dict["folder"]), image_column="img"))
@@ -106,8 +120,16 @@ def test_parquet_mixing_embedded_and_external_images(tmp_path):
     cells = [{"bytes": image_bytes(i) if i % 2 else None, "path": files[i].name} for i in range(6)]
     table = pa.table({"image": cells, "caption": [captions_of(i, 2) for i in range(6)]})
     pq.write_table(table, tmp_path / "mixed.parquet", row_group_size=4)  # groups: mixed, then mixed
-    data = load_split(DataConfig(kind="hf", manifest=str(tmp_path / "mixed.parquet"), root=str(tmp_path / "img"),
-                                 val_fraction=0, test_fraction=0), "train")
+    data = load_split(
+        DataConfig(
+            kind="hf",
+            manifest=str(tmp_path / "mixed.parquet"),
+            root=str(tmp_path / "img"),
+            val_fraction=0,
+            test_fraction=0,
+        ),
+        "train",
+    )
     assert [parse_ref(p) is not None for p in data.image_paths] == [False, True] * 3
     assert data.image_paths[0] == str(files[0])
     for row, path in enumerate(data.image_paths):

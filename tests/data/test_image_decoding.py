@@ -47,20 +47,25 @@ def test_16_bit_png_decodes_like_its_8_bit_version(tmp_path):
     Image.fromarray(np.minimum(GRADIENT.astype(int) * 257 + noise, 65535).astype(np.uint16)).save(tmp_path / "16.png")
     assert Image.open(tmp_path / "16.png").mode == "I;16"
     assert np.array_equal(_gray(tmp_path / "16.png"), _gray(tmp_path / "8.png"))
-    assert np.array_equal(np.asarray(decode_image((tmp_path / "16.png").read_bytes(), "16.png")),
-                          np.asarray(load_image(tmp_path / "16.png")))
+    assert np.array_equal(
+        np.asarray(decode_image((tmp_path / "16.png").read_bytes(), "16.png")),
+        np.asarray(load_image(tmp_path / "16.png")),
+    )
 
 
-@pytest.mark.parametrize("name, write, mode", [
-    ("big-endian.tif", lambda p: _tiff(p, GRADIENT.astype(">u2") * 257, "I;16B"), "I;16B"),
-    ("little-endian.tif", lambda p: _tiff(p, GRADIENT.astype("<u2") * 257, "I;16L"), "I;16"),
-    ("16-bit.pgm", lambda p: _pgm16(p, GRADIENT.astype(np.uint16) * 257), "I"),  # PIL: mode I, 0..65535
-    ("int-8-bit.tif", lambda p: _tiff(p, GRADIENT.astype(np.int32)), "I"),  # values in 0..255: kept
-    ("int-negative.tif", lambda p: _tiff(p, GRADIENT.astype(np.int32) * 1000 - 7000), "I"),  # stretched
-    ("float-unit.tif", lambda p: _tiff(p, GRADIENT.astype(np.float32) / 255), "F"),  # 0..1: times 255
-    ("float-8-bit.tif", lambda p: _tiff(p, GRADIENT.astype(np.float32)), "F"),  # 0..255: kept
-    ("float-wide.tif", lambda p: _tiff(p, GRADIENT.astype(np.float32) * 3 - 100), "F"),  # stretched
-])
+@pytest.mark.parametrize(
+    "name, write, mode",
+    [
+        ("big-endian.tif", lambda p: _tiff(p, GRADIENT.astype(">u2") * 257, "I;16B"), "I;16B"),
+        ("little-endian.tif", lambda p: _tiff(p, GRADIENT.astype("<u2") * 257, "I;16L"), "I;16"),
+        ("16-bit.pgm", lambda p: _pgm16(p, GRADIENT.astype(np.uint16) * 257), "I"),  # PIL: mode I, 0..65535
+        ("int-8-bit.tif", lambda p: _tiff(p, GRADIENT.astype(np.int32)), "I"),  # values in 0..255: kept
+        ("int-negative.tif", lambda p: _tiff(p, GRADIENT.astype(np.int32) * 1000 - 7000), "I"),  # stretched
+        ("float-unit.tif", lambda p: _tiff(p, GRADIENT.astype(np.float32) / 255), "F"),  # 0..1: times 255
+        ("float-8-bit.tif", lambda p: _tiff(p, GRADIENT.astype(np.float32)), "F"),  # 0..255: kept
+        ("float-wide.tif", lambda p: _tiff(p, GRADIENT.astype(np.float32) * 3 - 100), "F"),  # stretched
+    ],
+)
 def test_high_bit_depth_modes_decode_like_the_8_bit_gradient(tmp_path, name, write, mode):
     write(tmp_path / name)
     assert Image.open(tmp_path / name).mode == mode
@@ -81,8 +86,12 @@ def test_16_bit_rgb_png_is_reduced_by_pil():
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     pixels = np.array([[[0, 0, 0], [257 * 100, 0, 0], [65535] * 3, [257 * 7, 257 * 8, 257 * 9]]], ">u2")
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 1, 16, 2, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(b"\x00" + pixels.tobytes())) + chunk(b"IEND", b""))
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 1, 16, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" + pixels.tobytes()))
+        + chunk(b"IEND", b"")
+    )
     assert np.asarray(decode_image(png, "rgb16.png")).tolist() == [[[0, 0, 0], [100, 0, 0], [255] * 3, [7, 8, 9]]]
 
 
@@ -136,8 +145,9 @@ def test_every_kind_of_transparency_is_composited_on_white(tmp_path):
     assert load_image(_save(half, tmp_path / "half.png")).getpixel((0, 0)) == (127, 127, 127)
     for mode in ("PA", "La", "RGBa"):
         assert images._rgb(Image.new(mode, (2, 2))).getpixel((0, 0)) == (255, 255, 255), mode
-    assert np.array_equal(np.asarray(load_image(_save(make_image(3), tmp_path / "opaque.png"))),
-                          np.asarray(make_image(3)))
+    assert np.array_equal(
+        np.asarray(load_image(_save(make_image(3), tmp_path / "opaque.png"))), np.asarray(make_image(3))
+    )
 
 
 def test_docstrings_say_white_and_name_the_beit3_difference():

@@ -42,8 +42,9 @@ def test_tar_members_decode_like_the_original_files(tmp_path):
     png, rgba = tmp_path / "a.png", tmp_path / "b.png"
     make_image(1).save(png)
     Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(rgba)
-    tar = write_plain_tar(tmp_path / "s.tar", [("k/a.png", png.read_bytes()), ("k/b.png", rgba.read_bytes()),
-                                               ("k/a.txt", b"caption")])
+    tar = write_plain_tar(
+        tmp_path / "s.tar", [("k/a.png", png.read_bytes()), ("k/b.png", rgba.read_bytes()), ("k/a.txt", b"caption")]
+    )
     assert np.array_equal(np.asarray(load_image(tar_ref(tar, "k/a.png"))), np.asarray(load_image(png)))
     assert load_image(tar_ref(tar, "k/b.png")).getpixel((0, 0)) == (255, 255, 255)  # composited on white
     index = tar_index(tar)
@@ -70,10 +71,12 @@ def test_parquet_and_arrow_cells(tmp_path):
         writer.write_table(table)
     for name in ("t.parquet", "t.arrow"):
         for row in (0, 3, 4):
-            assert np.array_equal(np.asarray(load_image(table_ref(tmp_path / name, row, "image"))),
-                                  np.asarray(make_image(row)))
-            assert np.array_equal(np.asarray(load_image(table_ref(tmp_path / name, row, "raw"))),
-                                  np.asarray(make_image(10 + row)))
+            assert np.array_equal(
+                np.asarray(load_image(table_ref(tmp_path / name, row, "image"))), np.asarray(make_image(row))
+            )
+            assert np.array_equal(
+                np.asarray(load_image(table_ref(tmp_path / name, row, "raw"))), np.asarray(make_image(10 + row))
+            )
         with pytest.raises(DsmdError, match=rf"row 5 not in .*{name}"):
             load_image(table_ref(tmp_path / name, 5, "image"))
         with pytest.raises(DsmdError, match=rf"{name} has no column 'picture'"):

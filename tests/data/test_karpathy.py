@@ -36,9 +36,11 @@ def test_coco_layout_restval_goes_to_train_and_extra_sentences_are_kept(coco_kar
     counts = {k: (v.num_images, len(v)) for k, v in splits.items()}
     assert counts == {"train": (4, 20), "val": (1, 5), "test": (3, 17)}
     root = coco_karpathy["root"]
-    assert splits["train"].image_paths[:3] == [str(root / "train2014" / "COCO_train2014_000000000020.jpg"),
-                                               str(root / "train2014" / "COCO_train2014_000000000021.jpg"),
-                                               str(root / "val2014" / "COCO_val2014_000000000022.jpg")]
+    assert splits["train"].image_paths[:3] == [
+        str(root / "train2014" / "COCO_train2014_000000000020.jpg"),
+        str(root / "train2014" / "COCO_train2014_000000000021.jpg"),
+        str(root / "val2014" / "COCO_val2014_000000000022.jpg"),
+    ]
     test = splits["test"]
     assert [test.caption_image.count(r) for r in range(3)] == [5, 5, 7]
     assert test.captions[-7:] == captions_of(33, 7)

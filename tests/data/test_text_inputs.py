@@ -31,18 +31,33 @@ def _manifest(tmp_path, name: str, content: bytes) -> DataConfig:
     return DataConfig(kind="manifest", manifest=str(tmp_path / name), val_fraction=0, test_fraction=0)
 
 
-@pytest.mark.parametrize("line, pattern", [
-    ('{"image": 12, "caption": "x"}', r"'image' must be a string \(the image's path\), not a number \(12\)\.$"),
-    ('{"image": ["ok.png"], "caption": "x"}', r"'image' must be a string \(the image's path\), not a list\.$"),
-    ('{"image": "ok.png", "captions": 5}', r"'captions' must be a string or a list of strings, not a number \(5\)"),
-    ('{"image": "ok.png", "captions": {"a": "b"}}', r"'captions' must be a string or a list of strings, not an object"),
-    ('{"image": "ok.png", "caption": true}', r"'caption' must be a string or a list of strings, not a boolean \(true\)"),
-    ('{"image": "ok.png", "captions": ["a", 7]}', r"captions\[1\] must be a string \(a caption\), not a number \(7\)"),
-    ('{"image": "ok.png", "captions": ["a", null]}', r"captions\[1\] must be a string \(a caption\), not null"),
-    ('{"image": "ok.png", "caption": "x", "split": 3}', r"'split' must be a string \(one of train, .*\), not a number"),
-    ('{"image": "ok.png", "caption": "a", "captions": ["b"]}', r"both 'caption' and 'captions' are given"),
-    ('["ok.png", "a caption"]', r"expected a JSON object with 'image' and 'captions', not a list"),
-])
+@pytest.mark.parametrize(
+    "line, pattern",
+    [
+        ('{"image": 12, "caption": "x"}', r"'image' must be a string \(the image's path\), not a number \(12\)\.$"),
+        ('{"image": ["ok.png"], "caption": "x"}', r"'image' must be a string \(the image's path\), not a list\.$"),
+        ('{"image": "ok.png", "captions": 5}', r"'captions' must be a string or a list of strings, not a number \(5\)"),
+        (
+            '{"image": "ok.png", "captions": {"a": "b"}}',
+            r"'captions' must be a string or a list of strings, not an object",
+        ),
+        (
+            '{"image": "ok.png", "caption": true}',
+            r"'caption' must be a string or a list of strings, not a boolean \(true\)",
+        ),
+        (
+            '{"image": "ok.png", "captions": ["a", 7]}',
+            r"captions\[1\] must be a string \(a caption\), not a number \(7\)",
+        ),
+        ('{"image": "ok.png", "captions": ["a", null]}', r"captions\[1\] must be a string \(a caption\), not null"),
+        (
+            '{"image": "ok.png", "caption": "x", "split": 3}',
+            r"'split' must be a string \(one of train, .*\), not a number",
+        ),
+        ('{"image": "ok.png", "caption": "a", "captions": ["b"]}', r"both 'caption' and 'captions' are given"),
+        ('["ok.png", "a caption"]', r"expected a JSON object with 'image' and 'captions', not a list"),
+    ],
+)
 def test_jsonl_fields_of_the_wrong_type_name_file_line_and_field(tmp_path, line, pattern):
     cfg = _manifest(tmp_path, "m.jsonl", f"{GOOD}\n\n{line}\n".encode())
     _raises(cfg, rf"^{tmp_path / 'm.jsonl'}:3: {pattern}")
@@ -60,8 +75,7 @@ def test_jsonl_and_csv_that_are_not_utf8(tmp_path):
 
 
 def test_byte_order_mark_is_read(tmp_path):
-    cfg = _manifest(tmp_path, "m.csv", "\ufeffimage,caption,split\nok.png,first,train\nok.png,\"a, b\",train\n"
-                    .encode())
+    cfg = _manifest(tmp_path, "m.csv", '\ufeffimage,caption,split\nok.png,first,train\nok.png,"a, b",train\n'.encode())
     data = load_split(cfg, "train")
     assert data.captions == ["first", "a, b"] and data.num_images == 1
     cfg = _manifest(tmp_path, "m.jsonl", f"\ufeff{GOOD}\n".encode())
@@ -85,20 +99,24 @@ def _karpathy(tmp_path, image: dict | None = None, raw: bytes | None = None) -> 
     return DataConfig(kind="karpathy", manifest=str(path))
 
 
-@pytest.mark.parametrize("change, pattern", [
-    ({"filename": 12}, r"images\[1\]: 'filename' must be a string, not a number \(12\)"),
-    ({"split": 3}, r"images\[1\] \(1.jpg\): 'split' must be a string, not a number \(3\)"),
-    ({"filepath": ["a"]}, r"images\[1\] \(1.jpg\): 'filepath' must be a string, not a list"),
-    ({"sentences": {"raw": "x"}}, r"images\[1\] \(1.jpg\): 'sentences' must be a list, not an object"),
-    ({"sentences": [{"raw": "x"}, {"raw": 5}]}, r"images\[1\] \(1.jpg\): sentences\[1\] has no 'raw' text"),
-])
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        ({"filename": 12}, r"images\[1\]: 'filename' must be a string, not a number \(12\)"),
+        ({"split": 3}, r"images\[1\] \(1.jpg\): 'split' must be a string, not a number \(3\)"),
+        ({"filepath": ["a"]}, r"images\[1\] \(1.jpg\): 'filepath' must be a string, not a list"),
+        ({"sentences": {"raw": "x"}}, r"images\[1\] \(1.jpg\): 'sentences' must be a list, not an object"),
+        ({"sentences": [{"raw": "x"}, {"raw": 5}]}, r"images\[1\] \(1.jpg\): sentences\[1\] has no 'raw' text"),
+    ],
+)
 def test_karpathy_fields_of_the_wrong_type(tmp_path, change, pattern):
     _raises(_karpathy(tmp_path, change), rf"dataset_flickr30k.json: {pattern}")
 
 
 def test_karpathy_file_that_is_not_utf8_or_has_a_bom(tmp_path):
-    content = json.dumps({"images": [{"filename": "1.jpg", "split": "train", "sentences": [{"raw": "caf\xe9"}]}]},
-                         ensure_ascii=False)
+    content = json.dumps(
+        {"images": [{"filename": "1.jpg", "split": "train", "sentences": [{"raw": "caf\xe9"}]}]}, ensure_ascii=False
+    )
     cfg = _karpathy(tmp_path, raw=("{\n" + content[1:]).encode("latin-1"))
     _raises(cfg, r"dataset_flickr30k.json:2: not UTF-8 text \(byte \d+ is 0xe9\)")
     cfg = _karpathy(tmp_path, raw=b"\xef\xbb\xbf" + content.encode())
@@ -107,30 +125,41 @@ def test_karpathy_file_that_is_not_utf8_or_has_a_bom(tmp_path):
 
 def test_webdataset_captions_that_are_not_utf8(tmp_path):
     sample = shard_sample("000000", 0, captions=["a caption"])
-    tar = write_plain_tar(tmp_path / "s" / "train-0.tar", [("000000.jpg", sample["jpg"]),
-                                                           ("000000.txt", b"fine\nna\xefve\n")])
-    _raises(DataConfig(kind="webdataset", manifest=str(tar)),
-            rf"^{tar}::000000.txt:2: not UTF-8 text \(byte 7 is 0xef\)")
+    tar = write_plain_tar(
+        tmp_path / "s" / "train-0.tar", [("000000.jpg", sample["jpg"]), ("000000.txt", b"fine\nna\xefve\n")]
+    )
+    _raises(
+        DataConfig(kind="webdataset", manifest=str(tar)), rf"^{tar}::000000.txt:2: not UTF-8 text \(byte 7 is 0xef\)"
+    )
     write_plain_tar(tar, [("000000.jpg", sample["jpg"]), ("000000.json", b'{"caption": "caf\xe9"}')])
     _raises(DataConfig(kind="webdataset", manifest=str(tar)), rf"^{tar}::000000.json:1: not UTF-8 text")
 
 
-@pytest.mark.parametrize("meta, pattern", [
-    (b'{"captions": 5}', r"'captions' must be a string or a list of strings, not a number \(5\)"),
-    (b'{"caption": {"a": "b"}}', r"'caption' must be a string or a list of strings, not an object"),
-    (b'{"captions": ["a", 2]}', r"captions\[1\] must be a string \(a caption\), not a number \(2\)"),
-    (b'{"caption": "a", "split": 3}', r"'split' must be a string \(one of train, .*\), not a number \(3\)"),
-    (b'["a caption"]', r'must be a JSON object \(\{"caption": ...\}\), not a list'),
-])
+@pytest.mark.parametrize(
+    "meta, pattern",
+    [
+        (b'{"captions": 5}', r"'captions' must be a string or a list of strings, not a number \(5\)"),
+        (b'{"caption": {"a": "b"}}', r"'caption' must be a string or a list of strings, not an object"),
+        (b'{"captions": ["a", 2]}', r"captions\[1\] must be a string \(a caption\), not a number \(2\)"),
+        (b'{"caption": "a", "split": 3}', r"'split' must be a string \(one of train, .*\), not a number \(3\)"),
+        (b'["a caption"]', r'must be a JSON object \(\{"caption": ...\}\), not a list'),
+    ],
+)
 def test_webdataset_json_of_the_wrong_type(tmp_path, meta, pattern):
     tar = write_plain_tar(tmp_path / "s" / "train-0.tar", [("k.jpg", image_bytes(0, "JPEG")), ("k.json", meta)])
     _raises(DataConfig(kind="webdataset", manifest=str(tar)), rf"^{tar}::k.json:? {pattern}")
 
 
 def test_webdataset_json_null_caption_is_no_caption(tmp_path):
-    tar = write_plain_tar(tmp_path / "s" / "train-0.tar", [
-        ("a.jpg", image_bytes(0, "JPEG")), ("a.json", b'{"caption": null, "split": null}'),
-        ("b.jpg", image_bytes(1, "JPEG")), ("b.json", b'{"captions": null, "caption": "b one"}')])
+    tar = write_plain_tar(
+        tmp_path / "s" / "train-0.tar",
+        [
+            ("a.jpg", image_bytes(0, "JPEG")),
+            ("a.json", b'{"caption": null, "split": null}'),
+            ("b.jpg", image_bytes(1, "JPEG")),
+            ("b.json", b'{"captions": null, "caption": "b one"}'),
+        ],
+    )
     assert load_split(DataConfig(kind="webdataset", manifest=str(tar)), "train").captions == ["b one"]
 
 
@@ -138,11 +167,15 @@ def test_hf_split_column_and_captions_of_the_wrong_type(tmp_path):
     Image.new("RGB", (10, 10)).save(tmp_path / "ok.png")
     path = tmp_path / "d.parquet"
     pq.write_table(pa.table({"image": ["ok.png"], "caption": ["x"], "split": [0]}), path)
-    _raises(DataConfig(kind="hf", manifest=str(path)),
-            rf"^{path}: column 'split' has type int64; it must hold text \(train, .*\)")
+    _raises(
+        DataConfig(kind="hf", manifest=str(path)),
+        rf"^{path}: column 'split' has type int64; it must hold text \(train, .*\)",
+    )
     pq.write_table(pa.table({"image": ["ok.png"], "caption": [[1, 2]]}), path)
-    _raises(DataConfig(kind="hf", manifest=str(path)),
-            rf"^{path}: row 0: column 'caption' holds a value of type int, not text")
+    _raises(
+        DataConfig(kind="hf", manifest=str(path)),
+        rf"^{path}: row 0: column 'caption' holds a value of type int, not text",
+    )
 
 
 def test_hf_save_to_disk_json_that_is_not_utf8_or_not_json(tmp_path):
@@ -158,7 +191,9 @@ def test_hf_save_to_disk_json_that_is_not_utf8_or_not_json(tmp_path):
     (folder / "state.json").write_text('{"_data_files": [{"file": 1}]}')
     _raises(DataConfig(kind="hf", manifest=str(folder)), r"state.json: '_data_files' is not as save_to_disk writes it")
     (folder / "state.json").write_text('{"_data_files": [{"filename": "gone.arrow"}]}')
-    _raises(DataConfig(kind="hf", manifest=str(folder)), r"arrow file not found: .*gone.arrow \(listed in .*state.json\)")
+    _raises(
+        DataConfig(kind="hf", manifest=str(folder)), r"arrow file not found: .*gone.arrow \(listed in .*state.json\)"
+    )
 
 
 def test_tuxpaint_caption_line_must_be_utf8(tmp_path):

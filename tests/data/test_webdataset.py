@@ -47,8 +47,11 @@ def test_shard_names_give_the_splits_and_captions_are_lines(shards):
 def test_brace_patterns_globs_and_a_missing_shard(shards):
     folder = shards["folder"]
     pattern = str(folder / "train-{000000..000002}.tar")
-    assert [p.rsplit("/", 1)[1] for p in expand_shards(pattern)] == ["train-000000.tar", "train-000001.tar",
-                                                                     "train-000002.tar"]
+    assert [p.rsplit("/", 1)[1] for p in expand_shards(pattern)] == [
+        "train-000000.tar",
+        "train-000001.tar",
+        "train-000002.tar",
+    ]
     both = pattern + "::" + str(folder / "val-{000000..000000}.tar")
     assert len(expand_shards(both)) == 4
     assert len(expand_shards(str(folder / "*.tar"))) == 5
@@ -63,8 +66,11 @@ def test_brace_patterns_globs_and_a_missing_shard(shards):
 def test_plain_tarfile_shard_with_json_captions_and_splits(tmp_path):
     entries = []
     for i, split in ((40, "train"), (41, "train"), (42, "test"), (43, "val")):
-        meta = {"captions": captions_of(i, 2), "split": split} if i % 2 else {"caption": f"image {i} caption 0",
-                                                                                "split": split}
+        meta = (
+            {"captions": captions_of(i, 2), "split": split}
+            if i % 2
+            else {"caption": f"image {i} caption 0", "split": split}
+        )
         entries += [(f"part/{i}.json", json.dumps(meta).encode()), (f"part/{i}.png", image_bytes(i))]
     entries.append(("part/44.json", b'{"caption": "image 44 caption 0"}'))  # no image: skipped
     write_plain_tar(tmp_path / "mixed.tar", entries)

@@ -80,9 +80,7 @@ def test_masking_drops_same_image_entries():
 def test_empty_queue_gives_zero():
     feats, _ = make(300)
     empty = torch.zeros(0, 7, dtype=torch.float64)
-    loss = contrastive_distillation_loss(
-        *feats, torch.tensor(IDS), empty, empty, torch.zeros(0, dtype=torch.long)
-    )
+    loss = contrastive_distillation_loss(*feats, torch.tensor(IDS), empty, empty, torch.zeros(0, dtype=torch.long))
     assert loss.item() == 0.0
 
 
@@ -101,17 +99,13 @@ def test_queue_order_does_not_matter():
     perm = torch.randperm(len(QUEUE_IDS), generator=torch.Generator().manual_seed(0))
     ids, q_ids = torch.tensor(IDS), torch.tensor(QUEUE_IDS)
     a = contrastive_distillation_loss(*feats, ids, *queue, q_ids, cross_modal=True)
-    b = contrastive_distillation_loss(
-        *feats, ids, queue[0][perm], queue[1][perm], q_ids[perm], cross_modal=True
-    )
+    b = contrastive_distillation_loss(*feats, ids, queue[0][perm], queue[1][perm], q_ids[perm], cross_modal=True)
     assert a.item() == pytest.approx(b.item(), rel=1e-12)
 
 
 def test_stable_at_small_temperature():
     feats, queue = make(600)
-    loss = contrastive_distillation_loss(
-        *feats, torch.tensor(IDS), *queue, torch.tensor(QUEUE_IDS), temperature=1e-3
-    )
+    loss = contrastive_distillation_loss(*feats, torch.tensor(IDS), *queue, torch.tensor(QUEUE_IDS), temperature=1e-3)
     assert torch.isfinite(loss)
 
 
@@ -119,9 +113,7 @@ def test_gradient_reaches_student_only():
     feats, queue = make(700)
     feats = [f.requires_grad_(True) for f in feats]
     queue = [q.requires_grad_(True) for q in queue]
-    loss = contrastive_distillation_loss(
-        *feats, torch.tensor(IDS), *queue, torch.tensor(QUEUE_IDS), cross_modal=True
-    )
+    loss = contrastive_distillation_loss(*feats, torch.tensor(IDS), *queue, torch.tensor(QUEUE_IDS), cross_modal=True)
     loss.backward()
     assert feats[0].grad.abs().sum() > 0 and feats[1].grad.abs().sum() > 0
     assert feats[2].grad is None and feats[3].grad is None

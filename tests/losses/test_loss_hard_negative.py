@@ -61,9 +61,7 @@ SHARED_IDS = [3, 7, 3, 9, 7, 3, 11, 12]
 def test_hnd_matches_reference(seed, margin, hardest, mask):
     feats = [unit(len(SHARED_IDS), 6, seed=10 * seed + i) for i in range(4)]
     ids = torch.tensor(SHARED_IDS)
-    got = hard_negative_distillation_loss(
-        *feats, ids, margin=margin, hardest=hardest, mask_same_image=mask
-    )
+    got = hard_negative_distillation_loss(*feats, ids, margin=margin, hardest=hardest, mask_same_image=mask)
     want = reference_hnd(*[f.tolist() for f in feats], SHARED_IDS, margin, hardest, mask)
     assert got.dim() == 0
     assert got.item() == pytest.approx(want, rel=1e-10, abs=1e-12)

@@ -52,9 +52,7 @@ def test_values_match_the_loss_functions():
     cd = contrastive_distillation_loss(
         *feats, ids, old[2], old[3], old_ids, 0.05, mask_same_image=False, cross_modal=True
     )
-    hnd = hard_negative_distillation_loss(
-        *feats, ids, margin=0.1, hardest=False, mask_same_image=False
-    )
+    hnd = hard_negative_distillation_loss(*feats, ids, margin=0.1, hardest=False, mask_same_image=False)
     assert out["cd"].item() == pytest.approx(cd.item(), rel=1e-12)
     assert out["fd"].item() == pytest.approx(feature_distillation_loss(*feats).item())
     assert out["sd"].item() == pytest.approx(similarity_distillation_loss(*feats).item())
@@ -92,9 +90,7 @@ def test_queue_state_round_trips_through_state_dict():
         feats, ids = make_batch(seed)
         module.update_queue(feats[2], feats[3], ids)
     state = module.state_dict()
-    assert {"queue.image", "queue.text", "queue.image_ids", "queue.ptr", "queue.count"} <= set(
-        state
-    )
+    assert {"queue.image", "queue.text", "queue.image_ids", "queue.ptr", "queue.count"} <= set(state)
     restored = MultiscaleDistillationLoss(DIM, queue_size=4).double()
     restored.load_state_dict(state)
     feats, ids = make_batch(9)

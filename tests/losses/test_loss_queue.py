@@ -15,8 +15,7 @@ def rows(start, count, dim):
 
 def as_entries(image, text, ids):
     return sorted(
-        (tuple(i), tuple(t), int(g))
-        for i, t, g in zip(image.tolist(), text.tolist(), ids.tolist(), strict=True)
+        (tuple(i), tuple(t), int(g)) for i, t, g in zip(image.tolist(), text.tolist(), ids.tolist(), strict=True)
     )
 
 

@@ -74,22 +74,34 @@ def folders(tmp_path_factory):
     """Tiny ViT, DeiT, BERT and ALBERT folders, as save_pretrained writes them."""
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("models")
-    out = {
-        name: root / name for name in ("vit", "deit", "bert", "albert", "vit_config", "bert_config")
-    }
+    out = {name: root / name for name in ("vit", "deit", "bert", "albert", "vit_config", "bert_config")}
 
     ViTModel(ViTConfig(**_vit_kwargs())).save_pretrained(out["vit"])
     (out["vit"] / "preprocessor_config.json").write_text(
         # google/vit-base-patch16-224-in21k's processor: 0.5 / 0.5, squash to 224 x 224
-        json.dumps({"do_normalize": True, "do_resize": True, "image_mean": [0.5] * 3,
-                    "image_std": [0.5] * 3, "resample": 2, "size": 224})
+        json.dumps(
+            {
+                "do_normalize": True,
+                "do_resize": True,
+                "image_mean": [0.5] * 3,
+                "image_std": [0.5] * 3,
+                "resample": 2,
+                "size": 224,
+            }
+        )
     )
     DeiTModel(DeiTConfig(**_vit_kwargs())).save_pretrained(out["deit"])
     (out["deit"] / "preprocessor_config.json").write_text(
         json.dumps(
             # facebook/deit-*: ImageNet statistics, bicubic, center crop
-            {"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD), "resample": 3,
-             "do_center_crop": True, "crop_size": 224, "size": 256}
+            {
+                "image_mean": list(IMAGENET_MEAN),
+                "image_std": list(IMAGENET_STD),
+                "resample": 3,
+                "do_center_crop": True,
+                "crop_size": 224,
+                "size": 256,
+            }
         )
     )
     ViTConfig(**_vit_kwargs()).save_pretrained(out["vit_config"])
@@ -181,9 +193,7 @@ def test_pretrained_vit_runs_at_another_image_size(folders):
 
 
 def test_random_vit_from_config_only_folder_is_built_for_the_image_size(folders):
-    student = build_student(
-        _cfg(folders, vision=folders["vit_config"], vision_pretrained=False, image_size=48), dim=8
-    )
+    student = build_student(_cfg(folders, vision=folders["vit_config"], vision_pretrained=False, image_size=48), dim=8)
     assert student.vision.model.config.image_size == 48
     assert student.encode_images(torch.randn(1, 3, 48, 48)).shape == (1, 8)
 
@@ -213,9 +223,7 @@ def test_text_projection_starts_as_identity_when_widths_match(folders):
     assert torch.all(student.text_proj.bias == 0)
     batch = student.tokenize(CAPTIONS)
     with torch.no_grad():
-        torch.testing.assert_close(
-            student.encode_texts(**batch), F.normalize(student.text(**batch), dim=-1)
-        )
+        torch.testing.assert_close(student.encode_texts(**batch), F.normalize(student.text(**batch), dim=-1))
     other = build_student(_cfg(folders), dim=16)
     assert other.text_proj.weight.shape == (16, 32)
 
@@ -312,9 +320,7 @@ def test_minilm_loads_offline_and_can_be_cut():
     tower = build_text_tower("minilm").eval()
     assert os.environ.get("HF_HUB_OFFLINE") == before  # offline while loading, then restored
     assert tower.width == 384 and len(tower.model.encoder.layer) == 6
-    batch = tower.tokenize(
-        ["a dog runs on the grass", "a puppy plays in a field", "a red sports car"], 32
-    )
+    batch = tower.tokenize(["a dog runs on the grass", "a puppy plays in a field", "a red sports car"], 32)
     assert (batch["input_ids"] == tower.tokenizer.unk_token_id).sum() == 0
     with torch.no_grad():
         z = F.normalize(tower(**batch), dim=-1)

@@ -13,7 +13,9 @@ from dsmd.teachers.offline import imagenet_prompt_embeddings
 
 
 def test_prompt_initialised_student_equals_the_offline_teacher_at_its_resolution():
-    cfg = StudentConfig(vision_head="imagenet_probs", vision_proj_init="imagenet_prompts", image_size=224, text_layers=2)
+    cfg = StudentConfig(
+        vision_head="imagenet_probs", vision_proj_init="imagenet_prompts", image_size=224, text_layers=2
+    )
     student = build_student(cfg, 384, vision_proj_init=imagenet_prompt_embeddings()).eval()
     teacher = OfflineTeacher()
     torch.manual_seed(0)

@@ -6,8 +6,10 @@ import json
 
 from dsmd.reports import format_table, write_report
 
-ROWS = {"teacher": {"i2t_r1": 39.53, "rsum": 376.74, "params": 27_365_224, "image_latency_ms": 17.149},
-        "student": {"i2t_r1": 51.16, "rsum": 397.67, "params": 22_426_216, "image_latency_ms": None}}
+ROWS = {
+    "teacher": {"i2t_r1": 39.53, "rsum": 376.74, "params": 27_365_224, "image_latency_ms": 17.149},
+    "student": {"i2t_r1": 51.16, "rsum": 397.67, "params": 22_426_216, "image_latency_ms": None},
+}
 
 
 def test_table_has_readable_headers_and_formatted_values():

@@ -25,7 +25,11 @@ def external_features(imported_overrides) -> dict[str, dict[str, torch.Tensor]]:
     """
     dataset = load_dataset(load_config(None, imported_overrides).data)
     g = torch.Generator().manual_seed(0)
-    return {split: {"image": 3 * torch.randn(d.num_images, DIM, generator=g),
-                    "text": 3 * torch.randn(len(d), DIM, generator=g),
-                    "caption_image": torch.tensor(d.caption_image)}
-            for split, d in dataset.items()}
+    return {
+        split: {
+            "image": 3 * torch.randn(d.num_images, DIM, generator=g),
+            "text": 3 * torch.randn(len(d), DIM, generator=g),
+            "caption_image": torch.tensor(d.caption_image),
+        }
+        for split, d in dataset.items()
+    }

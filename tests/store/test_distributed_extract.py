@@ -10,19 +10,31 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import dsmd.extraction.extractor as ex
 from dsmd.config import load_config
 from dsmd.store.feature_store import FeatureStore
 
+pytestmark = pytest.mark.e2e  # whole commands on tiny models: the end-to-end tier
+
 HELPER = Path(__file__).with_name("_torchrun_extract.py")
 QUIET = {"progress": False, "log": lambda *_: None}
 
 
 def _torchrun(target: list[str], args: list[str], nproc: int = 2, **env: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *target,
-           "extract", "--quiet", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        *target,
+        "extract",
+        "--quiet",
+        *args,
+    ]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env}
     return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=240)
 

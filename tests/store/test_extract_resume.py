@@ -78,12 +78,14 @@ def test_interrupted_inside_a_split_resumes_byte_identical(tiny_overrides, tmp_p
     assert calls["texts"] == 3 + 2 + 2 * (3 + 3 + 1)  # train caption chunks 3, 4; val, test: 12 captions = 5+5+2
     assert not partial.exists()
     for split in ("train", "val", "test"):
-        assert (store.path / f"{split}.safetensors").read_bytes() == \
-            (reference.path / f"{split}.safetensors").read_bytes(), split
+        assert (store.path / f"{split}.safetensors").read_bytes() == (
+            reference.path / f"{split}.safetensors"
+        ).read_bytes(), split
     assert store.split("train").image_views.shape == (12, 1, 24)
     volatile = ("created", "seconds", "checksum")  # when and how fast it was written (and the seal over those)
-    assert {k: v for k, v in store.manifest.items() if k not in volatile} == \
-        {k: v for k, v in reference.manifest.items() if k not in volatile}
+    assert {k: v for k, v in store.manifest.items() if k not in volatile} == {
+        k: v for k, v in reference.manifest.items() if k not in volatile
+    }
 
 
 def test_chunks_of_another_size_are_recomputed(tiny_overrides, tmp_path, monkeypatch):
@@ -96,8 +98,14 @@ def test_chunks_of_another_size_are_recomputed(tiny_overrides, tmp_path, monkeyp
     calls = _counting_teacher(monkeypatch)
     store = ex.extract(cfg, **QUIET)
     assert calls["images"] == 2 + 2 + 2 + 2  # train 7 + 5, val 6, test 6: nothing reused
-    uninterrupted = ex.teacher_features(build_teacher(cfg.teacher, "cpu"), ex.load_dataset(cfg.data)["train"],
-                                        4, True, torch.device("cpu"), progress=False)
+    uninterrupted = ex.teacher_features(
+        build_teacher(cfg.teacher, "cpu"),
+        ex.load_dataset(cfg.data)["train"],
+        4,
+        True,
+        torch.device("cpu"),
+        progress=False,
+    )
     torch.testing.assert_close(store.split("train").image, uninterrupted.image)
     torch.testing.assert_close(store.split("train").text, uninterrupted.text)
 

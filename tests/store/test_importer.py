@@ -41,18 +41,29 @@ def _write(fmt: str, feats: dict, root: Path) -> Path:
             np.savez(root / f"{split}.npz", image=feats[split]["image"].numpy(), text=feats[split]["text"].numpy())
         return root
     if fmt == "pt":  # one file, a nested dict of every split
-        torch.save({split: {"image": feats[split]["image"], "text": feats[split]["text"]} for split in SPLITS},
-                   root / "feats.pt")
+        torch.save(
+            {split: {"image": feats[split]["image"], "text": feats[split]["text"]} for split in SPLITS},
+            root / "feats.pt",
+        )
         return root / "feats.pt"
     if fmt == "safetensors":  # one file, flat split-prefixed entries with DSMD-style names
-        save_file({f"{split}/{m}_feats": feats[split][k].contiguous() for split in SPLITS
-                   for m, k in (("img", "image"), ("txt", "text"))}, str(root / "feats.safetensors"))
+        save_file(
+            {
+                f"{split}/{m}_feats": feats[split][k].contiguous()
+                for split in SPLITS
+                for m, k in (("img", "image"), ("txt", "text"))
+            },
+            str(root / "feats.safetensors"),
+        )
         return root / "feats.safetensors"
     if fmt == "pickle":  # a folder of pickles: a torch tensor, a numpy array, lists of rows
         for split in SPLITS:
             image, text = feats[split]["image"], feats[split]["text"]
-            objs = {"train": (image, text.numpy()), "val": (image.tolist(), list(text)),
-                    "test": ({"image": image.numpy()}, {"text": text})}[split]
+            objs = {
+                "train": (image, text.numpy()),
+                "val": (image.tolist(), list(text)),
+                "test": ({"image": image.numpy()}, {"text": text}),
+            }[split]
             for name, obj in zip(("image", "text"), objs, strict=True):
                 (root / f"{split}_{name}.pkl").write_bytes(pickle.dumps(obj))
         return root
@@ -145,8 +156,9 @@ def test_dsmd_per_caption_layout_is_deduplicated(imported_overrides, external_fe
     for split in ("train", "val"):
         torch.save(store.split(split).image, per_image / f"{split}_image.pt")
         torch.save(feats[split]["text"].half(), per_image / f"{split}_text.pt")
-    other = import_features(_cfg(imported_overrides, f"store={tmp_path / 'store2'}",
-                                 f"teacher.name_or_path={per_image}"), **QUIET)
+    other = import_features(
+        _cfg(imported_overrides, f"store={tmp_path / 'store2'}", f"teacher.name_or_path={per_image}"), **QUIET
+    )
     torch.testing.assert_close(other.split("train").image, store.split("train").image)
     assert other.teacher["splits"]["train"]["input_unit_norm"]["image"] is True
 
@@ -172,13 +184,18 @@ def test_bad_inputs_are_refused_with_the_file_and_the_counts(imported_overrides,
     cfg = _cfg(imported_overrides, f"teacher.name_or_path={source}")
     text = source / "val_text.npy"
     np.save(text, external_features["val"]["text"][:-1].numpy())
-    with pytest.raises(DsmdError, match=rf"{text} has 11 rows of text features, but split 'val' of the dataset has 12 captions"):
+    with pytest.raises(
+        DsmdError, match=rf"{text} has 11 rows of text features, but split 'val' of the dataset has 12 captions"
+    ):
         import_features(cfg, **QUIET)
     np.save(text, external_features["val"]["text"].numpy())
 
     image = source / "train_image.npy"
     np.save(image, external_features["train"]["image"][:10].numpy())
-    with pytest.raises(DsmdError, match=rf"{image} has 10 rows of image features, but split 'train' of the dataset has 12 images \(24 captions\)"):
+    with pytest.raises(
+        DsmdError,
+        match=rf"{image} has 10 rows of image features, but split 'train' of the dataset has 12 images \(24 captions\)",
+    ):
         import_features(cfg, **QUIET)
     bad = external_features["train"]["image"].clone()
     bad[4, 2] = float("nan")
@@ -227,12 +244,18 @@ def test_train_on_imported_features(imported_overrides, external_features, tmp_p
     # extraction with an imported teacher finds the store instead of running a model
     assert extract(cfg, progress=False, **QUIET).teacher["kind"] == "imported"
     with pytest.raises(DsmdError, match="dsmd import-features"):
-        extract(_cfg(imported_overrides, f"teacher.name_or_path={source}", f"store={tmp_path / 'none'}"),
-                progress=False, **QUIET)
+        extract(
+            _cfg(imported_overrides, f"teacher.name_or_path={source}", f"store={tmp_path / 'none'}"),
+            progress=False,
+            **QUIET,
+        )
     # a training config naming other features is refused
     with pytest.raises(DsmdError, match="built by teacher imported"):
-        train(_cfg(imported_overrides, "teacher.name_or_path=/elsewhere", f"out_dir={tmp_path / 'run2'}"),
-              progress=False, **QUIET)
+        train(
+            _cfg(imported_overrides, "teacher.name_or_path=/elsewhere", f"out_dir={tmp_path / 'run2'}"),
+            progress=False,
+            **QUIET,
+        )
 
 
 def _cli(argv, capsys):
@@ -249,8 +272,19 @@ def test_cli_import_features_round_trip(imported_overrides, external_features, t
     code, _, err = _cli(["import-features", *overrides, "--train", *files["train"], "--val", *files["val"]], capsys)
     assert code == 2 and "--trust-pickle" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     # overrides after the files are still overrides
-    code, out, err = _cli(["import-features", "--trust-pickle", *overrides[:-2], "--train", *files["train"],
-                           "--val", *files["val"], *overrides[-2:]], capsys)
+    code, out, err = _cli(
+        [
+            "import-features",
+            "--trust-pickle",
+            *overrides[:-2],
+            "--train",
+            *files["train"],
+            "--val",
+            *files["val"],
+            *overrides[-2:],
+        ],
+        capsys,
+    )
     assert code == 0, err
     source = str(tmp_path / "dsmd")
     assert f"teacher.kind=imported teacher.name_or_path={source}" in out
@@ -259,8 +293,19 @@ def test_cli_import_features_round_trip(imported_overrides, external_features, t
 
     code, out, _ = _cli(["eval", "--store", str(tmp_path / "store"), "--split", "val", "--json"], capsys)
     assert code == 0 and '"rsum"' in out
-    code, _, err = _cli(["import-features", *overrides, "--trust-pickle", "--train", files["train"][0],
-                         files["val"][1], "--val", *files["val"]], capsys)
+    code, _, err = _cli(
+        [
+            "import-features",
+            *overrides,
+            "--trust-pickle",
+            "--train",
+            files["train"][0],
+            files["val"][1],
+            "--val",
+            *files["val"],
+        ],
+        capsys,
+    )
     assert code == 2 and "dsmd: error:" in err and "has 12 rows of text features" in err
     code, _, err = _cli(["import-features", *overrides, "teacher.name_or_path=/nonexistent/feats"], capsys)
     assert code == 2 and "features not found: /nonexistent/feats" in err

@@ -41,7 +41,8 @@ def test_sharded_store_equals_unsharded(imported_overrides, external_features, t
     assert [f["images"] for f in files] == [[0, 5], [5, 10], [10, 12], [12, 12], [12, 12]]
     assert [f["captions"] for f in files] == [[0, 5], [5, 10], [10, 15], [15, 20], [20, 24]]
     assert sorted(p.name for p in sharded.path.iterdir()) == sorted(
-        ["manifest.json", ".verified.json"] + [f["file"] for s in ("train", "val", "test") for f in sharded.files(s)])
+        ["manifest.json", ".verified.json"] + [f["file"] for s in ("train", "val", "test") for f in sharded.files(s)]
+    )
     assert all(len(f["sha256"]) == 64 and f["bytes"] == (sharded.path / f["file"]).stat().st_size for f in files)
     g = torch.Generator().manual_seed(1)
     for split in ("train", "val", "test"):
@@ -73,20 +74,26 @@ def test_sharded_store_equals_unsharded(imported_overrides, external_features, t
 def test_views_sharded_float16_extraction(tiny_overrides, tmp_path):
     overrides = [*tiny_overrides, "store_views=2"]
     whole = ex.extract(load_config(None, [*overrides, f"store={tmp_path / 'whole'}"]), **QUIET)
-    sharded = ex.extract(load_config(None, [*overrides, f"store={tmp_path / 'sharded'}", "store_shard_rows=7",
-                                            "store_dtype=float16"]), **QUIET)
+    sharded = ex.extract(
+        load_config(None, [*overrides, f"store={tmp_path / 'sharded'}", "store_shard_rows=7", "store_dtype=float16"]),
+        **QUIET,
+    )
     assert sharded.manifest["shard_rows"] == 7 and len(sharded.files("train")) == 4  # 24 captions
     a, b = sharded.split("train"), whole.split("train")
     assert a.num_views == 2 and sharded.split("val").num_views == 0
     image = torch.tensor([11, 0, 7, 7, 6, 3])
     view = torch.tensor([0, 2, 1, 0, 2, 1])
-    expected = torch.stack([b.image[i] if v == 0 else b.image_views[i, v - 1] for i, v in zip(image, view, strict=True)])
+    expected = torch.stack(
+        [b.image[i] if v == 0 else b.image_views[i, v - 1] for i, v in zip(image, view, strict=True)]
+    )
     got = a.image_rows(image, view)
     assert got.dtype == torch.float32 and a.memory_mapped
     torch.testing.assert_close(got, expected, rtol=0, atol=2e-3)  # float16 of unit vectors
     assert torch.equal(got, expected.half().float())
-    assert torch.equal(a.image_rows(image, view), SplitFeatures(a.image, a.text, a.caption_image,
-                                                               a.image_views).image_rows(image, view))
+    assert torch.equal(
+        a.image_rows(image, view),
+        SplitFeatures(a.image, a.text, a.caption_image, a.image_views).image_rows(image, view),
+    )
     assert torch.equal(a.image_views, b.image_views.half().float())
     with pytest.raises(IndexError, match="view"):
         a.image_rows(image, torch.full_like(image, 3))
@@ -99,10 +106,15 @@ def test_rows_of_a_store_larger_than_memory(tmp_path):
     # a sparse 1 TiB split: 2^29 captions x 1024 float16 features (and 4 GiB of caption_image);
     # reading it whole cannot even be tried here, reading rows touches only those rows
     n_i, n_t, dim = 1024, 2**29, 1024
-    header = {"image": {"dtype": "F16", "shape": [n_i, dim], "data_offsets": [0, n_i * dim * 2]},
-              "text": {"dtype": "F16", "shape": [n_t, dim], "data_offsets": [n_i * dim * 2, (n_i + n_t) * dim * 2]},
-              "caption_image": {"dtype": "I64", "shape": [n_t],
-                                "data_offsets": [(n_i + n_t) * dim * 2, (n_i + n_t) * dim * 2 + n_t * 8]}}
+    header = {
+        "image": {"dtype": "F16", "shape": [n_i, dim], "data_offsets": [0, n_i * dim * 2]},
+        "text": {"dtype": "F16", "shape": [n_t, dim], "data_offsets": [n_i * dim * 2, (n_i + n_t) * dim * 2]},
+        "caption_image": {
+            "dtype": "I64",
+            "shape": [n_t],
+            "data_offsets": [(n_i + n_t) * dim * 2, (n_i + n_t) * dim * 2 + n_t * 8],
+        },
+    }
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
     start = 8 + len(raw)
@@ -116,16 +128,22 @@ def test_rows_of_a_store_larger_than_memory(tmp_path):
             f.write(np.full(dim, value, dtype="<f2").tobytes())
         f.seek(start + 5 * dim * 2)
         f.write(np.arange(dim, dtype="<f2").tobytes())
-    write_manifest(tmp_path, dim, {"train": (n_i, n_t)},
-                   {"train": [{"file": file.name, "images": [0, n_i], "captions": [0, n_t],
-                               "bytes": file.stat().st_size}]}, dtype="float16")
+    write_manifest(
+        tmp_path,
+        dim,
+        {"train": (n_i, n_t)},
+        {"train": [{"file": file.name, "images": [0, n_i], "captions": [0, n_t], "bytes": file.stat().st_size}]},
+        dtype="float16",
+    )
     split = FeatureStore.open(tmp_path).split("train")
     assert (split.num_images, split.num_captions, split.dim) == (n_i, n_t, dim)
     got = split.text_rows(torch.tensor([*rows, 7]))
     assert got.dtype == torch.float32 and got.shape == (4, dim)
     assert torch.equal(got, torch.tensor([*rows.values(), 0.0])[:, None].expand(4, dim))
-    assert torch.equal(split.image_rows(torch.tensor([5, 0]), torch.tensor([0, 0])),
-                       torch.stack([torch.arange(dim, dtype=torch.float32), torch.zeros(dim)]))
+    assert torch.equal(
+        split.image_rows(torch.tensor([5, 0]), torch.tensor([0, 0])),
+        torch.stack([torch.arange(dim, dtype=torch.float32), torch.zeros(dim)]),
+    )
     assert split.memory_mapped
     with pytest.raises((MemoryError, RuntimeError)):
         split.text  # noqa: B018  (1 TiB as float32 is refused at once)
@@ -160,8 +178,10 @@ def test_truncated_legacy_file_and_corrupt_shard(tmp_path):
     store = _small_store(tmp_path, shard_rows=None)
     # a store written before the manifest listed its files: the header gives the size
     write_manifest(store.path, 8, {"train": (6, 12)}, None, teacher={"kind": "imported"}, dtype="float16")
-    assert torch.equal(FeatureStore.open(store.path).split("train").text_rows(torch.tensor([3])),
-                       store.split("train").text_rows(torch.tensor([3])))
+    assert torch.equal(
+        FeatureStore.open(store.path).split("train").text_rows(torch.tensor([3])),
+        store.split("train").text_rows(torch.tensor([3])),
+    )
     file = store.path / "train.safetensors"
     data = file.read_bytes()
     file.write_bytes(data[:-1])

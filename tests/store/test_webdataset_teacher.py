@@ -27,8 +27,9 @@ def _write_shards(manifest: str, folder: Path) -> list[str]:
         with wds.TarWriter(str(folder / f"{split}-000000.tar")) as sink:
             for row in range(data.num_images):
                 caps = [c for c, r in zip(data.captions, data.caption_image, strict=True) if r == row]
-                sink.write({"__key__": f"{row:06d}", "png": Path(data.image_paths[row]).read_bytes(),
-                            "txt": "\n".join(caps)})
+                sink.write(
+                    {"__key__": f"{row:06d}", "png": Path(data.image_paths[row]).read_bytes(), "txt": "\n".join(caps)}
+                )
             sink.write({"__key__": "broken", "txt": "no image here"})  # skipped by dsmd: no teacher members
     return ["data.kind=webdataset", f"data.manifest={folder}"]
 
@@ -37,8 +38,11 @@ def test_teacher_features_travel_in_the_shards(tiny_overrides, synthetic_manifes
     import webdataset as wds
 
     data = _write_shards(synthetic_manifest, tmp_path / "shards")
-    overrides = [o for o in tiny_overrides if not o.startswith("data.")] + data + [
-        "store_views=1", "store_dtype=float16", "store_shard_rows=7"]
+    overrides = (
+        [o for o in tiny_overrides if not o.startswith("data.")]
+        + data
+        + ["store_views=1", "store_dtype=float16", "store_shard_rows=7"]
+    )
     cfg = load_config(None, overrides)
     store = extract(cfg, **QUIET)
     copies = write_teacher_shards(cfg, tmp_path / "with_teacher", log=lambda *_: None)
@@ -54,7 +58,7 @@ def test_teacher_features_travel_in_the_shards(tiny_overrides, synthetic_manifes
         assert [n for n in names if ".teacher_" not in n] == original.getnames()
         added = ["image", "text", "views"] if split == "train" else ["image", "text"]
         after = names.index("000000.txt") + 1
-        assert names[after:after + len(added) + 1] == [*(f"000000.teacher_{a}.npy" for a in added), "000001.png"]
+        assert names[after : after + len(added) + 1] == [*(f"000000.teacher_{a}.npy" for a in added), "000001.png"]
         assert not any(n.startswith("broken.teacher") for n in names)
         samples = [s for s in wds.WebDataset(str(copy), shardshuffle=False).decode() if s["__key__"] != "broken"]
         assert len(samples) == feats.num_images
@@ -74,8 +78,9 @@ def test_teacher_features_travel_in_the_shards(tiny_overrides, synthetic_manifes
 
     # the copies are a dataset of their own (the same samples), and copying them again
     # replaces their teacher members instead of adding more
-    again = load_config(None, [*overrides, f"data.manifest={tmp_path / 'with_teacher'}",
-                               f"store={tmp_path / 'store2'}"])
+    again = load_config(
+        None, [*overrides, f"data.manifest={tmp_path / 'with_teacher'}", f"store={tmp_path / 'store2'}"]
+    )
     assert load_dataset(again.data)["train"].captions == dataset["train"].captions
     extract(again, **QUIET)
     second = write_teacher_shards(again, tmp_path / "twice", log=lambda *_: None)

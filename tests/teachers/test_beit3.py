@@ -145,9 +145,7 @@ def official_keys(layers: int) -> set[str]:
         modules = [f"beit3.encoder.layer_norm.{way}"]
         for n in range(layers):
             layer = f"beit3.encoder.layers.{n}"
-            modules += [
-                f"{layer}.self_attn.{proj}.{way}" for proj in ("k_proj", "v_proj", "q_proj")
-            ]
+            modules += [f"{layer}.self_attn.{proj}.{way}" for proj in ("k_proj", "v_proj", "q_proj")]
             modules += [
                 f"{layer}.self_attn.out_proj.{way}",
                 f"{layer}.self_attn.inner_attn_ln.{way}",
@@ -199,9 +197,7 @@ def test_the_architecture_is_read_from_the_shapes() -> None:
 # -- features ----------------------------------------------------------------------------------
 
 
-def test_features_equal_the_model_that_wrote_the_checkpoint(
-    beit3_files, teacher: BEiT3Teacher
-) -> None:
+def test_features_equal_the_model_that_wrote_the_checkpoint(beit3_files, teacher: BEiT3Teacher) -> None:
     torch.manual_seed(0)
     pixels = torch.randn(3, 3, 32, 32)
     ids, mask = teacher.tokenizer(CAPTIONS, 64)
@@ -217,9 +213,7 @@ def test_features_equal_the_model_that_wrote_the_checkpoint(
     assert not torch.allclose(texts.norm(dim=-1), torch.ones(4))  # raw: the caller normalises
 
 
-def test_features_match_a_slow_reference_written_from_the_tensors(
-    beit3_files, teacher: BEiT3Teacher
-) -> None:
+def test_features_match_a_slow_reference_written_from_the_tensors(beit3_files, teacher: BEiT3Teacher) -> None:
     sd = _reference_state(beit3_files.model)
     torch.manual_seed(1)
     pixels = torch.randn(2, 3, 32, 32)
@@ -259,9 +253,7 @@ def test_tokenizer_builds_beit3_input_ids(beit3_files) -> None:
     assert tokenizer.vocab_size == sp.get_piece_size() + 2 == 62  # + <pad> and <mask>
     ids = tokenizer.tokenize("A red dog on the grass.")
     assert len(ids) > 3 and all(4 <= i < 61 for i in ids)  # real pieces, none unknown
-    assert [sp.id_to_piece(i - 1) for i in ids] == sp.encode(
-        "A red dog on the grass.", out_type=str
-    )
+    assert [sp.id_to_piece(i - 1) for i in ids] == sp.encode("A red dog on the grass.", out_type=str)
     assert 3 in tokenizer.tokenize("xyz")  # unknown characters -> <unk> = 3
     # Special tokens written in a caption stay whole, as in the slow XLMRobertaTokenizer;
     # <mask> (id 61, the last) swallows the spaces before it.
@@ -299,9 +291,7 @@ def test_long_captions_are_truncated_to_max_text_length(beit3_files) -> None:
 # -- loading -----------------------------------------------------------------------------------
 
 
-def test_accepts_the_three_checkpoint_layouts(
-    beit3_files, teacher: BEiT3Teacher, tmp_path: Path
-) -> None:
+def test_accepts_the_three_checkpoint_layouts(beit3_files, teacher: BEiT3Teacher, tmp_path: Path) -> None:
     state_dict = beit3_files.model.state_dict()
     pixels = torch.randn(1, 3, 32, 32)
     for name, content in (("bare.pth", state_dict), ("module.pth", {"module": state_dict})):
@@ -314,11 +304,7 @@ def test_accepts_the_three_checkpoint_layouts(
     with_args = BEiT3Teacher(tmp_path / "args.pth", tokenizer=beit3_files.tokenizer)
     assert with_args.weights_sha256() == teacher.weights_sha256()
     # The unused mask token and logit scale may be absent.
-    slim = {
-        k: v
-        for k, v in state_dict.items()
-        if k not in ("logit_scale", "beit3.vision_embed.mask_token")
-    }
+    slim = {k: v for k, v in state_dict.items() if k not in ("logit_scale", "beit3.vision_embed.mask_token")}
     torch.save({"model": slim}, tmp_path / "slim.pth")
     slim_teacher = BEiT3Teacher(tmp_path / "slim.pth", tokenizer=beit3_files.tokenizer)
     torch.testing.assert_close(slim_teacher.encode_texts(CAPTIONS), teacher.encode_texts(CAPTIONS))
@@ -327,9 +313,7 @@ def test_accepts_the_three_checkpoint_layouts(
 def test_image_size_override_resizes_the_position_table(beit3_files, teacher: BEiT3Teacher) -> None:
     same = BEiT3Teacher(beit3_files.checkpoint, image_size=32)
     assert same.weights_sha256() == teacher.weights_sha256()
-    bigger = build_teacher(
-        TeacherConfig(kind="beit3", name_or_path=str(beit3_files.checkpoint), image_size=48), "cpu"
-    )
+    bigger = build_teacher(TeacherConfig(kind="beit3", name_or_path=str(beit3_files.checkpoint), image_size=48), "cpu")
     assert bigger.image_transform.size == 48 and bigger.config.img_size == 48
     table = bigger.model.beit3.encoder.embed_positions.A.weight
     original = beit3_files.model.beit3.encoder.embed_positions.A.weight
@@ -337,9 +321,7 @@ def test_image_size_override_resizes_the_position_table(beit3_files, teacher: BE
     assert torch.equal(table[:3], original[:3])  # CLS and the two offset rows are kept
     pixels = torch.randn(1, 3, 48, 48)
     expected = reference_image_features(_reference_state(bigger.model), pixels[0], heads=2)
-    torch.testing.assert_close(
-        bigger.encode_images(pixels)[0].double(), expected, atol=1e-4, rtol=1e-4
-    )
+    torch.testing.assert_close(bigger.encode_images(pixels)[0].double(), expected, atol=1e-4, rtol=1e-4)
     assert bigger.identity()["weights_sha256"] != teacher.identity()["weights_sha256"]
 
 
@@ -347,9 +329,7 @@ def test_identity_frozen_and_half_precision(beit3_files, teacher: BEiT3Teacher) 
     identity = teacher.identity()
     assert json.loads(json.dumps(identity)) == identity
     assert identity["kind"] == "beit3" and identity["dim"] == 128
-    assert (
-        identity["architecture"]["num_layers"] == 2 and identity["architecture"]["vocab_size"] == 70
-    )
+    assert identity["architecture"]["num_layers"] == 2 and identity["architecture"]["vocab_size"] == 70
     # 64 tokens by default, fewer where the position table is shorter (22 here).
     assert identity["preprocessing"]["max_length"] == 22
     assert BEiT3Tokenizer(beit3_files.tokenizer).sha256 in identity["preprocessing"]["tokenizer"]
@@ -385,9 +365,7 @@ def test_checkpoint_errors_name_the_file_and_the_fix(beit3_files, tmp_path: Path
     with pytest.raises(DsmdError, match="'teacher.name_or_path': teacher.kind=beit3 needs it"):
         TeacherConfig(kind="beit3")
     missing = tmp_path / "beit3_base_patch16_384_coco_retrieval.pth"
-    with pytest.raises(
-        DsmdError, match=r"checkpoint not found: .*coco_retrieval\.pth.*name_or_path"
-    ):
+    with pytest.raises(DsmdError, match=r"checkpoint not found: .*coco_retrieval\.pth.*name_or_path"):
         BEiT3Teacher(missing)
 
     garbage = tmp_path / "garbage.pth"
@@ -405,9 +383,7 @@ def test_checkpoint_errors_name_the_file_and_the_fix(beit3_files, tmp_path: Path
         },
         clip,
     )
-    with pytest.raises(
-        DsmdError, match=r"clip\.pth is not a BEiT-3 checkpoint.*token_embedding.*_retrieval\.pth"
-    ):
+    with pytest.raises(DsmdError, match=r"clip\.pth is not a BEiT-3 checkpoint.*token_embedding.*_retrieval\.pth"):
         BEiT3Teacher(clip)
 
     state_dict = beit3_files.model.state_dict()
@@ -425,9 +401,7 @@ def test_checkpoint_errors_name_the_file_and_the_fix(beit3_files, tmp_path: Path
         BEiT3Teacher(pickled)
 
     broken = tmp_path / "broken.pth"
-    torch.save(
-        {"model": {k: v for k, v in state_dict.items() if "layers.1.ffn.B.fc2" not in k}}, broken
-    )
+    torch.save({"model": {k: v for k, v in state_dict.items() if "layers.1.ffn.B.fc2" not in k}}, broken)
     with pytest.raises(
         DsmdError,
         match=r"broken\.pth does not match .*missing beit3\.encoder\.layers\.1\.ffn\.B\.fc2",
@@ -447,9 +421,7 @@ def test_tokenizer_errors(beit3_files, train_spm, tmp_path: Path) -> None:
     with pytest.raises(DsmdError, match=r"vocab\.txt is not a sentencepiece model"):
         BEiT3Teacher(alone, tokenizer=not_spm)
     other = train_spm(tmp_path / "other.spm", vocab_size=80)
-    with pytest.raises(
-        DsmdError, match=r"other\.spm has 82 token ids but checkpoint .*alone\.pth embeds 70"
-    ):
+    with pytest.raises(DsmdError, match=r"other\.spm has 82 token ids but checkpoint .*alone\.pth embeds 70"):
         BEiT3Teacher(alone, tokenizer=other)
 
 

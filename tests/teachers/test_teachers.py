@@ -97,9 +97,7 @@ def _tiny_vision_config() -> dict:
 def _save_clip(folder: Path, seed: int = 0) -> CLIPModel:
     torch.manual_seed(seed)
     text = dict(_tiny_text_config(), eos_token_id=3, bos_token_id=2, pad_token_id=0)
-    model = CLIPModel(
-        CLIPConfig(text_config=text, vision_config=_tiny_vision_config(), projection_dim=24)
-    )
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=_tiny_vision_config(), projection_dim=24))
     model.save_pretrained(folder)
     _save_tokenizer(folder)
     (folder / "preprocessor_config.json").write_text(json.dumps(CLIP_PREPROCESSOR))
@@ -152,18 +150,14 @@ def test_state_dict_sha256_is_deterministic_and_dtype_aware() -> None:
 # -- HFClipTeacher -----------------------------------------------------------------------------
 
 
-def test_hf_clip_features_equal_the_model_called_directly(
-    clip_dir: Path, clip_teacher: HFClipTeacher
-) -> None:
+def test_hf_clip_features_equal_the_model_called_directly(clip_dir: Path, clip_teacher: HFClipTeacher) -> None:
     model = CLIPModel.from_pretrained(clip_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(clip_dir)
     tokens = tokenizer(TEXTS, padding=True, truncation=True, max_length=16, return_tensors="pt")
     assert (tokens["input_ids"] != tokenizer.unk_token_id).sum() > 3 * len(TEXTS)  # real words
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        text_out = model.get_text_features(
-            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
-        )
+        text_out = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
         image_out = model.get_image_features(pixel_values=pixels)
 
     text = clip_teacher.encode_texts(TEXTS)
@@ -247,9 +241,7 @@ def test_hf_clip_identity_is_stable_and_tracks_the_weights(
     assert changed["weights_sha256"] != identity["weights_sha256"]
 
 
-def test_hf_clip_half_precision_keeps_the_fingerprint(
-    clip_dir: Path, clip_teacher: HFClipTeacher
-) -> None:
+def test_hf_clip_half_precision_keeps_the_fingerprint(clip_dir: Path, clip_teacher: HFClipTeacher) -> None:
     half = HFClipTeacher(str(clip_dir), dtype="bfloat16")
     assert half.compute_dtype == torch.bfloat16
     assert half.weights_sha256() == clip_teacher.weights_sha256()
@@ -275,9 +267,7 @@ def test_siglip_pads_to_max_length(tmp_path: Path) -> None:
     )
     with torch.no_grad():
         expected = model.get_text_features(**tokens)
-    torch.testing.assert_close(
-        teacher.encode_texts(TEXTS), getattr(expected, "pooler_output", expected)
-    )
+    torch.testing.assert_close(teacher.encode_texts(TEXTS), getattr(expected, "pooler_output", expected))
 
 
 def test_hf_clip_errors_name_the_path_and_the_fix(tmp_path: Path) -> None:
@@ -322,7 +312,9 @@ def test_build_teacher_dispatches_on_kind(clip_dir: Path) -> None:
     assert isinstance(teacher, HFClipTeacher) and isinstance(teacher, Teacher)
     assert teacher.device == torch.device("cpu")
     assert available_teachers() == ["beit3", "hf_clip", "offline"]
-    with pytest.raises(DsmdError, match="'teacher.kind': 'beit4' is not allowed; choose one of offline, hf_clip, beit3"):
+    with pytest.raises(
+        DsmdError, match="'teacher.kind': 'beit4' is not allowed; choose one of offline, hf_clip, beit3"
+    ):
         TeacherConfig(kind="beit4")
     with pytest.raises(DsmdError, match="import-features"):
         build_teacher(TeacherConfig(kind="imported", name_or_path="feats.npy"), "cpu")
@@ -347,9 +339,7 @@ def test_offline_shapes_determinism_and_frozen(offline_teacher: OfflineTeacher) 
     assert images.shape == texts.shape == (2, 384)
     assert images.dtype == texts.dtype == torch.float32
     assert torch.equal(images, offline_teacher.encode_images(pixels))
-    assert torch.equal(
-        texts, offline_teacher.encode_texts(["A red kangaroo.", "A goldfish in a bowl."])
-    )
+    assert torch.equal(texts, offline_teacher.encode_texts(["A red kangaroo.", "A goldfish in a bowl."]))
     offline_teacher.train()
     assert not offline_teacher.training and not offline_teacher.image_model.training
     assert all(not p.requires_grad for p in offline_teacher.parameters())

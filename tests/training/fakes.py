@@ -40,15 +40,18 @@ def batch(seed: int, rows: int = 4, image_ids: list[int] | None = None) -> PairB
         pixel_values=torch.randn(rows, 3, 2, 2, generator=g),
         input_ids=torch.randint(0, 20, (rows, 3), generator=g),
         attention_mask=torch.ones(rows, 3, dtype=torch.long),
-        caption_index=torch.arange(rows), image_index=ids, view_index=torch.zeros(rows, dtype=torch.long),
+        caption_index=torch.arange(rows),
+        image_index=ids,
+        view_index=torch.zeros(rows, dtype=torch.long),
         teacher_image=F.normalize(torch.randn(rows, DIM, generator=g), dim=-1),
         teacher_text=F.normalize(torch.randn(rows, DIM, generator=g), dim=-1),
         real=torch.ones(rows, dtype=torch.bool),
     )
 
 
-def stepper(accum: int = 1, lr: float = 0.0, dropout: float = 0.0, seed: int = 0,
-            losses=("cd", "fd", "sd", "hnd")) -> DistillationStep:
+def stepper(
+    accum: int = 1, lr: float = 0.0, dropout: float = 0.0, seed: int = 0, losses=("cd", "fd", "sd", "hnd")
+) -> DistillationStep:
     student = TinyStudent(dropout)
     objective = MultiscaleDistillationLoss(DIM, losses=losses, queue_size=8)
     balancer = LossBalancer(list(losses))

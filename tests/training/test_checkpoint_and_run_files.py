@@ -26,8 +26,13 @@ class _Payload:
 
 
 def test_round_trip_keeps_every_value(tmp_path):
-    state = {"config": {"train": {"lr": 1e-4}}, "model": {"w": torch.arange(6.0).reshape(2, 3)},
-             "best_rsum": float("-inf"), "balancer": {"history": {"cd": [1.0, 2.0]}, "step": 3}, "val_metrics": None}
+    state = {
+        "config": {"train": {"lr": 1e-4}},
+        "model": {"w": torch.arange(6.0).reshape(2, 3)},
+        "best_rsum": float("-inf"),
+        "balancer": {"history": {"cd": [1.0, 2.0]}, "step": 3},
+        "val_metrics": None,
+    }
     save_checkpoint(tmp_path / "c" / "last.pt", state)
     got = load_checkpoint(tmp_path / "c" / "last.pt")
     assert torch.equal(got["model"]["w"], state["model"]["w"]) and got["balancer"] == state["balancer"]
@@ -85,14 +90,18 @@ def _lines(path):
 
 def test_logs_are_cut_back_to_the_checkpoint_and_torn_lines_dropped(tmp_path):
     cfg = RunConfig(out_dir=str(tmp_path))
-    (tmp_path / "steps.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in range(1, 6)) + '{"step": 6, "lo')
+    (tmp_path / "steps.jsonl").write_text(
+        "".join(json.dumps({"step": s}) + "\n" for s in range(1, 6)) + '{"step": 6, "lo'
+    )
     (tmp_path / "epochs.jsonl").write_text(json.dumps({"step": 3, "epoch": 1}) + "\n" + json.dumps({"step": 5}) + "\n")
     notes = []
     files = RunFiles(tmp_path, log=notes.append)
     files.begin(cfg, resume_step=3)
     files.step({"step": 4, "new": True})
     files.close()
-    assert _lines(tmp_path / "steps.jsonl") == [json.dumps({"step": s}) for s in (1, 2, 3)] + ['{"step": 4, "new": true}']
+    assert _lines(tmp_path / "steps.jsonl") == [json.dumps({"step": s}) for s in (1, 2, 3)] + [
+        '{"step": 4, "new": true}'
+    ]
     assert _lines(tmp_path / "epochs.jsonl") == [json.dumps({"step": 3, "epoch": 1})]
     assert any("dropped 1 unreadable line" in n for n in notes)
 

@@ -31,6 +31,8 @@ from dsmd.training import train
 from dsmd.training.checkpoint import load_checkpoint
 from dsmd.training.sampling import RankBatchSampler, epoch_order, micro_batch_size
 
+pytestmark = pytest.mark.e2e  # whole commands on tiny models: the end-to-end tier
+
 HELPER = Path(__file__).with_name("_torchrun_train.py")
 QUIET = {"progress": False, "log": lambda *_: None}
 # Parameters of runs on different world sizes after 4-8 AdamW steps: measured max |diff|
@@ -53,15 +55,33 @@ def setup(tiny_models, tmp_path_factory) -> dict:
     lines[1]["captions"].append("a drawing of a " + lines[1]["captions"][0].split(" on ")[0][2:])  # a train image
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
     overrides = [
-        "data.kind=manifest", f"data.manifest={manifest}", "data.val_fraction=0.25", "data.test_fraction=0.25",
-        "teacher.kind=hf_clip", f"teacher.name_or_path={tiny_models['clip']}", "teacher.batch_size=8",
-        f"student.vision={tiny_models['vit']}", "student.image_size=32", "student.vision_head=features",
-        "student.vision_proj_init=default", "store_views=0", f"student.text={tiny_models['bert']}",
-        "student.text_layers=1", "student.max_text_length=16",
+        "data.kind=manifest",
+        f"data.manifest={manifest}",
+        "data.val_fraction=0.25",
+        "data.test_fraction=0.25",
+        "teacher.kind=hf_clip",
+        f"teacher.name_or_path={tiny_models['clip']}",
+        "teacher.batch_size=8",
+        f"student.vision={tiny_models['vit']}",
+        "student.image_size=32",
+        "student.vision_head=features",
+        "student.vision_proj_init=default",
+        "store_views=0",
+        f"student.text={tiny_models['bert']}",
+        "student.text_layers=1",
+        "student.max_text_length=16",
         "student.text_config={hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}",
-        "loss.queue_size=16", "train.epochs=2", "train.batch_size=8", "train.lr=1e-3",
-        "train.lr_decay_epochs=[1]", "train.eval_batch_size=16", "train.device=cpu", "train.augment=false",
-        "train.log_every=1", "train.dist_timeout_s=30", f"store={root / 'store'}",
+        "loss.queue_size=16",
+        "train.epochs=2",
+        "train.batch_size=8",
+        "train.lr=1e-3",
+        "train.lr_decay_epochs=[1]",
+        "train.eval_batch_size=16",
+        "train.device=cpu",
+        "train.augment=false",
+        "train.log_every=1",
+        "train.dist_timeout_s=30",
+        f"store={root / 'store'}",
     ]
     store = extract(_cfg(*overrides, f"out_dir={root / 'unused'}"), **QUIET)
     assert store.split("train").num_captions == 25
@@ -83,8 +103,13 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _launch(args: list[str], nproc: int = 2, helper: list[str] | None = None, nodes: tuple[int, int] | None = None,
-            port: int | None = None) -> subprocess.Popen:
+def _launch(
+    args: list[str],
+    nproc: int = 2,
+    helper: list[str] | None = None,
+    nodes: tuple[int, int] | None = None,
+    port: int | None = None,
+) -> subprocess.Popen:
     """Start ``torchrun ... -m dsmd ARGS`` (or the helper script) on loopback."""
     if nodes is None:
         where = ["--standalone"]
@@ -92,8 +117,9 @@ def _launch(args: list[str], nproc: int = 2, helper: list[str] | None = None, no
         where = [f"--nnodes={nodes[1]}", f"--node_rank={nodes[0]}", "--master_addr=127.0.0.1", f"--master_port={port}"]
     target = ["-m", "dsmd"] if helper is None else [str(HELPER), *helper, "--"]
     cmd = [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc_per_node={nproc}", *target, *args]
-    return subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
@@ -126,8 +152,9 @@ def _assert_same_run(got: dict, want: dict, exact: bool = False) -> None:
         assert torch.equal(got["objective"][key], value), key
     assert got["balancer"]["step"] == want["balancer"]["step"]
     for name, history in want["balancer"]["history"].items():
-        torch.testing.assert_close(torch.tensor(got["balancer"]["history"][name]), torch.tensor(history),
-                                   rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            torch.tensor(got["balancer"]["history"][name]), torch.tensor(history), rtol=1e-4, atol=1e-6
+        )
 
 
 def _record_grads(monkeypatch) -> list:
@@ -158,10 +185,16 @@ def one_process(setup) -> dict:
 def two_processes(setup) -> dict:
     """torchrun, 2 processes on one node, 2 epochs; rank 0's first gradients."""
     out = setup["root"] / "two"
-    run = _run(["train", "--quiet", *setup["overrides"], f"out_dir={out}"],
-               helper=["--grads", str(setup["root"] / "two_grads.pt")])
-    return {"state": load_checkpoint(out / "checkpoints" / "last.pt"), "out": out, "stdout": run,
-            "grads": torch.load(setup["root"] / "two_grads.pt")}
+    run = _run(
+        ["train", "--quiet", *setup["overrides"], f"out_dir={out}"],
+        helper=["--grads", str(setup["root"] / "two_grads.pt")],
+    )
+    return {
+        "state": load_checkpoint(out / "checkpoints" / "last.pt"),
+        "out": out,
+        "stdout": run,
+        "grads": torch.load(setup["root"] / "two_grads.pt"),
+    }
 
 
 def test_two_processes_match_one(one_process, two_processes):
@@ -184,17 +217,20 @@ def test_two_processes_match_one(one_process, two_processes):
 def test_accumulation_clipping_and_recomputation_under_ddp(setup, monkeypatch):
     """Micro-batches without DDP's all-reduce but the last of each step (``no_sync``), a short
     last step, clipping and activation checkpointing: still the one-process run."""
-    extra = ["train.grad_accum_steps=2", "train.clip_grad_norm=1.0", "train.grad_checkpointing=true",
-             "train.epochs=1"]
+    extra = ["train.grad_accum_steps=2", "train.clip_grad_norm=1.0", "train.grad_checkpointing=true", "train.epochs=1"]
     grads = _record_grads(monkeypatch)
     train(_cfg(*setup["overrides"], *extra, f"out_dir={setup['root'] / 'accum_one'}"), **QUIET)
     out = setup["root"] / "accum_two"
-    _run(["train", "--quiet", *setup["overrides"], *extra, f"out_dir={out}"],
-         helper=["--grads", str(setup["root"] / "accum_grads.pt")])
+    _run(
+        ["train", "--quiet", *setup["overrides"], *extra, f"out_dir={out}"],
+        helper=["--grads", str(setup["root"] / "accum_grads.pt")],
+    )
     for got, want in zip(torch.load(setup["root"] / "accum_grads.pt"), grads[0], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
-    _assert_same_run(load_checkpoint(out / "checkpoints" / "last.pt"),
-                     load_checkpoint(setup["root"] / "accum_one" / "checkpoints" / "last.pt"))
+    _assert_same_run(
+        load_checkpoint(out / "checkpoints" / "last.pt"),
+        load_checkpoint(setup["root"] / "accum_one" / "checkpoints" / "last.pt"),
+    )
     assert [r["micro_batches"] for r in _steps(out)] == [2, 2, 2, 1]
 
 
@@ -213,7 +249,9 @@ def test_two_nodes(setup, two_processes):
 def test_killed_mid_epoch_resumes_on_two_or_one_processes(setup, one_process, two_processes):
     out = setup["root"] / "killed"
     args = ["train", "--quiet", *setup["overrides"], f"out_dir={out}", "train.checkpoint_every=2"]
-    code, log = _finish(_launch(args, helper=["--kill-after-checkpoint", "6", "--pid-dir", str(setup["root"] / "pids")]))
+    code, log = _finish(
+        _launch(args, helper=["--kill-after-checkpoint", "6", "--pid-dir", str(setup["root"] / "pids")])
+    )
     assert code == -signal.SIGKILL, log[-3000:]
     state = load_checkpoint(out / "checkpoints" / "last.pt")
     assert (state["epoch"], state["epoch_pairs"], state["step"]) == (1, 16, 6)  # 2 of epoch 2's 4 steps
@@ -271,8 +309,9 @@ def test_a_hung_rank_times_out(setup):
 
 
 def test_batch_must_divide_over_the_processes(setup):
-    code, log = _finish(_launch(["train", "--quiet", *setup["overrides"], f"out_dir={setup['root'] / 'odd'}",
-                                 "train.batch_size=7"]))
+    code, log = _finish(
+        _launch(["train", "--quiet", *setup["overrides"], f"out_dir={setup['root'] / 'odd'}", "train.batch_size=7"])
+    )
     assert code != 0 and "train.batch_size=7 (the global batch) must divide by" in log and "x 2 processes" in log
     with pytest.raises(DsmdError, match="batch_size=8 .* grad_accum_steps=3"):
         micro_batch_size(8, 3, 1)
@@ -284,7 +323,7 @@ def test_rank_parts_make_the_world_size_independent_batches():
     for world in (1, 2, 4):
         parts = [list(RankBatchSampler(25, 8, 0, 1, rank, world)) for rank in range(world)]
         for b in range(3):
-            assert [j for p in parts for (_, j) in p[b]] == order[b * 8:(b + 1) * 8]  # rank order = batch order
+            assert [j for p in parts for (_, j) in p[b]] == order[b * 8 : (b + 1) * 8]  # rank order = batch order
             assert len({len(p[b]) for p in parts}) == 1  # full micro-batches: equal parts
         # the short last micro-batch (1 pair) goes to rank 0; the others have no part to yield
         assert [len(p) for p in parts] == [4] + [3] * (world - 1)
@@ -294,6 +333,7 @@ def test_rank_parts_make_the_world_size_independent_batches():
 
 
 # --- one process: precision, accumulation, clipping, activation checkpointing ---------------
+
 
 def _one_run(setup, name: str, *overrides: str, monkeypatch=None) -> tuple[Path, list]:
     """Train in this process; returns the run folder and the gradients of each step."""
@@ -338,11 +378,12 @@ def test_accumulated_micro_batches_are_the_small_batch_run(setup, monkeypatch):
     balancer must agree exactly, and each accumulated gradient must be the mean of the two
     small-batch gradients (the epoch's last step, one micro-batch of 1 pair, its own).
     """
-    small, grads = _one_run(setup, "small", "train.batch_size=4", "train.lr=0.0", "train.epochs=1",
-                            monkeypatch=monkeypatch)
+    small, grads = _one_run(
+        setup, "small", "train.batch_size=4", "train.lr=0.0", "train.epochs=1", monkeypatch=monkeypatch
+    )
     small_grads = list(grads)
     accum, _ = _one_run(setup, "accum", "train.grad_accum_steps=2", "train.lr=0.0", "train.epochs=1")
-    accum_grads = grads[len(small_grads):]
+    accum_grads = grads[len(small_grads) :]
     assert len(small_grads) == 7 and len(accum_grads) == 4
     pairs = [(0, 1), (2, 3), (4, 5), (6,)]
     for got, group in zip(accum_grads, pairs, strict=True):
@@ -357,8 +398,9 @@ def test_accumulated_micro_batches_are_the_small_batch_run(setup, monkeypatch):
 
 
 def test_clipping_bounds_the_gradient_norm(setup, monkeypatch):
-    out, grads = _one_run(setup, "clipped", "train.clip_grad_norm=0.01", "train.max_steps=3", "train.epochs=1",
-                          monkeypatch=monkeypatch)
+    out, grads = _one_run(
+        setup, "clipped", "train.clip_grad_norm=0.01", "train.max_steps=3", "train.epochs=1", monkeypatch=monkeypatch
+    )
     for step in grads:
         assert torch.linalg.vector_norm(torch.stack([g.norm() for g in step])) <= 0.01 * (1 + 1e-5)
     assert all(r["grad_norm"] > 0.01 for r in _steps(out))  # logged before clipping
@@ -381,8 +423,9 @@ def test_activation_checkpointing_gives_the_same_gradients(setup, monkeypatch):
     assert any(getattr(m, "gradient_checkpointing", False) for m in student.text.model.modules())
     student.vision = EfficientNetLite0Tower(pretrained=False, blocks=1)
     assert enable_gradient_checkpointing(student, messages.append) == ["text"]
-    assert messages == ["train.grad_checkpointing: the vision tower (EfficientNetLite0Tower) does not support it; "
-                        "it runs without"]
+    assert messages == [
+        "train.grad_checkpointing: the vision tower (EfficientNetLite0Tower) does not support it; it runs without"
+    ]
 
 
 def test_streamed_shards_split_unevenly_train_every_pair_once(setup):
@@ -401,13 +444,25 @@ def test_streamed_shards_split_unevenly_train_every_pair_once(setup):
             with wds.TarWriter(str(folder / f"{split}-{shard:06d}.tar")) as sink:
                 for row in range(start, min(start + 4, data.num_images)):
                     caps = [c for c, r in zip(data.captions, data.caption_image, strict=True) if r == row]
-                    sink.write({"__key__": f"{row:06d}", "png": Path(data.image_paths[row]).read_bytes(),
-                                "txt": "\n".join(caps)})
-    overrides = [*[o for o in setup["overrides"] if not o.startswith(("data.", "store="))],
-                 "data.kind=webdataset", "data.streaming=true", "data.shuffle_buffer=5",
-                 f"data.manifest={folder / 'train-{000000..000002}.tar'}::{folder / 'val-{000000..000001}.tar'}"
-                 f"::{folder / 'test-{000000..000001}.tar'}", f"store={setup['root'] / 'shards_store'}",
-                 "train.epochs=1", "loss.queue_size=32", "train.precision=bf16"]
+                    sink.write(
+                        {
+                            "__key__": f"{row:06d}",
+                            "png": Path(data.image_paths[row]).read_bytes(),
+                            "txt": "\n".join(caps),
+                        }
+                    )
+    overrides = [
+        *[o for o in setup["overrides"] if not o.startswith(("data.", "store="))],
+        "data.kind=webdataset",
+        "data.streaming=true",
+        "data.shuffle_buffer=5",
+        f"data.manifest={folder / 'train-{000000..000002}.tar'}::{folder / 'val-{000000..000001}.tar'}"
+        f"::{folder / 'test-{000000..000001}.tar'}",
+        f"store={setup['root'] / 'shards_store'}",
+        "train.epochs=1",
+        "loss.queue_size=32",
+        "train.precision=bf16",
+    ]
     extract(_cfg(*overrides), **QUIET)
     out = setup["root"] / "streamed"
     _run(["train", "--quiet", *overrides, f"out_dir={out}"])

@@ -16,6 +16,8 @@ from dsmd.training import train
 from dsmd.training.checkpoint import load_checkpoint
 from tiny_runs import tiny_run_overrides
 
+pytestmark = pytest.mark.e2e  # whole commands on tiny models: the end-to-end tier
+
 METRICS = {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum"}
 
 
@@ -74,8 +76,9 @@ def test_train_writes_logs_and_checkpoints(tiny_run):
 
 def test_eval_scores_a_checkpoint_and_a_store(tiny_run, capsys):
     root = tiny_run["root"]
-    code, out, err = _cli(["eval", "--checkpoint", str(root / "run" / "checkpoints" / "best.pt"), "--split", "test",
-                           "--json"], capsys)
+    code, out, err = _cli(
+        ["eval", "--checkpoint", str(root / "run" / "checkpoints" / "best.pt"), "--split", "test", "--json"], capsys
+    )
     assert code == 0, err
     assert METRICS <= set(json.loads(out)) and json.loads(out)["images"] == 6
     code, out, _ = _cli(["eval", "--store", str(root / "store"), "--split", "test", "--json"], capsys)
@@ -163,8 +166,11 @@ def test_consistent_views_are_stored_and_trained_on(tiny_overrides, tmp_path):
     with pytest.raises(DsmdError, match="built differently"):
         extract(load_config(None, tiny_overrides), progress=False, log=lambda *_: None)
     with pytest.raises(DsmdError, match="holds 2 views"):
-        train(load_config(None, [*tiny_overrides, "store_views=3", "train.augment=true"]), progress=False,
-              log=lambda *_: None)
+        train(
+            load_config(None, [*tiny_overrides, "store_views=3", "train.augment=true"]),
+            progress=False,
+            log=lambda *_: None,
+        )
     result = train(cfg, progress=False, log=lambda *_: None)
     assert result.steps == 6
 
@@ -176,7 +182,10 @@ def test_view_crops_are_fixed_and_resolution_independent():
 
     assert view_of(5, 2) == view_of(5, 2) and view_of(5, 2) != view_of(5, 3) != view_of(6, 3)
     img = Image.linear_gradient("L").convert("RGB").resize((120, 80))
-    small, large = ImageTransform(size=16, mean=(0, 0, 0), std=(1, 1, 1)), ImageTransform(size=64, mean=(0, 0, 0), std=(1, 1, 1))
+    small, large = (
+        ImageTransform(size=16, mean=(0, 0, 0), std=(1, 1, 1)),
+        ImageTransform(size=64, mean=(0, 0, 0), std=(1, 1, 1)),
+    )
     a = small.view(img, view_of(1, 0))
     b = torch.nn.functional.avg_pool2d(large.view(img, view_of(1, 0))[None], 4)[0]
     assert (a - b).abs().mean() < 0.02  # the same region at two resolutions
@@ -216,7 +225,7 @@ def test_validation_in_the_loop_sees_the_pixels_dsmd_eval_sees(tiny_overrides, t
     data = load_split(cfg.data, "val")
     student = build_student(cfg.student, 24)
     cpu = torch.device("cpu")
-    plain, _ = encode_split(student, data, 16, cpu)               # what dsmd eval computes
+    plain, _ = encode_split(student, data, 16, cpu)  # what dsmd eval computes
     cached, _ = encode_split(student, data, 16, cpu, validation_cache(cfg))
     assert torch.equal(cached, plain)
     downsized, _ = encode_split(student, data, 16, cpu, ImageCache(max_side=18))  # the training cache's size

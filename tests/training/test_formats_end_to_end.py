@@ -16,6 +16,8 @@ from dsmd.extraction.extractor import extract
 from dsmd.training import train
 from shard_writers import write_shards
 
+pytestmark = pytest.mark.e2e  # whole commands on tiny models: the end-to-end tier
+
 QUIET = dict(progress=False, log=lambda *_: None)
 
 
@@ -29,8 +31,14 @@ def _write_karpathy(splits: dict, folder: Path) -> list[str]:
     for split, data in splits.items():
         for row, path in enumerate(data.image_paths):
             caps = [c for c, r in zip(data.captions, data.caption_image, strict=True) if r == row]
-            images.append({"filepath": Path(path).parent.name, "filename": Path(path).name, "split": split,
-                           "sentences": [{"raw": c, "tokens": c.split()} for c in caps]})
+            images.append(
+                {
+                    "filepath": Path(path).parent.name,
+                    "filename": Path(path).name,
+                    "split": split,
+                    "sentences": [{"raw": c, "tokens": c.split()} for c in caps],
+                }
+            )
     folder.mkdir()
     (folder / "dataset_flickr30k.json").write_text(json.dumps({"images": images, "dataset": "flickr30k"}))
     root = Path(splits["train"].image_paths[0]).parent.parent
@@ -43,19 +51,26 @@ def _write_hf(splits: dict, folder: Path) -> list[str]:
     features = datasets.Features({"image": datasets.Image(), "caption": datasets.Sequence(datasets.Value("string"))})
     parts = {}
     for split, data in splits.items():
-        caps = [[c for c, r in zip(data.captions, data.caption_image, strict=True) if r == row]
-                for row in range(data.num_images)]
+        caps = [
+            [c for c, r in zip(data.captions, data.caption_image, strict=True) if r == row]
+            for row in range(data.num_images)
+        ]
         parts["validation" if split == "val" else split] = datasets.Dataset.from_dict(
-            {"image": data.image_paths, "caption": caps}, features=features)
+            {"image": data.image_paths, "caption": caps}, features=features
+        )
     datasets.DatasetDict(parts).save_to_disk(str(folder))
     return ["data.kind=hf", f"data.manifest={folder}"]
 
 
 def _write_shards(splits: dict, folder: Path) -> list[str]:
     write_shards(splits, folder)
-    return ["data.kind=webdataset", f"data.manifest={folder / 'train-{000000..000002}.tar'}::"
-            f"{folder / 'val-{000000..000001}.tar'}::{folder / 'test-{000000..000001}.tar'}",
-            "data.streaming=true", "data.shuffle_buffer=5"]
+    return [
+        "data.kind=webdataset",
+        f"data.manifest={folder / 'train-{000000..000002}.tar'}::"
+        f"{folder / 'val-{000000..000001}.tar'}::{folder / 'test-{000000..000001}.tar'}",
+        "data.streaming=true",
+        "data.shuffle_buffer=5",
+    ]
 
 
 @pytest.mark.parametrize("fmt", ["karpathy", "hf", "webdataset"])
@@ -67,8 +82,11 @@ def test_extract_train_eval(fmt, tiny_overrides, synthetic_manifest, tmp_path, c
     cfg = load_config(None, overrides)
 
     listed = load_dataset(cfg.data)
-    assert {k: (v.num_images, len(v)) for k, v in listed.items()} == {"train": (12, 24), "val": (6, 12),
-                                                                      "test": (6, 12)}
+    assert {k: (v.num_images, len(v)) for k, v in listed.items()} == {
+        "train": (12, 24),
+        "val": (6, 12),
+        "test": (6, 12),
+    }
     assert listed["test"].captions == splits["test"].captions
     if fmt != "karpathy":
         assert all(parse_ref(p) is not None for p in listed["train"].image_paths)

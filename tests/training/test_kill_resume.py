@@ -21,6 +21,7 @@ from dsmd.extraction import extract
 
 HERE = Path(__file__).parent
 SETTINGS = ["train.epochs=3", "train.batch_size=4", "train.checkpoint_every=2", "train.lr=3e-3", "train.log_every=1"]
+pytestmark = pytest.mark.e2e
 FILES = ["config.yaml", "steps.jsonl", "epochs.jsonl", "checkpoints/last.pt", "checkpoints/best.pt"]
 
 
@@ -31,8 +32,14 @@ def _logged_steps(out: Path) -> int:
         return 0
 
 
-def _train(overrides: list[str], out: Path, resume: bool, script: str | None = None,
-           kill_at_step: int | None = None, jitter: float = 0.0) -> int | None:
+def _train(
+    overrides: list[str],
+    out: Path,
+    resume: bool,
+    script: str | None = None,
+    kill_at_step: int | None = None,
+    jitter: float = 0.0,
+) -> int | None:
     """Run ``dsmd train``; with ``kill_at_step``, SIGKILL it ``jitter`` seconds after that step is logged
     (0: as soon as the process starts)."""
     cmd = [sys.executable, str(HERE / script)] if script else [sys.executable, "-m", "dsmd"]
@@ -83,7 +90,6 @@ def _snapshot(out: Path) -> dict[str, bytes]:
     return files
 
 
-@pytest.mark.e2e
 def test_random_kills_and_a_kill_between_best_and_last_leave_the_uninterrupted_run(tiny_overrides, tmp_path):
     overrides = [*tiny_overrides, *SETTINGS]
     extract(load_config(None, overrides), progress=False, log=lambda *_: None)
@@ -98,11 +104,14 @@ def test_random_kills_and_a_kill_between_best_and_last_leave_the_uninterrupted_r
     assert (out / "checkpoints" / "best.pt").is_file()
     # 2) killed at random moments: while starting, training, validating or writing a checkpoint
     rng = random.Random(0)
-    points = [(0, rng.uniform(0.5, 2.0))] + [(step, rng.uniform(0.0, 0.2)) for step in sorted(rng.sample(range(5, 19), 5))]
+    points = [(0, rng.uniform(0.5, 2.0))] + [
+        (step, rng.uniform(0.0, 0.2)) for step in sorted(rng.sample(range(5, 19), 5))
+    ]
     kills = 0
     for step, jitter in points:
-        code = _train(overrides, out, resume=(out / "checkpoints" / "last.pt").is_file(), kill_at_step=step,
-                      jitter=jitter)
+        code = _train(
+            overrides, out, resume=(out / "checkpoints" / "last.pt").is_file(), kill_at_step=step, jitter=jitter
+        )
         kills += code == -signal.SIGKILL
         if _finished(out):
             break
@@ -119,7 +128,6 @@ def test_random_kills_and_a_kill_between_best_and_last_leave_the_uninterrupted_r
     assert not list(out.rglob("*.tmp"))
 
 
-@pytest.mark.e2e
 def test_a_run_killed_before_its_first_checkpoint_starts_its_logs_again(tiny_overrides, tmp_path):
     overrides = [*tiny_overrides, *SETTINGS]
     extract(load_config(None, overrides), progress=False, log=lambda *_: None)

@@ -23,6 +23,8 @@ from dsmd.data.synthetic import write_synthetic_dataset
 from dsmd.store.feature_store import FeatureStore
 from dsmd.teachers import build_teacher
 
+pytestmark = pytest.mark.e2e  # whole commands on tiny models: the end-to-end tier
+
 
 def _cli(argv, capsys):
     with pytest.raises(SystemExit) as info:
@@ -38,8 +40,14 @@ def _karpathy(folder: Path) -> Path:
     images = []
     for i, row in enumerate(rows):
         split = "train" if i < 12 else "val" if i < 16 else "test"
-        images.append({"filename": Path(row["image"]).name, "imgid": i, "split": split,
-                       "sentences": [{"raw": c, "tokens": c.lower().split()} for c in row["captions"]]})
+        images.append(
+            {
+                "filename": Path(row["image"]).name,
+                "imgid": i,
+                "split": split,
+                "sentences": [{"raw": c, "tokens": c.lower().split()} for c in row["captions"]],
+            }
+        )
     path = folder / "dataset_flickr30k.json"
     path.write_text(json.dumps({"images": images, "dataset": "flickr30k"}))
     return path
@@ -50,13 +58,25 @@ def paper_run(beit3_files, tiny_models, tmp_path) -> list[str]:
     """Overrides that point ``paper_f30k_beit3_base`` at the tiny stand-ins."""
     karpathy = _karpathy(tmp_path / "flickr30k")
     return [
-        f"data.manifest={karpathy}", f"data.root={karpathy.parent / 'flickr30k-images'}", "data.num_workers=0",
-        f"teacher.name_or_path={beit3_files.checkpoint}", f"teacher.tokenizer={beit3_files.tokenizer}",
-        "teacher.batch_size=8", "teacher.device=cpu",
-        f"student.vision={tiny_models['vit']}", f"student.text={tiny_models['bert']}", "student.image_size=32",
-        "student.max_text_length=16", "loss.queue_size=32", "train.batch_size=8", "train.epochs=1",
-        "train.max_steps=3", "train.eval_batch_size=16", "train.device=cpu",
-        f"store={tmp_path / 'store'}", f"out_dir={tmp_path / 'run'}",
+        f"data.manifest={karpathy}",
+        f"data.root={karpathy.parent / 'flickr30k-images'}",
+        "data.num_workers=0",
+        f"teacher.name_or_path={beit3_files.checkpoint}",
+        f"teacher.tokenizer={beit3_files.tokenizer}",
+        "teacher.batch_size=8",
+        "teacher.device=cpu",
+        f"student.vision={tiny_models['vit']}",
+        f"student.text={tiny_models['bert']}",
+        "student.image_size=32",
+        "student.max_text_length=16",
+        "loss.queue_size=32",
+        "train.batch_size=8",
+        "train.epochs=1",
+        "train.max_steps=3",
+        "train.eval_batch_size=16",
+        "train.device=cpu",
+        f"store={tmp_path / 'store'}",
+        f"out_dir={tmp_path / 'run'}",
     ]
 
 
@@ -94,8 +114,9 @@ def test_paper_config_extract_train_eval(paper_run, beit3_files, tmp_path, capsy
     # A split that does not exist, and a store built by another teacher.
     code, _, err = _cli(["eval", "--checkpoint", str(best), "--split", "dev"], capsys)
     assert code == 2 and "unknown split 'dev'" in err
-    code, _, err = _cli(["train", "--quiet", *config, *paper_run, "teacher.kind=offline",
-                         f"out_dir={tmp_path / 'run2'}"], capsys)
+    code, _, err = _cli(
+        ["train", "--quiet", *config, *paper_run, "teacher.kind=offline", f"out_dir={tmp_path / 'run2'}"], capsys
+    )
     assert code == 2 and "teacher" in err and str(tmp_path / "store") in err
 
 

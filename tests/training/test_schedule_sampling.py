@@ -12,8 +12,12 @@ from dsmd.training.schedule import learning_rate
 
 
 def test_step_decay_after_the_given_epochs():
-    assert [learning_rate(1.0, e, [10], 0.1) for e in (0, 9, 10, 19)] == [1.0, 1.0, pytest.approx(0.1),
-                                                                        pytest.approx(0.1)]
+    assert [learning_rate(1.0, e, [10], 0.1) for e in (0, 9, 10, 19)] == [
+        1.0,
+        1.0,
+        pytest.approx(0.1),
+        pytest.approx(0.1),
+    ]
     assert learning_rate(1.0, 7, [2, 5], 0.5) == 0.25
     assert learning_rate(1.0, 3, [], 0.1) == 1.0
 

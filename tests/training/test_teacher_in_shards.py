@@ -18,6 +18,8 @@ from dsmd.extraction.webdataset_teacher import write_teacher_shards
 from dsmd.training import train
 from shard_writers import write_shards
 
+pytestmark = pytest.mark.e2e  # whole commands on tiny models: the end-to-end tier
+
 QUIET = dict(progress=False, log=lambda *_: None)
 
 
@@ -51,9 +53,17 @@ def _params(out_dir: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(params=[0, 2], ids=["no_views", "views"])
 def setup(request, tiny_overrides, synthetic_manifest, tmp_path):
     data = _write_shards(synthetic_manifest, tmp_path / "shards")
-    base = [o for o in tiny_overrides if not o.startswith(("data.", "out_dir=", "store_views="))] + data + [
-        "train.max_steps=3", "train.epochs=1", "store_dtype=float16", f"store_views={request.param}",
-        "train.augment=true"]
+    base = (
+        [o for o in tiny_overrides if not o.startswith(("data.", "out_dir=", "store_views="))]
+        + data
+        + [
+            "train.max_steps=3",
+            "train.epochs=1",
+            "store_dtype=float16",
+            f"store_views={request.param}",
+            "train.augment=true",
+        ]
+    )
     cfg = load_config(None, [*base, f"out_dir={tmp_path / 'run_store'}"])
     extract(cfg, **QUIET)
     write_teacher_shards(cfg, tmp_path / "with_teacher", log=lambda *_: None)
@@ -65,8 +75,15 @@ def test_teacher_rows_from_the_shards_are_the_stores(setup):
     assert train(cfg, **QUIET).steps == 3
     from_store = _params(tmp_path / "run_store")
 
-    shards = load_config(None, [*base, f"data.manifest={tmp_path / 'with_teacher'}", "data.teacher_in_shards=true",
-                                f"out_dir={tmp_path / 'run_shards'}"])
+    shards = load_config(
+        None,
+        [
+            *base,
+            f"data.manifest={tmp_path / 'with_teacher'}",
+            "data.teacher_in_shards=true",
+            f"out_dir={tmp_path / 'run_shards'}",
+        ],
+    )
     assert train(shards, **QUIET).steps == 3
     from_shards = _params(tmp_path / "run_shards")
     assert from_store.keys() == from_shards.keys()
@@ -83,8 +100,15 @@ def test_teacher_rows_from_the_shards_are_the_stores(setup):
         return buf.getvalue()
 
     _rewrite(tmp_path / "with_teacher", tmp_path / "perturbed", perturb)
-    wrong = load_config(None, [*base, f"data.manifest={tmp_path / 'perturbed'}", "data.teacher_in_shards=true",
-                               f"out_dir={tmp_path / 'run_perturbed'}"])
+    wrong = load_config(
+        None,
+        [
+            *base,
+            f"data.manifest={tmp_path / 'perturbed'}",
+            "data.teacher_in_shards=true",
+            f"out_dir={tmp_path / 'run_perturbed'}",
+        ],
+    )
     assert train(wrong, **QUIET).steps == 3
     from_wrong = _params(tmp_path / "run_perturbed")
     assert any(not torch.allclose(from_wrong[name], from_store[name]) for name in from_store)
@@ -92,12 +116,25 @@ def test_teacher_rows_from_the_shards_are_the_stores(setup):
 
 def test_missing_teacher_members_and_no_streaming_are_refused(setup):
     base, _, tmp_path = setup
-    _rewrite(tmp_path / "with_teacher", tmp_path / "no_text",
-             lambda name, data: None if name.endswith(".teacher_text.npy") else data)
-    missing = load_config(None, [*base, f"data.manifest={tmp_path / 'no_text'}", "data.teacher_in_shards=true",
-                                 f"out_dir={tmp_path / 'run_missing'}"])
-    with pytest.raises(DsmdError, match=r"(?s)train-00000\d\.tar.*teacher_text\.npy.*write_teacher_shards"
-                                        r".*data\.teacher_in_shards=false"):
+    _rewrite(
+        tmp_path / "with_teacher",
+        tmp_path / "no_text",
+        lambda name, data: None if name.endswith(".teacher_text.npy") else data,
+    )
+    missing = load_config(
+        None,
+        [
+            *base,
+            f"data.manifest={tmp_path / 'no_text'}",
+            "data.teacher_in_shards=true",
+            f"out_dir={tmp_path / 'run_missing'}",
+        ],
+    )
+    with pytest.raises(
+        DsmdError,
+        match=r"(?s)train-00000\d\.tar.*teacher_text\.npy.*write_teacher_shards"
+        r".*data\.teacher_in_shards=false",
+    ):
         train(missing, **QUIET)
 
     # the original shards, without any teacher member
@@ -107,5 +144,13 @@ def test_missing_teacher_members_and_no_streaming_are_refused(setup):
 
     # refused when the config is read, before anything is loaded
     with pytest.raises(DsmdError, match="'data.teacher_in_shards'.*needs data.streaming=true"):
-        load_config(None, [*base, f"data.manifest={tmp_path / 'with_teacher'}", "data.teacher_in_shards=true",
-                           "data.streaming=false", f"out_dir={tmp_path / 'run_not_streaming'}"])
+        load_config(
+            None,
+            [
+                *base,
+                f"data.manifest={tmp_path / 'with_teacher'}",
+                "data.teacher_in_shards=true",
+                "data.streaming=false",
+                f"out_dir={tmp_path / 'run_not_streaming'}",
+            ],
+        )

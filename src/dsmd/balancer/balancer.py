@@ -92,9 +92,7 @@ class LossBalancer:
         if mode not in MODES:
             raise ValueError(f"unknown balancer mode {mode!r}; choose from {', '.join(MODES)}")
         if window not in WINDOWS:
-            raise ValueError(
-                f"unknown balancer window {window!r}; choose from {', '.join(WINDOWS)}"
-            )
+            raise ValueError(f"unknown balancer window {window!r}; choose from {', '.join(WINDOWS)}")
         if not (temperature > 0 and math.isfinite(temperature)):
             raise ValueError(f"balancer temperature must be > 0, got {temperature}")
         if not 0 <= ema_decay < 1:
@@ -108,9 +106,7 @@ class LossBalancer:
         if mode == "static":
             unknown = sorted(set(static_weights) - set(names))
             if unknown:
-                raise ValueError(
-                    f"static_weights names unknown losses {unknown}; the losses are {names}"
-                )
+                raise ValueError(f"static_weights names unknown losses {unknown}; the losses are {names}")
             for name, weight in static_weights.items():
                 if not (weight >= 0 and math.isfinite(weight)):
                     raise ValueError(f"static weight of {name!r} must be >= 0, got {weight}")
@@ -210,14 +206,9 @@ class LossBalancer:
             ValueError: the state is of a balancer with other loss names or another window.
         """
         if list(state["names"]) != self.names:
-            raise ValueError(
-                f"balancer state is for losses {list(state['names'])}, this balancer has "
-                f"{self.names}"
-            )
+            raise ValueError(f"balancer state is for losses {list(state['names'])}, this balancer has {self.names}")
         if state["window"] != self.window:
-            raise ValueError(
-                f"balancer state uses window {state['window']!r}, this balancer {self.window!r}"
-            )
+            raise ValueError(f"balancer state uses window {state['window']!r}, this balancer {self.window!r}")
         self._step = int(state["step"])
         self._history = {n: [float(v) for v in state["history"][n]] for n in self.names}
         self._epoch_sum = {n: float(state["epoch_sum"][n]) for n in self.names}

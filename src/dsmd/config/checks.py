@@ -58,8 +58,9 @@ def _type_name(tp: Any) -> str:
 def _not_allowed(value: Any, allowed: tuple, key: str) -> DsmdError:
     close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return DsmdError(f"config key '{key}': {_show(value)} is not allowed; choose one of "
-                     f"{', '.join(str(a) for a in allowed)}{hint}.")
+    return DsmdError(
+        f"config key '{key}': {_show(value)} is not allowed; choose one of {', '.join(str(a) for a in allowed)}{hint}."
+    )
 
 
 def check_value(value: Any, tp: Any, key: str) -> Any:
@@ -103,8 +104,12 @@ def check_value(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    ok = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, float), str: lambda v: isinstance(v, str)}.get(tp)
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, float),
+        str: lambda v: isinstance(v, str),
+    }.get(tp)
     if ok is not None and not ok(value):
         raise DsmdError(f"config key '{key}': expected {_type_name(tp)}, got {_show(value)}.")
     return value
@@ -128,8 +133,12 @@ def check_range(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
         return
     if isinstance(value, float) and not math.isfinite(value):
         raise DsmdError(f"config key '{key}': must be a finite number, got {value}.")
-    tests = {"ge": (lambda v, b: v >= b, "at least"), "gt": (lambda v, b: v > b, "greater than"),
-             "le": (lambda v, b: v <= b, "at most"), "lt": (lambda v, b: v < b, "less than")}
+    tests = {
+        "ge": (lambda v, b: v >= b, "at least"),
+        "gt": (lambda v, b: v > b, "greater than"),
+        "le": (lambda v, b: v <= b, "at most"),
+        "lt": (lambda v, b: v < b, "less than"),
+    }
     for name, (test, _) in tests.items():
         if name in meta and not test(value, meta[name]):
             bounds = [f"{w} {meta[n]:g}" for n, (_, w) in tests.items() if n in meta]

@@ -64,8 +64,10 @@ def _parse_value(override: str, raw: str) -> Any:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or _one_line(exc)
-        raise DsmdError(f"override '{override}': the value is not valid YAML ({problem}). Write lists "
-                        "as [a, b], and quote values with special characters.") from exc
+        raise DsmdError(
+            f"override '{override}': the value is not valid YAML ({problem}). Write lists "
+            "as [a, b], and quote values with special characters."
+        ) from exc
     if isinstance(value, str):
         # YAML reads 1e-4 as a string; numbers written that way are still numbers.
         try:
@@ -128,8 +130,9 @@ def resolve_config_path(path: str | Path) -> Path:
     packaged = CONFIG_DIR / f"{p.name}.yaml"
     if p.suffix == "" and len(p.parts) == 1 and packaged.is_file():
         return packaged
-    raise DsmdError(f"config file not found: {path}. Give a YAML file or a packaged config: "
-                    f"{', '.join(packaged_configs())}.")
+    raise DsmdError(
+        f"config file not found: {path}. Give a YAML file or a packaged config: {', '.join(packaged_configs())}."
+    )
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -149,8 +152,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise DsmdError(f"config file {path} must hold a mapping of sections (data:, train:, ...), "
-                        f"not a {type(data).__name__}.")
+        raise DsmdError(
+            f"config file {path} must hold a mapping of sections (data:, train:, ...), not a {type(data).__name__}."
+        )
     return data
 
 

@@ -84,15 +84,24 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_fields(self, self.SECTION)
         if self.streaming and self.kind != "webdataset":
-            raise refuse("data.streaming", f"true reads webdataset shards, but data.kind is {self.kind}. "
-                         "Set data.kind=webdataset, or data.streaming=false.")
+            raise refuse(
+                "data.streaming",
+                f"true reads webdataset shards, but data.kind is {self.kind}. "
+                "Set data.kind=webdataset, or data.streaming=false.",
+            )
         if self.teacher_in_shards and not self.streaming:
-            raise refuse("data.teacher_in_shards", "true reads the teacher's features from the streamed "
-                         "webdataset shards, so it needs data.streaming=true (and data.kind=webdataset). Set "
-                         "data.streaming=true, or data.teacher_in_shards=false to read them from the store.")
+            raise refuse(
+                "data.teacher_in_shards",
+                "true reads the teacher's features from the streamed "
+                "webdataset shards, so it needs data.streaming=true (and data.kind=webdataset). Set "
+                "data.streaming=true, or data.teacher_in_shards=false to read them from the store.",
+            )
         if self.val_fraction + self.test_fraction >= 1:
-            raise refuse("data.val_fraction", f"{self.val_fraction} plus data.test_fraction={self.test_fraction} "
-                         "leaves no training images; their sum must be below 1.")
+            raise refuse(
+                "data.val_fraction",
+                f"{self.val_fraction} plus data.test_fraction={self.test_fraction} "
+                "leaves no training images; their sum must be below 1.",
+            )
 
 
 @dataclass
@@ -123,8 +132,11 @@ class TeacherConfig:
         check_fields(self, self.SECTION)
         check_device(self.device, "teacher.device")
         if self.kind in ("hf_clip", "beit3") and not self.name_or_path:
-            what = ("a hub name such as openai/clip-vit-base-patch32 or a local model folder" if self.kind == "hf_clip"
-                    else "the path of an official BEiT-3 retrieval checkpoint (.pth)")
+            what = (
+                "a hub name such as openai/clip-vit-base-patch32 or a local model folder"
+                if self.kind == "hf_clip"
+                else "the path of an official BEiT-3 retrieval checkpoint (.pth)"
+            )
             raise refuse("teacher.name_or_path", f"teacher.kind={self.kind} needs it: {what}.")
 
 
@@ -164,14 +176,20 @@ class StudentConfig:
     def __post_init__(self) -> None:
         check_fields(self, self.SECTION)
         if self.vision_head == "imagenet_probs" and self.vision != "efficientnet_lite0":
-            raise refuse("student.vision_head", "imagenet_probs applies to efficientnet_lite0 only; leave it "
-                         "'features' for a ViT.")
+            raise refuse(
+                "student.vision_head",
+                "imagenet_probs applies to efficientnet_lite0 only; leave it 'features' for a ViT.",
+            )
         if self.vision_head == "imagenet_probs" and self.vision_blocks is not None:
-            raise refuse("student.vision_blocks", "must be null with vision_head=imagenet_probs (the classifier "
-                         "needs the whole network).")
+            raise refuse(
+                "student.vision_blocks",
+                "must be null with vision_head=imagenet_probs (the classifier needs the whole network).",
+            )
         if self.vision_proj_init == "imagenet_prompts" and self.vision_head != "imagenet_probs":
-            raise refuse("student.vision_proj_init", "imagenet_prompts needs student.vision_head=imagenet_probs "
-                         "(the 1000 ImageNet class probabilities).")
+            raise refuse(
+                "student.vision_proj_init",
+                "imagenet_prompts needs student.vision_head=imagenet_probs (the 1000 ImageNet class probabilities).",
+            )
 
 
 @dataclass
@@ -258,8 +276,11 @@ class TrainConfig:
         check_fields(self, self.SECTION)
         check_device(self.device, "train.device")
         if self.batch_size % self.grad_accum_steps:
-            raise refuse("train.batch_size", f"{self.batch_size} must divide into train.grad_accum_steps="
-                         f"{self.grad_accum_steps} micro-batches; choose a multiple of {self.grad_accum_steps}.")
+            raise refuse(
+                "train.batch_size",
+                f"{self.batch_size} must divide into train.grad_accum_steps="
+                f"{self.grad_accum_steps} micro-batches; choose a multiple of {self.grad_accum_steps}.",
+            )
 
 
 @dataclass
@@ -292,10 +313,11 @@ class RunConfig:
         if self.balancer.mode == "static":
             unknown = sorted(set(self.balancer.static_weights) - set(self.loss.losses))
             if unknown:
-                raise refuse("balancer.static_weights", f"names {', '.join(unknown)}, which loss.losses "
-                             f"({', '.join(self.loss.losses)}) does not enable.")
+                raise refuse(
+                    "balancer.static_weights",
+                    f"names {', '.join(unknown)}, which loss.losses ({', '.join(self.loss.losses)}) does not enable.",
+                )
         if self.teacher.kind == "imported" and self.store_views:
-            raise refuse("store_views", f"{self.store_views}, but imported features have no augmented views. "
-                         "Set store_views=0.")
-
-
+            raise refuse(
+                "store_views", f"{self.store_views}, but imported features have no augmented views. Set store_views=0."
+            )

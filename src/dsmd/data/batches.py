@@ -67,8 +67,9 @@ class PairBatch:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> PairBatch:
         """The batch's tensors on ``device``."""
-        return PairBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-                            for f in dataclasses.fields(self)})
+        return PairBatch(
+            **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in dataclasses.fields(self)}
+        )
 
     def padding(self, rows: int) -> PairBatch:
         """``rows`` copies of this batch's first pair, all marked padding (``real`` False)."""
@@ -82,8 +83,9 @@ class PairBatch:
         if rows <= len(self):
             return self
         pad = self.padding(rows - len(self))
-        return PairBatch(**{f.name: torch.cat([getattr(self, f.name), getattr(pad, f.name)])
-                            for f in dataclasses.fields(self)})
+        return PairBatch(
+            **{f.name: torch.cat([getattr(self, f.name), getattr(pad, f.name)]) for f in dataclasses.fields(self)}
+        )
 
 
 class PairCollator:

@@ -107,11 +107,14 @@ def _given_splits(rows: list[Row], source: str) -> dict[str, str]:
         if not split:
             continue
         if split not in SPLIT_ALIASES:
-            raise DsmdError(f"image {image} in {source}: unknown split '{split}'. "
-                            f"Use one of: {', '.join(SPLIT_ALIASES)}.")
+            raise DsmdError(
+                f"image {image} in {source}: unknown split '{split}'. Use one of: {', '.join(SPLIT_ALIASES)}."
+            )
         if given.setdefault(image, SPLIT_ALIASES[split]) != SPLIT_ALIASES[split]:
-            raise DsmdError(f"image {image} in {source} is listed under two splits, '{named[image]}' and "
-                            f"'{split}'. Give each image one split (remove or fix one of its entries).")
+            raise DsmdError(
+                f"image {image} in {source} is listed under two splits, '{named[image]}' and "
+                f"'{split}'. Give each image one split (remove or fix one of its entries)."
+            )
         named.setdefault(image, split)
     return given
 
@@ -124,7 +127,9 @@ def _assign_splits(images: list[str], cfg: DataConfig) -> dict[str, str]:
     n_test = round(n * cfg.test_fraction)
     n_val = round(n * cfg.val_fraction)
     if n - n_test - n_val < 1:
-        raise DsmdError(f"{n} images are too few for val_fraction={cfg.val_fraction}, test_fraction={cfg.test_fraction}.")
+        raise DsmdError(
+            f"{n} images are too few for val_fraction={cfg.val_fraction}, test_fraction={cfg.test_fraction}."
+        )
     split = {}
     for k, image in enumerate(order):
         split[image] = "test" if k < n_test else "val" if k < n_test + n_val else "train"
@@ -141,8 +146,10 @@ def _load(cfg: DataConfig) -> tuple[dict[str, CaptionedImages], bool]:
     unique = set(images)
     if given and len(given) < len(unique):
         missing = next(image for image in images if image not in given)
-        raise DsmdError(f"{len(given)} of the {len(unique)} images in {source} have a split and the others do not "
-                        f"(e.g. {missing}). Give every image a split, or none (then data.split_seed splits them).")
+        raise DsmdError(
+            f"{len(given)} of the {len(unique)} images in {source} have a split and the others do not "
+            f"(e.g. {missing}). Give every image a split, or none (then data.split_seed splits them)."
+        )
     use_given = len(given) == len(unique)
     split_of = given if use_given else _assign_splits(images, cfg)
     keep = cfg.eval_captions_per_image
@@ -194,7 +201,6 @@ def load_split(cfg: DataConfig, split: str) -> CaptionedImages:
     splits, given = _load(cfg)
     data = splits[split]
     if data.num_images == 0:
-        fix = (f"{cfg.manifest} assigns no image to it" if given
-               else "adjust data.val_fraction / data.test_fraction")
+        fix = f"{cfg.manifest} assigns no image to it" if given else "adjust data.val_fraction / data.test_fraction"
         raise DsmdError(f"split '{split}' of {cfg.kind} is empty: {fix}.")
     return data

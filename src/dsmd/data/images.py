@@ -110,8 +110,9 @@ def parse_ref(ref: str | Path) -> ImageRef | None:
     try:
         return ImageRef(container, member, int(fields["row"]), fields["col"])
     except (KeyError, ValueError):
-        raise DsmdError(f"bad image reference {ref!r}: a table reference reads "
-                        f"'FILE{SEP}row=R{SEP}col=COLUMN'.") from None
+        raise DsmdError(
+            f"bad image reference {ref!r}: a table reference reads 'FILE{SEP}row=R{SEP}col=COLUMN'."
+        ) from None
 
 
 def _white_level(values: np.ndarray, mode: str) -> tuple[float, float]:
@@ -171,9 +172,11 @@ def _too_large(name: str, exc: Exception) -> DsmdError:
     """The error for an image over ``Image.MAX_IMAGE_PIXELS`` (PIL's message gives its pixel count)."""
     found = re.search(r"\((\d+) pixels\)", str(exc))
     size = f"{int(found.group(1)):,} pixels" if found else "more pixels"
-    return DsmdError(f"image {name} is too large: {size}, over the limit of {Image.MAX_IMAGE_PIXELS:,} "
-                     "pixels (PIL.Image.MAX_IMAGE_PIXELS, against decompression bombs). Downscale the image "
-                     "or remove it from the dataset.")
+    return DsmdError(
+        f"image {name} is too large: {size}, over the limit of {Image.MAX_IMAGE_PIXELS:,} "
+        "pixels (PIL.Image.MAX_IMAGE_PIXELS, against decompression bombs). Downscale the image "
+        "or remove it from the dataset."
+    )
 
 
 def _open_rgb(source, name: str) -> Image.Image:
@@ -245,13 +248,17 @@ def read_member(ref: ImageRef | str) -> bytes:
             raise ValueError(f"{ref!r} is not a container reference")
         ref = parsed
     if not Path(ref.container).is_file():
-        raise DsmdError(f"image container not found: {ref.container} (for member {ref.member}). "
-                        "The dataset's files moved or were deleted; list the dataset again.")
+        raise DsmdError(
+            f"image container not found: {ref.container} (for member {ref.member}). "
+            "The dataset's files moved or were deleted; list the dataset again."
+        )
     if ref.is_tar:
         entry = tar_index(ref.container).get(ref.member)
         if entry is None:
-            raise DsmdError(f"member {ref.member} not found in {ref.container}. "
-                            "The shard changed since it was listed; list the dataset again.")
+            raise DsmdError(
+                f"member {ref.member} not found in {ref.container}. "
+                "The shard changed since it was listed; list the dataset again."
+            )
         offset, size = entry
         with open(ref.container, "rb") as f:
             f.seek(offset)
@@ -265,8 +272,10 @@ def read_member(ref: ImageRef | str) -> bytes:
     if isinstance(value, str) and Path(value).is_file():
         return Path(value).read_bytes()
     if not isinstance(value, bytes):
-        raise DsmdError(f"row {ref.row}, column '{ref.column}' of {ref.container} holds no image bytes "
-                        f"({type(value).__name__}). Check data.image_column.")
+        raise DsmdError(
+            f"row {ref.row}, column '{ref.column}' of {ref.container} holds no image bytes "
+            f"({type(value).__name__}). Check data.image_column."
+        )
     return value
 
 

@@ -67,8 +67,9 @@ class ImageDataset(Dataset):
     (:func:`~dsmd.data.transforms.view_of`) instead of the plain transform.
     """
 
-    def __init__(self, data: CaptionedImages, transform: ImageTransform, cache: ImageCache | None = None,
-                 view: int | None = None):
+    def __init__(
+        self, data: CaptionedImages, transform: ImageTransform, cache: ImageCache | None = None, view: int | None = None
+    ):
         self.data = data
         self.transform = transform
         self.cache = cache or ImageCache(enabled=False, max_side=10**9)
@@ -97,8 +98,15 @@ class PairDataset(Dataset):
             :class:`dsmd.store.SplitFeatures`).
     """
 
-    def __init__(self, data: CaptionedImages, transform: Callable, targets: TeacherTargets,
-                 cache: ImageCache | None = None, views: int = 0, view_transform: ImageTransform | None = None):
+    def __init__(
+        self,
+        data: CaptionedImages,
+        transform: Callable,
+        targets: TeacherTargets,
+        cache: ImageCache | None = None,
+        views: int = 0,
+        view_transform: ImageTransform | None = None,
+    ):
         if views and view_transform is None:
             raise ValueError("views > 0 needs a view_transform (the student's eval transform)")
         self.data = data
@@ -119,8 +127,9 @@ class PairDataset(Dataset):
         return PairItem(pixels, self.data.captions[j], j, image, view, teacher_image, teacher_text)
 
 
-def student_view(img: Image.Image, image: int, transform: Callable, views: int = 0,
-                 view_transform: ImageTransform | None = None) -> tuple[torch.Tensor, int]:
+def student_view(
+    img: Image.Image, image: int, transform: Callable, views: int = 0, view_transform: ImageTransform | None = None
+) -> tuple[torch.Tensor, int]:
     """The student's pixels ``(3, H, W)`` of image row ``image`` and which view they are.
 
     With ``views=V > 0`` the view is drawn uniformly from ``0..V`` with ``random`` (0:

@@ -45,8 +45,10 @@ from dsmd.data.transforms import ImageTransform
 from dsmd.errors import DsmdError
 
 TEACHER_MEMBERS = ("teacher_image.npy", "teacher_text.npy", "teacher_views.npy")
-FIX = ("Write shards that carry them with dsmd.extraction.webdataset_teacher.write_teacher_shards (and point "
-       "data.manifest at the copies), or set data.teacher_in_shards=false to read the targets from the store.")
+FIX = (
+    "Write shards that carry them with dsmd.extraction.webdataset_teacher.write_teacher_shards (and point "
+    "data.manifest at the copies), or set data.teacher_in_shards=false to read the targets from the store."
+)
 
 
 def _decode_npy(data: bytes, where: str) -> torch.Tensor:
@@ -90,9 +92,18 @@ class StreamingPairDataset(IterableDataset):
             holds rows of the wrong shape.
     """
 
-    def __init__(self, data: CaptionedImages, transform: Callable, targets: TeacherTargets | None = None,
-                 cache: ImageCache | None = None, views: int = 0, view_transform: ImageTransform | None = None,
-                 shuffle_buffer: int = 1000, seed: int = 0, dim: int | None = None):
+    def __init__(
+        self,
+        data: CaptionedImages,
+        transform: Callable,
+        targets: TeacherTargets | None = None,
+        cache: ImageCache | None = None,
+        views: int = 0,
+        view_transform: ImageTransform | None = None,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        dim: int | None = None,
+    ):
         if views and view_transform is None:
             raise ValueError("views > 0 needs a view_transform (the student's eval transform)")
         if shuffle_buffer < 1:
@@ -115,8 +126,10 @@ class StreamingPairDataset(IterableDataset):
         for ref in data.image_paths:
             parsed = parse_ref(ref)
             if parsed is None or not parsed.is_tar:
-                raise DsmdError(f"data.streaming=true reads webdataset shards, but {data.name} has the image "
-                                f"{ref}. Set data.kind=webdataset, or data.streaming=false.")
+                raise DsmdError(
+                    f"data.streaming=true reads webdataset shards, but {data.name} has the image "
+                    f"{ref}. Set data.kind=webdataset, or data.streaming=false."
+                )
             shards.setdefault(parsed.container, None)
         self.shards = list(shards)
 
@@ -133,24 +146,30 @@ class StreamingPairDataset(IterableDataset):
         wanted = TEACHER_MEMBERS[:2] + ((TEACHER_MEMBERS[2],) if self.views else ())
         for name in wanted:
             if name not in sample.members:
-                raise DsmdError(f"data.teacher_in_shards=true, but the sample {sample.key} of shard {shard} has no "
-                                f"{sample.key}.{name} member. {FIX}")
+                raise DsmdError(
+                    f"data.teacher_in_shards=true, but the sample {sample.key} of shard {shard} has no "
+                    f"{sample.key}.{name} member. {FIX}"
+                )
         image = _decode_npy(sample.members["teacher_image.npy"], f"{where}.teacher_image.npy")
         text = _decode_npy(sample.members["teacher_text.npy"], f"{where}.teacher_text.npy")
         dim = self.dim if self.dim is not None else image.shape[-1]
         captions = len(self.captions_of[row])
         if image.shape != (dim,) or text.shape != (captions, dim):
-            raise DsmdError(f"{where}: teacher_image.npy is {tuple(image.shape)} and teacher_text.npy "
-                            f"{tuple(text.shape)}, expected ({dim},) and ({captions}, {dim}) (the sample's "
-                            f"{captions} captions). The shards were written for other data or another store. {FIX}")
+            raise DsmdError(
+                f"{where}: teacher_image.npy is {tuple(image.shape)} and teacher_text.npy "
+                f"{tuple(text.shape)}, expected ({dim},) and ({captions}, {dim}) (the sample's "
+                f"{captions} captions). The shards were written for other data or another store. {FIX}"
+            )
         rows = image[None]
         if self.views:
             views = _decode_npy(sample.members["teacher_views.npy"], f"{where}.teacher_views.npy")
             if views.ndim != 2 or views.shape[0] < self.views or views.shape[1] != dim:
-                raise DsmdError(f"{where}: teacher_views.npy is {tuple(views.shape)}, but training draws "
-                                f"{self.views} views of width {dim}. Write the shards from a store with "
-                                f"store_views >= {self.views}, or lower store_views.")
-            rows = torch.cat([rows, views[:self.views]])
+                raise DsmdError(
+                    f"{where}: teacher_views.npy is {tuple(views.shape)}, but training draws "
+                    f"{self.views} views of width {dim}. Write the shards from a store with "
+                    f"store_views >= {self.views}, or lower store_views."
+                )
+            rows = torch.cat([rows, views[: self.views]])
         return rows, text
 
     def _pairs(self, k: int, n: int) -> Iterator[tuple]:
@@ -164,9 +183,12 @@ class StreamingPairDataset(IterableDataset):
         seen = 0
         for shard in mine:
             # images of other splits, and images already in the cache, are not read
-            for sample in iter_samples(shard, read_images=True, wanted=lambda name, s=shard: (
-                    tar_ref(s, name) in self.row_of and tar_ref(s, name) not in self.cache),
-                    read_members=TEACHER_MEMBERS if self.teacher_in_shards else ()):
+            for sample in iter_samples(
+                shard,
+                read_images=True,
+                wanted=lambda name, s=shard: tar_ref(s, name) in self.row_of and tar_ref(s, name) not in self.cache,
+                read_members=TEACHER_MEMBERS if self.teacher_in_shards else (),
+            ):
                 row = self.row_of.get(tar_ref(shard, sample.image)) if sample.image else None
                 if row is None:
                     continue

@@ -12,8 +12,16 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (235, 210, 40),
-           "purple": (140, 60, 180), "orange": (245, 140, 30), "black": (20, 20, 20), "white": (245, 245, 245)}
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 70, 220),
+    "yellow": (235, 210, 40),
+    "purple": (140, 60, 180),
+    "orange": (245, 140, 30),
+    "black": (20, 20, 20),
+    "white": (245, 245, 245),
+}
 SHAPES = ("circle", "square", "triangle", "cross")
 
 
@@ -35,8 +43,9 @@ def _draw(shape: str, colour: tuple, background: tuple, size: int, rng: random.R
     return img
 
 
-def write_synthetic_dataset(folder: str | Path, num_images: int = 24, captions_per_image: int = 2,
-                            size: int = 64, seed: int = 0) -> Path:
+def write_synthetic_dataset(
+    folder: str | Path, num_images: int = 24, captions_per_image: int = 2, size: int = 64, seed: int = 0
+) -> Path:
     """Draw ``num_images`` PNGs into ``folder`` and write ``folder/manifest.jsonl``.
 
     Returns:
@@ -53,11 +62,13 @@ def write_synthetic_dataset(folder: str | Path, num_images: int = 24, captions_p
         img = _draw(shape, COLOURS[colour], COLOURS[background], size, rng)
         path = folder / f"img_{i:04d}.png"
         img.save(path)
-        templates = [f"a {colour} {shape} on a {background} background",
-                     f"a {background} picture with a {colour} {shape}",
-                     f"{colour} {shape}, {background} backdrop",
-                     f"the {shape} is {colour} and the background is {background}",
-                     f"a drawing of a {colour} {shape}"]
+        templates = [
+            f"a {colour} {shape} on a {background} background",
+            f"a {background} picture with a {colour} {shape}",
+            f"{colour} {shape}, {background} backdrop",
+            f"the {shape} is {colour} and the background is {background}",
+            f"a drawing of a {colour} {shape}",
+        ]
         lines.append({"image": path.name, "captions": templates[:captions_per_image]})
     manifest = folder / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))

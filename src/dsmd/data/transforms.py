@@ -121,7 +121,12 @@ class ImageTransform:
     def _crop(self, img: Image.Image, view: View) -> Image.Image:
         w, h = img.size
         x0, y0, x1, y1, flip = view
-        box = (round(x0 * w), round(y0 * h), max(round(x1 * w), round(x0 * w) + 1), max(round(y1 * h), round(y0 * h) + 1))
+        box = (
+            round(x0 * w),
+            round(y0 * h),
+            max(round(x1 * w), round(x0 * w) + 1),
+            max(round(y1 * h), round(y0 * h) + 1),
+        )
         img = img.crop(box).resize((self.size, self.size), self._filter())
         return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else img
 

@@ -61,9 +61,7 @@ class ExactScores:
         if missing.numel():
             captions = torch.isin(self.ids, missing).nonzero().squeeze(1)
             self.bests[missing] = -math.inf
-            self.bests.scatter_reduce_(
-                0, self.ids[captions], self.positive(captions), reduce="amax"
-            )
+            self.bests.scatter_reduce_(0, self.ids[captions], self.positive(captions), reduce="amax")
         return self.bests[images]
 
     def _workspace(self, rows: int) -> tuple[torch.Tensor, ...]:

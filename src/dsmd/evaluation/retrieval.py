@@ -179,9 +179,7 @@ def _ranks(
     # Approximate best caption score of every image, from float32 row-wise dot products. An
     # image without captions gets +inf: nothing reaches it.
     best_approx = torch.full((num_images,), math.inf, device=device)
-    best_approx.scatter_reduce_(
-        0, ids, _positive_scores(image, text, ids), reduce="amax", include_self=False
-    )
+    best_approx.scatter_reduce_(0, ids, _positive_scores(image, text, ids), reduce="amax", include_self=False)
     i2t_low, i2t_high = float32_band(best_approx.double(), i2t_slack)
 
     image_t = image.T
@@ -296,8 +294,7 @@ def _check_inputs(
     text = _as_features(text_features, "text_features")
     if image.device != text.device:
         raise ValueError(
-            f"image_features are on {image.device} but text_features on {text.device}; "
-            "move both to the same device"
+            f"image_features are on {image.device} but text_features on {text.device}; move both to the same device"
         )
     if image.shape[1] != text.shape[1]:
         raise ValueError(
@@ -309,8 +306,7 @@ def _check_inputs(
         raise ValueError(f"text_image_ids must hold integers, got dtype {ids.dtype}")
     if ids.shape != (text.shape[0],):
         raise ValueError(
-            f"text_image_ids must have shape ({text.shape[0]},), one image row per caption, "
-            f"got {tuple(ids.shape)}"
+            f"text_image_ids must have shape ({text.shape[0]},), one image row per caption, got {tuple(ids.shape)}"
         )
     ids = ids.to(device=image.device, dtype=torch.int64)
     low, high = ids.min().item(), ids.max().item()

@@ -69,8 +69,12 @@ class _Chunks:
         except (ValueError, OSError):
             return False
         t = header.get("features")
-        return (t is not None and t.get("dtype") == "F32" and t.get("shape") == [rows, dim]
-                and self._path(k).stat().st_size >= start + t["data_offsets"][1])
+        return (
+            t is not None
+            and t.get("dtype") == "F32"
+            and t.get("shape") == [rows, dim]
+            and self._path(k).stat().st_size >= start + t["data_offsets"][1]
+        )
 
     def save(self, k: int, features: torch.Tensor) -> None:
         if self.folder is None:
@@ -85,17 +89,28 @@ def _check_finite(features: torch.Tensor, first: int, name: Callable[[int], str]
     bad = ~torch.isfinite(features).all(dim=1)
     if bool(bad.any()):
         i = first + int(bad.nonzero()[0, 0])
-        raise DsmdError(f"the teacher's feature of {name(i)} is NaN or inf (teacher dtype {str(teacher.compute_dtype).removeprefix('torch.')}); half "
-                        "precision can overflow: set teacher.dtype=float32 and run `dsmd extract` again.")
+        raise DsmdError(
+            f"the teacher's feature of {name(i)} is NaN or inf (teacher dtype {str(teacher.compute_dtype).removeprefix('torch.')}); half "
+            "precision can overflow: set teacher.dtype=float32 and run `dsmd extract` again."
+        )
 
 
 def _bar(total: int, done: int, desc: str, unit: str, progress: bool) -> tqdm:
-    return tqdm(total=total, initial=done, desc=desc, unit=unit, unit_scale=True, disable=not progress,
-                leave=False, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        initial=done,
+        desc=desc,
+        unit=unit,
+        unit_scale=True,
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
 
 
-def _plan(chunks: _Chunks, spans: list[tuple[int, int]], dim: int,
-          only: list[int] | None) -> tuple[dict[int, torch.Tensor], list[int]]:
+def _plan(
+    chunks: _Chunks, spans: list[tuple[int, int]], dim: int, only: list[int] | None
+) -> tuple[dict[int, torch.Tensor], list[int]]:
     """The chunks already saved (loaded, unless ``only``) and those still to compute.
 
     Without ``only`` every chunk of ``spans``; with it, just the chunks ``only`` not saved yet.
@@ -106,8 +121,9 @@ def _plan(chunks: _Chunks, spans: list[tuple[int, int]], dim: int,
     return done, [k for k in range(len(spans)) if k not in done]
 
 
-def _assemble(done: dict[int, torch.Tensor], spans: list[tuple[int, int]], dim: int,
-              only: list[int] | None) -> torch.Tensor | None:
+def _assemble(
+    done: dict[int, torch.Tensor], spans: list[tuple[int, int]], dim: int, only: list[int] | None
+) -> torch.Tensor | None:
     """The chunks in order, ``(N, dim)``; None when only some chunks were computed (``only``)."""
     if only is not None:
         return None
@@ -117,9 +133,19 @@ def _assemble(done: dict[int, torch.Tensor], spans: list[tuple[int, int]], dim: 
 
 
 @torch.inference_mode()
-def _encode_images(teacher: Teacher, data: CaptionedImages, chunks: _Chunks, device: torch.device,
-                   batch_size: int, num_workers: int, chunk_size: int, view: int | None, desc: str,
-                   progress: bool, only: list[int] | None = None) -> torch.Tensor | None:
+def _encode_images(
+    teacher: Teacher,
+    data: CaptionedImages,
+    chunks: _Chunks,
+    device: torch.device,
+    batch_size: int,
+    num_workers: int,
+    chunk_size: int,
+    view: int | None,
+    desc: str,
+    progress: bool,
+    only: list[int] | None = None,
+) -> torch.Tensor | None:
     """Raw teacher features ``(N_i, D)`` float32 (CPU) of every image, or of its view ``view``.
 
     With ``only``, just the chunks ``only`` that are not saved yet are computed and saved, and
@@ -129,11 +155,19 @@ def _encode_images(teacher: Teacher, data: CaptionedImages, chunks: _Chunks, dev
     done, todo = _plan(chunks, spans, teacher.dim, only)
     if todo:
         # Batches start at chunk boundaries: a chunk's features never depend on its neighbours.
-        batches = [list(range(s, min(s + batch_size, spans[k][1]))) for k in todo
-                   for s in range(spans[k][0], spans[k][1], batch_size)]
+        batches = [
+            list(range(s, min(s + batch_size, spans[k][1])))
+            for k in todo
+            for s in range(spans[k][0], spans[k][1], batch_size)
+        ]
         cuda = device.type == "cuda"
-        loader = DataLoader(ImageDataset(data, teacher.image_transform, view=view), batch_sampler=batches,
-                            num_workers=num_workers, collate_fn=collate_images, pin_memory=cuda)
+        loader = DataLoader(
+            ImageDataset(data, teacher.image_transform, view=view),
+            batch_sampler=batches,
+            num_workers=num_workers,
+            collate_fn=collate_images,
+            pin_memory=cuda,
+        )
         total = data.num_images if only is None else sum(spans[k][1] - spans[k][0] for k in todo)
         bar = _bar(total, sum(b - a for k, (a, b) in enumerate(spans) if k in done), desc, "img", progress)
         pending: list[torch.Tensor] = []
@@ -157,8 +191,16 @@ def _encode_images(teacher: Teacher, data: CaptionedImages, chunks: _Chunks, dev
 
 
 @torch.inference_mode()
-def _encode_texts(teacher: Teacher, data: CaptionedImages, chunks: _Chunks, batch_size: int, chunk_size: int,
-                  desc: str, progress: bool, only: list[int] | None = None) -> torch.Tensor | None:
+def _encode_texts(
+    teacher: Teacher,
+    data: CaptionedImages,
+    chunks: _Chunks,
+    batch_size: int,
+    chunk_size: int,
+    desc: str,
+    progress: bool,
+    only: list[int] | None = None,
+) -> torch.Tensor | None:
     """Raw teacher features ``(N_t, D)`` float32 (CPU) of every caption (with ``only``: see
     :func:`_encode_images`)."""
     spans = _spans(len(data), chunk_size)
@@ -169,7 +211,7 @@ def _encode_texts(teacher: Teacher, data: CaptionedImages, chunks: _Chunks, batc
         a, b = spans[k]
         pending = []
         for s in range(a, b, batch_size):
-            captions = data.captions[s:min(s + batch_size, b)]
+            captions = data.captions[s : min(s + batch_size, b)]
             pending.append(teacher.encode_texts(captions))
             bar.update(len(captions))
         features = torch.cat(pending).float().cpu()
@@ -182,8 +224,15 @@ def _encode_texts(teacher: Teacher, data: CaptionedImages, chunks: _Chunks, batc
 
 
 def teacher_features(
-    teacher: Teacher, data: CaptionedImages, batch_size: int, normalize: bool, device: torch.device,
-    num_workers: int = 0, progress: bool = True, views: int = 0, chunk_folder: str | Path | None = None,
+    teacher: Teacher,
+    data: CaptionedImages,
+    batch_size: int,
+    normalize: bool,
+    device: torch.device,
+    num_workers: int = 0,
+    progress: bool = True,
+    views: int = 0,
+    chunk_folder: str | Path | None = None,
     chunk_size: int | None = None,
 ) -> SplitFeatures:
     """Encode every image once and every caption once (and ``views`` augmented views per image).
@@ -200,16 +249,39 @@ def teacher_features(
     chunk_size = chunk_size or CHUNK_SIZE
     folder = Path(chunk_folder) if chunk_folder is not None else None
     name = data.name or "split"
-    image = _encode_images(teacher, data, _Chunks(folder, "image"), device, batch_size, num_workers, chunk_size,
-                           None, f"{name} images", progress)
-    text = _encode_texts(teacher, data, _Chunks(folder, "text"), batch_size, chunk_size, f"{name} captions",
-                         progress)
+    image = _encode_images(
+        teacher,
+        data,
+        _Chunks(folder, "image"),
+        device,
+        batch_size,
+        num_workers,
+        chunk_size,
+        None,
+        f"{name} images",
+        progress,
+    )
+    text = _encode_texts(teacher, data, _Chunks(folder, "text"), batch_size, chunk_size, f"{name} captions", progress)
     image_views = None
     if views:
-        image_views = torch.stack([
-            _encode_images(teacher, data, _Chunks(folder, f"view{v}"), device, batch_size, num_workers,
-                           chunk_size, v, f"{name} view {v + 1}/{views}", progress)
-            for v in range(views)], dim=1)
+        image_views = torch.stack(
+            [
+                _encode_images(
+                    teacher,
+                    data,
+                    _Chunks(folder, f"view{v}"),
+                    device,
+                    batch_size,
+                    num_workers,
+                    chunk_size,
+                    v,
+                    f"{name} view {v + 1}/{views}",
+                    progress,
+                )
+                for v in range(views)
+            ],
+            dim=1,
+        )
     if normalize:
         image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
         image_views = F.normalize(image_views, dim=-1) if image_views is not None else None

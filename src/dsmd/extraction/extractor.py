@@ -58,6 +58,7 @@ from dsmd.teachers import Teacher, build_teacher
 # store); torchrun tears the group down if a rank dies, so the wait may be long.
 BARRIER_TIMEOUT_S = int(datetime.timedelta(hours=48).total_seconds())
 
+
 def _expected_manifest(cfg: RunConfig, teacher: Teacher, dataset: dict[str, CaptionedImages]) -> dict:
     identity = dict(teacher.identity())
     identity["source"] = cfg.teacher.name_or_path
@@ -86,16 +87,19 @@ def _imported_store(cfg: RunConfig, out: Path, log) -> FeatureStore:
             store.check_dataset(split, dataset[split].fingerprint())
         log(f"feature store {out} holds the imported features; nothing to extract")
         return store
-    raise DsmdError(f"teacher.kind=imported has no model to run, and there is no feature store at {out}. "
-                    "Build it with `dsmd import-features --config CONFIG teacher.name_or_path=FEATURES`.")
+    raise DsmdError(
+        f"teacher.kind=imported has no model to run, and there is no feature store at {out}. "
+        "Build it with `dsmd import-features --config CONFIG teacher.name_or_path=FEATURES`."
+    )
 
 
 def _streams(views: int) -> list[str]:
     return ["image", "text", *(f"view{v}" for v in range(views))]
 
 
-def _chunk_tasks(dataset: dict[str, CaptionedImages], splits: list[str], views: dict[str, int],
-                 chunk_size: int) -> list[tuple[str, str, int]]:
+def _chunk_tasks(
+    dataset: dict[str, CaptionedImages], splits: list[str], views: dict[str, int], chunk_size: int
+) -> list[tuple[str, str, int]]:
     """Every chunk of ``splits``, in the order dealt out to ranks: ``(split, stream, k)``."""
     tasks = []
     for split in splits:
@@ -106,24 +110,45 @@ def _chunk_tasks(dataset: dict[str, CaptionedImages], splits: list[str], views: 
     return tasks
 
 
-def _compute_share(cfg: RunConfig, teacher: Teacher, dataset: dict[str, CaptionedImages], partial: Path,
-                   tasks: list[tuple[str, str, int]], device: torch.device, chunk_size: int, progress: bool) -> None:
+def _compute_share(
+    cfg: RunConfig,
+    teacher: Teacher,
+    dataset: dict[str, CaptionedImages],
+    partial: Path,
+    tasks: list[tuple[str, str, int]],
+    device: torch.device,
+    chunk_size: int,
+    progress: bool,
+) -> None:
     """Compute and save the chunks ``tasks`` (those not saved yet) of this rank."""
     for split, stream, _ in dict.fromkeys((s, st, 0) for s, st, _ in tasks):
         ks = [k for s, st, k in tasks if (s, st) == (split, stream)]
         chunks = _Chunks(partial / "chunks" / split, stream)
         data = dataset[split]
         if stream == "text":
-            _encode_texts(teacher, data, chunks, cfg.teacher.batch_size, chunk_size, f"{split} captions", progress,
-                          only=ks)
+            _encode_texts(
+                teacher, data, chunks, cfg.teacher.batch_size, chunk_size, f"{split} captions", progress, only=ks
+            )
         else:
-            view = None if stream == "image" else int(stream[len("view"):])
-            _encode_images(teacher, data, chunks, device, cfg.teacher.batch_size, cfg.data.num_workers, chunk_size,
-                           view, f"{split} {stream}", progress, only=ks)
+            view = None if stream == "image" else int(stream[len("view") :])
+            _encode_images(
+                teacher,
+                data,
+                chunks,
+                device,
+                cfg.teacher.batch_size,
+                cfg.data.num_workers,
+                chunk_size,
+                view,
+                f"{split} {stream}",
+                progress,
+                only=ks,
+            )
 
 
-def extract(cfg: RunConfig, overwrite: bool = False, progress: bool = True, log=print,
-            overwrite_hint: str | None = None) -> FeatureStore:
+def extract(
+    cfg: RunConfig, overwrite: bool = False, progress: bool = True, log=print, overwrite_hint: str | None = None
+) -> FeatureStore:
     """Build (or reuse) the feature store ``cfg.store`` for ``cfg.data`` with ``cfg.teacher``.
 
     A complete store that matches the teacher and data is reused; one that does not is refused
@@ -147,8 +172,15 @@ def extract(cfg: RunConfig, overwrite: bool = False, progress: bool = True, log=
     ctx = init_distributed(cfg.teacher.device, "gloo", BARRIER_TIMEOUT_S)
     ok = False
     try:
-        store = _extract(cfg, out, ctx, overwrite, progress if ctx.is_main else False,
-                         log if ctx.is_main else (lambda *_: None), overwrite_hint)
+        store = _extract(
+            cfg,
+            out,
+            ctx,
+            overwrite,
+            progress if ctx.is_main else False,
+            log if ctx.is_main else (lambda *_: None),
+            overwrite_hint,
+        )
         ok = True
         return store
     except DsmdError:
@@ -166,8 +198,9 @@ def _drop_empty_partial(partial: Path) -> None:
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def _existing(out: Path, expected: dict, cfg: RunConfig, overwrite: bool, log,
-              overwrite_hint: str | None) -> FeatureStore | None:
+def _existing(
+    out: Path, expected: dict, cfg: RunConfig, overwrite: bool, log, overwrite_hint: str | None
+) -> FeatureStore | None:
     """The store at ``out`` when it is this one; None when there is none or it will be replaced."""
     if not (out / MANIFEST).is_file():
         return None
@@ -179,8 +212,10 @@ def _existing(out: Path, expected: dict, cfg: RunConfig, overwrite: bool, log,
             log(f"(it was written with store_shard_rows={found.get('shard_rows')}; the setting applies to new stores)")
         return FeatureStore.open(out)
     if not overwrite:
-        hint = overwrite_hint or (f"To rebuild it, delete {out} (or run `dsmd extract --overwrite` with this "
-                                  "config); or choose another store=PATH.")
+        hint = overwrite_hint or (
+            f"To rebuild it, delete {out} (or run `dsmd extract --overwrite` with this "
+            "config); or choose another store=PATH."
+        )
         raise DsmdError(f"feature store {out} exists but was built differently ({'; '.join(diff)[:400]}). {hint}")
     return None
 
@@ -197,8 +232,9 @@ def _start_partial(writer: StoreWriter, expected: dict) -> None:
     write_json_atomic(pending_file, {**expected, "chunk_size": CHUNK_SIZE})
 
 
-def _extract(cfg: RunConfig, out: Path, ctx: Distributed, overwrite: bool, progress: bool, log,
-             overwrite_hint: str | None) -> FeatureStore:
+def _extract(
+    cfg: RunConfig, out: Path, ctx: Distributed, overwrite: bool, progress: bool, log, overwrite_hint: str | None
+) -> FeatureStore:
     dataset = load_dataset(cfg.data)
     t0 = time.perf_counter()
     teacher = build_teacher(cfg.teacher, ctx.device)
@@ -216,18 +252,21 @@ def _extract(cfg: RunConfig, out: Path, ctx: Distributed, overwrite: bool, progr
     todo = _unfinished(partial, log)
     if ctx.world_size > 1:
         tasks = _chunk_tasks(dataset, todo, views, CHUNK_SIZE)
-        mine = tasks[ctx.rank::ctx.world_size]
+        mine = tasks[ctx.rank :: ctx.world_size]
         log(f"{ctx.world_size} processes share {len(tasks)} chunks")
         t_share = time.perf_counter()
         _compute_share(cfg, teacher, dataset, partial, mine, ctx.device, CHUNK_SIZE, progress)
-        log(f"rank 0 finished its {len(mine)} chunks in {time.perf_counter() - t_share:.1f} s; waiting for the other ranks")
+        log(
+            f"rank 0 finished its {len(mine)} chunks in {time.perf_counter() - t_share:.1f} s; waiting for the other ranks"
+        )
         ctx.barrier("waiting for every rank's chunks")
     if writer is not None:
         for split in todo:
             _finish_split(cfg, teacher, dataset[split], split, views[split], writer, ctx, progress, log)
         shutil.rmtree(partial / "chunks", ignore_errors=True)
-        writer.finish({**expected, "shard_rows": cfg.store_shard_rows or None}, list(SPLITS),
-                      replace=overwrite, started=t0)
+        writer.finish(
+            {**expected, "shard_rows": cfg.store_shard_rows or None}, list(SPLITS), replace=overwrite, started=t0
+        )
     ctx.barrier("waiting for rank 0 to write the store")
     return FeatureStore.open(out)
 
@@ -246,14 +285,32 @@ def _unfinished(partial: Path, log) -> list[str]:
     return todo
 
 
-def _finish_split(cfg: RunConfig, teacher: Teacher, data: CaptionedImages, split: str, views: int,
-                  writer: StoreWriter, ctx: Distributed, progress: bool, log) -> None:
+def _finish_split(
+    cfg: RunConfig,
+    teacher: Teacher,
+    data: CaptionedImages,
+    split: str,
+    views: int,
+    writer: StoreWriter,
+    ctx: Distributed,
+    progress: bool,
+    log,
+) -> None:
     """Encode what is missing of ``split`` (all of it alone), assemble it and write its files."""
     t_split = time.perf_counter()
     chunk_folder = writer.partial / "chunks" / split
-    feats = teacher_features(teacher, data, cfg.teacher.batch_size, cfg.teacher.normalize, ctx.device,
-                             cfg.data.num_workers, progress, views=views, chunk_folder=chunk_folder,
-                             chunk_size=CHUNK_SIZE)
+    feats = teacher_features(
+        teacher,
+        data,
+        cfg.teacher.batch_size,
+        cfg.teacher.normalize,
+        ctx.device,
+        cfg.data.num_workers,
+        progress,
+        views=views,
+        chunk_folder=chunk_folder,
+        chunk_size=CHUNK_SIZE,
+    )
     writer.write_split(split, feats, cfg.store_dtype, cfg.store_shard_rows)
     shutil.rmtree(chunk_folder, ignore_errors=True)
     log(f"{split}: {data.num_images} images, {len(data)} captions ({time.perf_counter() - t_split:.1f} s)")

@@ -51,7 +51,8 @@ class SourceArray:
     def dtype(self) -> str:
         if hasattr(self.data, "get_dtype"):
             return {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}.get(
-                self.data.get_dtype(), self.data.get_dtype())
+                self.data.get_dtype(), self.data.get_dtype()
+            )
         if isinstance(self.data, torch.Tensor):
             return str(self.data.dtype).removeprefix("torch.")
         return str(self.data.dtype)

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,8 @@ import torch.nn.functional as F
 from dsmd.config import RunConfig, config_to_dict
 from dsmd.data.datasets import SPLITS, CaptionedImages, load_dataset
 from dsmd.errors import DsmdError
-from dsmd.extraction.feature_files import EXTENSIONS, SourceArray, read_entries
+from dsmd.extraction.feature_files import SourceArray, read_entries
+from dsmd.extraction.feature_locations import pick_entry, resolve_files
 from dsmd.runtime.files import check_writable
 from dsmd.store import FeatureStore, SplitFeatures, StoreWriter
 from dsmd.store.manifest import FORMAT_VERSION, MANIFEST, describe_mismatch, read_manifest
@@ -78,101 +78,6 @@ DSMD_LAYOUT = "per_caption"
 UNIT_NORM_ATOL = 1e-2
 # Rows read at once: bounds the memory a large memory-mapped input costs beyond the output.
 BLOCK_ROWS = 65536
-
-
-def _pick(entries: dict[str, Callable[[], Any]], file: Path, split: str, names: tuple[str, ...],
-          what: str, option: str, alone_ok: bool, prefix_only: bool) -> SourceArray:
-    """The entry of ``file`` holding ``what`` (``image``/``text``) features of ``split``.
-
-    ``SPLIT/NAME`` entries are preferred to ``NAME`` ones (only they count in a file holding
-    every split, ``prefix_only``); with ``alone_ok`` a file's only entry is taken whatever
-    its name.
-    """
-    prefixed = [f"{split}/{n}" for n in names if f"{split}/{n}" in entries]
-    plain = [] if prefix_only else [n for n in names if n in entries]
-    found = prefixed or plain
-    looked_for = [f"{split}/{n}" for n in names] + ([] if prefix_only else list(names))
-    if len(found) > 1:
-        raise DsmdError(f"{file} has several {what} entries ({', '.join(found)}). Choose one with {option}.")
-    if found:
-        key = found[0]
-    elif alone_ok and len(entries) == 1:
-        key = next(iter(entries))
-    else:
-        have = ", ".join(sorted(entries)[:12]) or "none"
-        raise DsmdError(
-            f"{file} has no {what} features for split '{split}': looked for entry "
-            f"{' or '.join(repr(n) for n in looked_for)}; it has: {have}. Name the entry with {option}."
-        )
-    return SourceArray(file, key, entries[key]())
-
-
-# -- where the features of each split are -------------------------------------------------------
-
-
-@dataclass
-class _SplitFiles:
-    image: Path
-    text: Path
-
-
-def _find(folder: Path, stem: str) -> Path | None:
-    hits = [folder / f"{stem}{ext}" for ext in EXTENSIONS if (folder / f"{stem}{ext}").is_file()]
-    if len(hits) > 1:
-        raise DsmdError(f"{folder} has several files for '{stem}' ({', '.join(p.name for p in hits)}). Keep one.")
-    return hits[0] if hits else None
-
-
-def _folder_files(folder: Path) -> dict[str, _SplitFiles]:
-    found = {}
-    for split in SPLITS:
-        both, image, text = _find(folder, split), _find(folder, f"{split}_image"), _find(folder, f"{split}_text")
-        if both and (image or text):
-            raise DsmdError(f"{folder} has both {both.name} and {(image or text).name} for split '{split}'. Keep one layout.")
-        if both:
-            found[split] = _SplitFiles(both, both)
-        elif image and text:
-            found[split] = _SplitFiles(image, text)
-        elif image or text:
-            missing = f"{split}_text" if image else f"{split}_image"
-            raise DsmdError(f"{folder} has {(image or text).name} but no {missing}.EXT for split '{split}'.")
-    if not found:
-        have = ", ".join(sorted(p.name for p in folder.iterdir())[:12]) or "nothing"
-        raise DsmdError(
-            f"no feature files in {folder}: expected per split SPLIT.EXT or SPLIT_image.EXT + SPLIT_text.EXT "
-            f"(SPLIT train/val/test, EXT {'/'.join(EXTENSIONS)}); it has {have}."
-        )
-    return found
-
-
-def _resolve_files(source: Path, files: dict[str, list[str | Path]] | None, trust_pickle: bool,
-                   opened: dict[Path, dict]) -> tuple[dict[str, _SplitFiles], bool]:
-    """Per split, the image and text files; and whether entries must carry the split prefix.
-
-    A file read to find out (one file holding every split) is kept in ``opened``.
-    """
-    if files:
-        out = {}
-        for split, paths in files.items():
-            if split not in SPLITS:
-                raise DsmdError(f"unknown split '{split}'. Use one of: {', '.join(SPLITS)}.")
-            if not 1 <= len(paths) <= 2:
-                raise DsmdError(f"split '{split}' takes one file (image and text entries) or two "
-                                f"(IMAGE TEXT), got {len(paths)}. Put key=value overrides before --{split}.")
-            out[split] = _SplitFiles(Path(paths[0]), Path(paths[-1]))
-        return out, False
-    if source.is_dir():
-        return _folder_files(source), False
-    if not source.exists():
-        raise DsmdError(f"features not found: {source}. Set teacher.name_or_path to a feature file or folder.")
-    entries = opened[source] = read_entries(source, trust_pickle)
-    present = {split for split in SPLITS if any(k.startswith(f"{split}/") for k in entries)}
-    if not present:
-        raise DsmdError(
-            f"{source} holds no per-split entries (train/image, train/text, val/image, ...): it has "
-            f"{', '.join(sorted(entries)[:12]) or 'nothing'}. For one split's files use --train FILE [FILE]."
-        )
-    return {split: _SplitFiles(source, source) for split in SPLITS if split in present}, True
 
 
 # -- checking and converting one split -----------------------------------------------------------
@@ -199,8 +104,10 @@ def _plan_split(split: str, data: CaptionedImages, image: SourceArray, text: Sou
     _check_shape(image, split)
     _check_shape(text, split)
     if image.shape[1] != text.shape[1]:
-        raise DsmdError(f"split '{split}': image features are {image.shape[1]}-d ({image.where}) but text "
-                        f"features {text.shape[1]}-d ({text.where}). Both must come from one teacher.")
+        raise DsmdError(
+            f"split '{split}': image features are {image.shape[1]}-d ({image.where}) but text "
+            f"features {text.shape[1]}-d ({text.where}). Both must come from one teacher."
+        )
     n_images, n_captions = data.num_images, len(data)
     if text.shape[0] != n_captions:
         raise DsmdError(
@@ -232,11 +139,10 @@ def _read_rows(arr: SourceArray, out: torch.Tensor) -> None:
     for start in range(0, arr.shape[0], BLOCK_ROWS):
         block = arr.block(start, min(start + BLOCK_ROWS, arr.shape[0]))
         _check_finite(block, arr, start)
-        out[start:start + len(block)] = block
+        out[start : start + len(block)] = block
 
 
-def _dedupe_image_rows(arr: SourceArray, caption_image: torch.Tensor, n_images: int,
-                       tolerance: float) -> torch.Tensor:
+def _dedupe_image_rows(arr: SourceArray, caption_image: torch.Tensor, n_images: int, tolerance: float) -> torch.Tensor:
     """One row per image from per-caption rows, refusing images whose rows disagree.
 
     Args:
@@ -258,8 +164,8 @@ def _dedupe_image_rows(arr: SourceArray, caption_image: torch.Tensor, n_images: 
     for start in range(0, n_captions, BLOCK_ROWS):
         block = arr.block(start, min(start + BLOCK_ROWS, n_captions))
         _check_finite(block, arr, start)
-        images = caption_image[start:start + len(block)]
-        keep = is_first[start:start + len(block)]
+        images = caption_image[start : start + len(block)]
+        keep = is_first[start : start + len(block)]
         out[images[keep]] = block[keep]
         # a caption's first row is at or before it, so it is already in ``out``
         reference = out[images]
@@ -302,8 +208,11 @@ def _convert(plan: _SplitPlan, normalize: bool, tolerance: float) -> tuple[Split
     _read_rows(plan.text, text)
     image, image_unit = _normalise(image, plan.image, normalize)
     text, text_unit = _normalise(text, plan.text, normalize)
-    info = {"layout": plan.layout, "input_dtype": {"image": plan.image.dtype, "text": plan.text.dtype},
-            "input_unit_norm": {"image": image_unit, "text": text_unit}}
+    info = {
+        "layout": plan.layout,
+        "input_dtype": {"image": plan.image.dtype, "text": plan.text.dtype},
+        "input_unit_norm": {"image": image_unit, "text": text_unit},
+    }
     if plan.layout == DSMD_LAYOUT:
         info["tolerance"] = tolerance
     return SplitFeatures(image, text, caption_image), info
@@ -315,14 +224,26 @@ def _convert(plan: _SplitPlan, normalize: bool, tolerance: float) -> tuple[Split
 def _file_record(arr: SourceArray, hashes: dict[Path, str]) -> dict:
     if arr.file not in hashes:
         hashes[arr.file] = file_sha256(arr.file)
-    return {"path": str(arr.file), "entry": arr.key, "sha256": hashes[arr.file],
-            "bytes": arr.file.stat().st_size, "shape": list(arr.shape)}
+    return {
+        "path": str(arr.file),
+        "entry": arr.key,
+        "sha256": hashes[arr.file],
+        "bytes": arr.file.stat().st_size,
+        "shape": list(arr.shape),
+    }
 
 
-def import_features(cfg: RunConfig, files: dict[str, list[str | Path]] | None = None, *,
-                    image_key: str | None = None, text_key: str | None = None,
-                    tolerance: float = DEFAULT_TOLERANCE, trust_pickle: bool = False,
-                    overwrite: bool = False, log=print) -> FeatureStore:
+def import_features(
+    cfg: RunConfig,
+    files: dict[str, list[str | Path]] | None = None,
+    *,
+    image_key: str | None = None,
+    text_key: str | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    trust_pickle: bool = False,
+    overwrite: bool = False,
+    log=print,
+) -> FeatureStore:
     """Write the feature store ``cfg.store`` from features computed elsewhere.
 
     Args:
@@ -346,12 +267,16 @@ def import_features(cfg: RunConfig, files: dict[str, list[str | Path]] | None = 
             store exists for something else (without ``overwrite``).
     """
     if cfg.teacher.kind != "imported":
-        raise DsmdError(f"importing features writes a store of teacher.kind=imported, but the config has "
-                        f"teacher.kind={cfg.teacher.kind}. Set teacher.kind=imported.")
+        raise DsmdError(
+            f"importing features writes a store of teacher.kind=imported, but the config has "
+            f"teacher.kind={cfg.teacher.kind}. Set teacher.kind=imported."
+        )
     if not files and not cfg.teacher.name_or_path:
         raise DsmdError("set teacher.name_or_path to the feature file or folder (or give the files per split).")
     if cfg.store_views:
-        raise DsmdError(f"store_views={cfg.store_views}, but imported features have no augmented views. Set store_views=0.")
+        raise DsmdError(
+            f"store_views={cfg.store_views}, but imported features have no augmented views. Set store_views=0."
+        )
     if not tolerance >= 0:
         raise DsmdError(f"tolerance must be >= 0, got {tolerance}.")
     t0 = time.perf_counter()
@@ -361,7 +286,7 @@ def import_features(cfg: RunConfig, files: dict[str, list[str | Path]] | None = 
     else:
         source = cfg.teacher.name_or_path
     opened: dict[Path, dict] = {}
-    split_files, prefixed = _resolve_files(Path(source), files, trust_pickle, opened)
+    split_files, prefixed = resolve_files(Path(source), files, trust_pickle, opened)
     dataset = load_dataset(cfg.data)
 
     image_names = (image_key,) if image_key else IMAGE_KEYS
@@ -372,15 +297,19 @@ def import_features(cfg: RunConfig, files: dict[str, list[str | Path]] | None = 
             if file not in opened:
                 opened[file] = read_entries(file, trust_pickle)
         alone_ok = sf.image != sf.text  # a file for one modality may hold a single unnamed array
-        image = _pick(opened[sf.image], sf.image, split, image_names, "image", "image_key (--image-key)",
-                      alone_ok, prefixed)
-        text = _pick(opened[sf.text], sf.text, split, text_names, "text", "text_key (--text-key)",
-                     alone_ok, prefixed)
+        image = pick_entry(
+            opened[sf.image], sf.image, split, image_names, "image", "image_key (--image-key)", alone_ok, prefixed
+        )
+        text = pick_entry(
+            opened[sf.text], sf.text, split, text_names, "text", "text_key (--text-key)", alone_ok, prefixed
+        )
         plans[split] = _plan_split(split, dataset[split], image, text)
     for split in ("train", "val"):
         if split not in plans and dataset[split].num_images:
-            raise DsmdError(f"no features for split '{split}' in {source} (training needs train and val). "
-                            f"Add {split}_image + {split}_text files, or give them with --{split} IMAGE [TEXT].")
+            raise DsmdError(
+                f"no features for split '{split}' in {source} (training needs train and val). "
+                f"Add {split}_image + {split}_text files, or give them with --{split} IMAGE [TEXT]."
+            )
     if not plans:
         raise DsmdError(f"no features for any split in {source}.")
     dims = {split: plan.text.shape[1] for split, plan in plans.items()}
@@ -391,26 +320,46 @@ def import_features(cfg: RunConfig, files: dict[str, list[str | Path]] | None = 
     out = Path(cfg.store)
     check_writable(out.parent, "store")
     hashes: dict[Path, str] = {}
-    identity: dict[str, Any] = {"kind": "imported", "name": source, "source": source, "dim": dim,
-                                "files": {}, "splits": {}}
+    identity: dict[str, Any] = {
+        "kind": "imported",
+        "name": source,
+        "source": source,
+        "dim": dim,
+        "files": {},
+        "splits": {},
+    }
     for split, plan in plans.items():
         identity["files"][split] = {"image": _file_record(plan.image, hashes), "text": _file_record(plan.text, hashes)}
-    expected_splits = {split: {"fingerprint": d.fingerprint(), "num_images": d.num_images, "num_captions": len(d)}
-                       for split, d in dataset.items() if split in plans or d.num_images == 0}
-    expected = {"format_version": FORMAT_VERSION, "teacher": identity, "normalized": cfg.teacher.normalize,
-                "dtype": cfg.store_dtype, "dim": dim, "views": {"train": 0}, "data": config_to_dict(cfg.data),
-                "splits": expected_splits}
+    expected_splits = {
+        split: {"fingerprint": d.fingerprint(), "num_images": d.num_images, "num_captions": len(d)}
+        for split, d in dataset.items()
+        if split in plans or d.num_images == 0
+    }
+    expected = {
+        "format_version": FORMAT_VERSION,
+        "teacher": identity,
+        "normalized": cfg.teacher.normalize,
+        "dtype": cfg.store_dtype,
+        "dim": dim,
+        "views": {"train": 0},
+        "data": config_to_dict(cfg.data),
+        "splits": expected_splits,
+    }
     if (out / MANIFEST).is_file() and not overwrite:
         found = read_manifest(out / MANIFEST, f"Delete {out} and import the features again.")
         # the per-split facts derived from the data are compared after conversion
         found_teacher = {k: v for k, v in found.get("teacher", {}).items() if k != "splits"}
-        diff = describe_mismatch({**found, "teacher": found_teacher},
-                                 {**expected, "teacher": {k: v for k, v in identity.items() if k != "splits"}})
+        diff = describe_mismatch(
+            {**found, "teacher": found_teacher},
+            {**expected, "teacher": {k: v for k, v in identity.items() if k != "splits"}},
+        )
         if not diff:
             log(f"feature store {out} already holds these features; nothing to import")
             return FeatureStore.open(out)
-        raise DsmdError(f"feature store {out} exists but was built differently ({'; '.join(diff)[:400]}). "
-                        "Pass --overwrite to replace it, or choose another store=PATH.")
+        raise DsmdError(
+            f"feature store {out} exists but was built differently ({'; '.join(diff)[:400]}). "
+            "Pass --overwrite to replace it, or choose another store=PATH."
+        )
     if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
         raise DsmdError(f"{out} exists and is not a feature store. Choose another store=PATH.")
 

@@ -95,17 +95,23 @@ def write_teacher_shards(cfg: RunConfig, out_dir: str | Path, log=print) -> list
                 continue
             split, i = rows[tar_ref(shard, sample.image)]
             feats = store.split(split)
-            members = {"teacher_image.npy": feats.image_rows(torch.tensor([i]), torch.tensor([0]))[0],
-                       "teacher_text.npy": feats.text_rows(torch.tensor(captions[split][i], dtype=torch.long))}
+            members = {
+                "teacher_image.npy": feats.image_rows(torch.tensor([i]), torch.tensor([0]))[0],
+                "teacher_text.npy": feats.text_rows(torch.tensor(captions[split][i], dtype=torch.long)),
+            }
             if feats.num_views:
-                members["teacher_views.npy"] = feats.image_rows(torch.full((feats.num_views,), i),
-                                                                torch.arange(1, feats.num_views + 1))
+                members["teacher_views.npy"] = feats.image_rows(
+                    torch.full((feats.num_views,), i), torch.arange(1, feats.num_views + 1)
+                )
             keys[sample.key] = {name: _npy(t.numpy().astype(dtype)) for name, t in members.items()}
         target = out_dir / Path(shard).relative_to(common)
         target.parent.mkdir(parents=True, exist_ok=True)
         count = len(keys)
-        with atomic_path(target) as tmp, tarfile.open(shard, "r:") as src, \
-                tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as dst:
+        with (
+            atomic_path(target) as tmp,
+            tarfile.open(shard, "r:") as src,
+            tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as dst,
+        ):
             key, last = None, None
             for member in src:
                 base, ext = base_plus_ext(member.name) if member.isfile() else (None, None)

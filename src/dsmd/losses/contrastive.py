@@ -108,19 +108,11 @@ def contrastive_distillation_loss(
     queue_image_ids = queue_image_ids.to(device)
 
     def nce(anchor: Tensor, positive: Tensor, queue: Tensor) -> Tensor:
-        return queue_info_nce(
-            anchor, positive, image_ids, queue, queue_image_ids, temperature, mask_same_image
-        )
+        return queue_info_nce(anchor, positive, image_ids, queue, queue_image_ids, temperature, mask_same_image)
 
-    loss = nce(student_image, teacher_image, queue_image) + nce(
-        student_text, teacher_text, queue_text
-    )
+    loss = nce(student_image, teacher_image, queue_image) + nce(student_text, teacher_text, queue_text)
     if cross_modal:
-        loss = (
-            loss
-            + nce(student_image, teacher_text, queue_text)
-            + nce(student_text, teacher_image, queue_image)
-        )
+        loss = loss + nce(student_image, teacher_text, queue_text) + nce(student_text, teacher_image, queue_image)
     return loss
 
 

@@ -59,9 +59,7 @@ class MultiscaleDistillationLoss(nn.Module):
             raise ValueError(f"enable at least one loss out of {', '.join(LOSS_NAMES)}")
         unknown = [name for name in losses if name not in LOSS_NAMES]
         if unknown:
-            raise ValueError(
-                f"unknown loss {', '.join(map(repr, unknown))}; choose from {', '.join(LOSS_NAMES)}"
-            )
+            raise ValueError(f"unknown loss {', '.join(map(repr, unknown))}; choose from {', '.join(LOSS_NAMES)}")
         if len(set(losses)) != len(losses):
             raise ValueError(f"losses lists a name twice: {list(losses)}")
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
@@ -124,9 +122,7 @@ class MultiscaleDistillationLoss(nn.Module):
             teacher_text=teacher_text,
         )
         if dim != self.dim:
-            raise ValueError(
-                f"features are {dim}-dimensional but the loss was built for {self.dim}"
-            )
+            raise ValueError(f"features are {dim}-dimensional but the loss was built for {self.dim}")
         features = (student_image, student_text, teacher_image, teacher_text)
         out: dict[str, Tensor] = {}
         for name in self.losses:

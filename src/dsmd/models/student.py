@@ -107,8 +107,9 @@ class DualEncoder(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def build_student(cfg: StudentConfig, dim: int, *, normalize: bool = True,
-                  vision_proj_init: torch.Tensor | None = None) -> DualEncoder:
+def build_student(
+    cfg: StudentConfig, dim: int, *, normalize: bool = True, vision_proj_init: torch.Tensor | None = None
+) -> DualEncoder:
     """Build the student dual encoder described by ``cfg``, projecting into ``R^dim``.
 
     Args:
@@ -128,21 +129,37 @@ def build_student(cfg: StudentConfig, dim: int, *, normalize: bool = True,
     """
     if dim < 1:
         raise DsmdError(f"the teacher's embedding width must be positive, got {dim}")
-    vision = build_vision_tower(cfg.vision, pretrained=cfg.vision_pretrained, config_overrides=cfg.vision_config,
-                                blocks=cfg.vision_blocks, image_size=cfg.image_size, head=cfg.vision_head)
-    text = build_text_tower(cfg.text, pretrained=cfg.text_pretrained, config_overrides=cfg.text_config,
-                            layers=cfg.text_layers, pooling=cfg.text_pooling)
+    vision = build_vision_tower(
+        cfg.vision,
+        pretrained=cfg.vision_pretrained,
+        config_overrides=cfg.vision_config,
+        blocks=cfg.vision_blocks,
+        image_size=cfg.image_size,
+        head=cfg.vision_head,
+    )
+    text = build_text_tower(
+        cfg.text,
+        pretrained=cfg.text_pretrained,
+        config_overrides=cfg.text_config,
+        layers=cfg.text_layers,
+        pooling=cfg.text_pooling,
+    )
     if text.max_positions is not None and cfg.max_text_length > text.max_positions:
-        raise DsmdError(f"student.max_text_length={cfg.max_text_length} exceeds the {text.max_positions} "
-                        f"positions of the text model '{cfg.text}'; lower it.")
-    student = DualEncoder(vision, text, dim, normalize=normalize, image_size=cfg.image_size,
-                          max_text_length=cfg.max_text_length)
+        raise DsmdError(
+            f"student.max_text_length={cfg.max_text_length} exceeds the {text.max_positions} "
+            f"positions of the text model '{cfg.text}'; lower it."
+        )
+    student = DualEncoder(
+        vision, text, dim, normalize=normalize, image_size=cfg.image_size, max_text_length=cfg.max_text_length
+    )
     if vision_proj_init is not None:
         expected = (vision.width, dim)
         if tuple(vision_proj_init.shape) != expected:
-            raise DsmdError(f"student.vision_proj_init gives a {tuple(vision_proj_init.shape)} matrix, but the vision "
-                            f"tower is {vision.width} wide and the teacher {dim}: it needs {expected}. "
-                            "(imagenet_prompts fits the offline teacher only.)")
+            raise DsmdError(
+                f"student.vision_proj_init gives a {tuple(vision_proj_init.shape)} matrix, but the vision "
+                f"tower is {vision.width} wide and the teacher {dim}: it needs {expected}. "
+                "(imagenet_prompts fits the offline teacher only.)"
+            )
         with torch.no_grad():
             student.vision_proj.weight.copy_(vision_proj_init.T)
             student.vision_proj.bias.zero_()

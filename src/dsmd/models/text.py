@@ -83,8 +83,9 @@ class CaptionTokenizer:
     def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         if isinstance(texts, str):
             raise TypeError("tokenize takes a list of captions, not one string")
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt")
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 

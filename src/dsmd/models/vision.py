@@ -87,7 +87,10 @@ class EfficientNetLite0Tower(VisionTower):
     """
 
     def __init__(
-        self, pretrained: bool = True, blocks: int | None = None, overrides: dict | None = None,
+        self,
+        pretrained: bool = True,
+        blocks: int | None = None,
+        overrides: dict | None = None,
         head: str = "features",
     ) -> None:
         super().__init__()
@@ -100,8 +103,7 @@ class EfficientNetLite0Tower(VisionTower):
         blocks = total if blocks is None else blocks
         if not 1 <= blocks <= total:
             raise DsmdError(
-                f"student.vision_blocks={blocks}: efficientnet_lite0 has {total} blocks; "
-                f"give 1..{total} or null."
+                f"student.vision_blocks={blocks}: efficientnet_lite0 has {total} blocks; give 1..{total} or null."
             )
         self.conv_stem, self.bn_stem = net._conv_stem, net._bn0
         self.blocks = nn.ModuleList(list(net._blocks)[:blocks])
@@ -177,13 +179,15 @@ class HFVisionTower(VisionTower):
         self.mean, self.std, self.resample, self.crop = tuple(mean), tuple(std), resample, crop
         size = model.config.image_size
         self._native_size = tuple(size) if isinstance(size, list | tuple) else (size, size)
-        self._can_interpolate = (
-            "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
-        )
+        self._can_interpolate = "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
 
     def image_transform(self, train: bool, size: int) -> ImageTransform:
         return ImageTransform(
-            size=size, mean=self.mean, std=self.std, resample=self.resample, train=train,
+            size=size,
+            mean=self.mean,
+            std=self.std,
+            resample=self.resample,
+            train=train,
             crop=self.crop,
         )
 
@@ -212,9 +216,7 @@ def _image_stats(source: str) -> tuple[tuple, tuple, str, bool]:
         from transformers.utils import cached_file
 
         try:
-            found = cached_file(
-                source, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False
-            )
+            found = cached_file(source, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
         except OSError:
             found = None
         if found is None:

@@ -25,8 +25,9 @@ def _captions(data: CaptionedImages, n: int) -> list[str]:
     return [data.captions[i % len(data.captions)] for i in range(n)]
 
 
-def teacher_row(teacher, feats: SplitFeatures, data: CaptionedImages, device: torch.device,
-                latency_batch: int = 32) -> dict:
+def teacher_row(
+    teacher, feats: SplitFeatures, data: CaptionedImages, device: torch.device, latency_batch: int = 32
+) -> dict:
     """Metrics of the stored teacher features of a split, with the live teacher's size and latency."""
     row = retrieval_metrics(feats.image, feats.text, feats.caption_image)
     cache = ImageCache(enabled=False, max_side=10**9)
@@ -38,8 +39,9 @@ def teacher_row(teacher, feats: SplitFeatures, data: CaptionedImages, device: to
     return row
 
 
-def student_row(student, data: CaptionedImages, device: torch.device, batch_size: int = 128,
-                latency_batch: int = 32) -> dict:
+def student_row(
+    student, data: CaptionedImages, device: torch.device, batch_size: int = 128, latency_batch: int = 32
+) -> dict:
     """Metrics, size and latency of a student on a split."""
     student.eval()
     image, text = encode_split(student, data, batch_size, device)

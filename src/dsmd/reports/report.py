@@ -8,9 +8,18 @@ from dsmd.runtime.files import write_json_atomic, write_text_atomic
 
 METRIC_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 REPORT_KEYS = (*METRIC_KEYS, "params", "image_latency_ms", "text_latency_ms")
-HEADERS = {"i2t_r1": "i2t R@1", "i2t_r5": "i2t R@5", "i2t_r10": "i2t R@10", "t2i_r1": "t2i R@1",
-           "t2i_r5": "t2i R@5", "t2i_r10": "t2i R@10", "rsum": "RSUM", "params": "params",
-           "image_latency_ms": "ms / image", "text_latency_ms": "ms / caption"}
+HEADERS = {
+    "i2t_r1": "i2t R@1",
+    "i2t_r5": "i2t R@5",
+    "i2t_r10": "i2t R@10",
+    "t2i_r1": "t2i R@1",
+    "t2i_r5": "t2i R@5",
+    "t2i_r10": "t2i R@10",
+    "rsum": "RSUM",
+    "params": "params",
+    "image_latency_ms": "ms / image",
+    "text_latency_ms": "ms / caption",
+}
 
 
 def _fmt(key: str, value) -> str:

@@ -56,7 +56,7 @@ class _GatherWithGrad(torch.autograd.Function):
         # keep our slice
         summed = grad.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(summed)
-        return summed[ctx.rank * rows:(ctx.rank + 1) * rows]
+        return summed[ctx.rank * rows : (ctx.rank + 1) * rows]
 
 
 @dataclass
@@ -152,7 +152,8 @@ def collective_error(ctx: Distributed, what: str, exc: BaseException) -> DsmdErr
     return DsmdError(
         f"rank {ctx.rank}/{ctx.world_size}: {what} failed. Most likely another rank died, or did not answer "
         f"within train.dist_timeout_s={ctx.timeout_s}s: look at the other ranks' output for the cause; "
-        f"`dsmd train --resume` continues from the last checkpoint. ({type(exc).__name__}: {str(exc)[:300]})")
+        f"`dsmd train --resume` continues from the last checkpoint. ({type(exc).__name__}: {str(exc)[:300]})"
+    )
 
 
 def env_world() -> tuple[int, int, int] | None:
@@ -165,13 +166,17 @@ def env_world() -> tuple[int, int, int] | None:
 def _rank_device(name: str, local_rank: int, world_size: int) -> torch.device:
     """``auto``/``cuda`` -> ``cuda:LOCAL_RANK`` (when CUDA is there); ``cpu`` stays."""
     if world_size > 1 and name.startswith("cuda:"):
-        raise DsmdError(f"train.device={name}: under torchrun every rank uses cuda:LOCAL_RANK. "
-                        "Set train.device=cuda (or auto); choose GPUs with CUDA_VISIBLE_DEVICES.")
+        raise DsmdError(
+            f"train.device={name}: under torchrun every rank uses cuda:LOCAL_RANK. "
+            "Set train.device=cuda (or auto); choose GPUs with CUDA_VISIBLE_DEVICES."
+        )
     device = resolve_device(name)
     if device.type == "cuda" and device.index is None:
         if local_rank >= torch.cuda.device_count():
-            raise DsmdError(f"LOCAL_RANK {local_rank}, but this node has {torch.cuda.device_count()} GPUs. "
-                            "Start at most that many processes per node (--nproc_per_node).")
+            raise DsmdError(
+                f"LOCAL_RANK {local_rank}, but this node has {torch.cuda.device_count()} GPUs. "
+                "Start at most that many processes per node (--nproc_per_node)."
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     return device
@@ -200,21 +205,22 @@ def init_distributed(device: str = "auto", backend: str = "auto", timeout_s: int
     env = env_world()
     if env is None or env[1] <= 1:
         local_rank = env[2] if env else 0
-        return Distributed(device=_rank_device(device, local_rank, 1) if env else resolve_device(device),
-                           timeout_s=timeout_s)
+        return Distributed(
+            device=_rank_device(device, local_rank, 1) if env else resolve_device(device), timeout_s=timeout_s
+        )
     rank, world, local_rank = env
     dev = _rank_device(device, local_rank, world)
     chosen = ("nccl" if dev.type == "cuda" else "gloo") if backend == "auto" else backend
     if chosen == "nccl" and dev.type != "cuda":
-        raise DsmdError("train.dist_backend=nccl needs CUDA GPUs; this rank trains on the CPU. "
-                        "Use dist_backend=gloo (or auto).")
+        raise DsmdError(
+            "train.dist_backend=nccl needs CUDA GPUs; this rank trains on the CPU. Use dist_backend=gloo (or auto)."
+        )
     # (NCCL's default asynchronous error handling aborts a collective that outlives the
     # timeout, as gloo does: a stuck peer ends in an error, not a hang.)
     ctx = Distributed(rank, world, local_rank, dev, chosen, timeout_s, owns_group=not dist.is_initialized())
     if ctx.owns_group:
         with ctx.guard("joining the process group"):
-            dist.init_process_group(chosen, rank=rank, world_size=world,
-                                    timeout=datetime.timedelta(seconds=timeout_s))
+            dist.init_process_group(chosen, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
     else:
         ctx.backend = dist.get_backend()
     return ctx

@@ -124,11 +124,14 @@ def os_error(exc: OSError) -> DsmdError:
     """The one-line message of a failed read or write (a full disk, a read-only folder, ...)."""
     where = exc.filename or "a file"
     if exc.errno == errno.ENOSPC:
-        return DsmdError(f"no space left on the device writing {where}. Free space (or write elsewhere), then run "
-                         "the command again; an interrupted training run continues with --resume.")
+        return DsmdError(
+            f"no space left on the device writing {where}. Free space (or write elsewhere), then run "
+            "the command again; an interrupted training run continues with --resume."
+        )
     if exc.errno == errno.EROFS:
-        return DsmdError(f"{where} is on a read-only file system. Choose a folder you can write (out_dir=, store=, "
-                         "--out).")
+        return DsmdError(
+            f"{where} is on a read-only file system. Choose a folder you can write (out_dir=, store=, --out)."
+        )
     if exc.errno in (errno.EACCES, errno.EPERM):
         return DsmdError(f"permission denied: {where}. Choose a folder you can write, or change its permissions.")
     return DsmdError(f"{exc.strerror or exc}: {where}.")
@@ -148,5 +151,7 @@ def check_writable(path: str | Path, key: str) -> None:
     if not existing.is_dir():
         raise DsmdError(f"{key}={path}: {existing} is a file, not a folder. Choose another {key}=.")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise DsmdError(f"cannot write {key}={path}: {existing} is not writable (permissions or a read-only file "
-                        f"system). Choose another {key}=, or change its permissions.")
+        raise DsmdError(
+            f"cannot write {key}={path}: {existing} is not writable (permissions or a read-only file "
+            f"system). Choose another {key}=, or change its permissions."
+        )

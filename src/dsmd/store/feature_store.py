@@ -103,10 +103,15 @@ class FeatureStore:
         path = Path(path)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
-            hint = " An extraction was interrupted: run `dsmd extract` again to finish it." if Path(
-                str(path) + ".partial").exists() else ""
-            raise DsmdError(f"no feature store at {path}.{hint} Build it with `dsmd extract --config CONFIG store={path}` "
-                            "(or, for features computed elsewhere, `dsmd import-features`).")
+            hint = (
+                " An extraction was interrupted: run `dsmd extract` again to finish it."
+                if Path(str(path) + ".partial").exists()
+                else ""
+            )
+            raise DsmdError(
+                f"no feature store at {path}.{hint} Build it with `dsmd extract --config CONFIG store={path}` "
+                "(or, for features computed elsewhere, `dsmd import-features`)."
+            )
         manifest = read_manifest(manifest_path, f"Delete {path} and build it again with `dsmd extract`.")
         store = cls(path, manifest)
         for split in manifest["splits"]:
@@ -123,8 +128,10 @@ class FeatureStore:
 
     def _fix(self) -> str:
         if self.teacher.get("kind") == "imported":
-            return (f"Re-import the features: `dsmd import-features --overwrite --config CONFIG store={self.path}` "
-                    f"(or delete {self.path} and import again).")
+            return (
+                f"Re-import the features: `dsmd import-features --overwrite --config CONFIG store={self.path}` "
+                f"(or delete {self.path} and import again)."
+            )
         return f"Re-extract it: `dsmd extract --overwrite --config CONFIG store={self.path}` (or delete {self.path} and extract again)."
 
     def files(self, split: str) -> list[dict]:
@@ -134,21 +141,26 @@ class FeatureStore:
         if records is not None:
             return records
         info = self.manifest["splits"][split]
-        return [{"file": f"{split}.safetensors", "images": [0, info["num_images"]],
-                 "captions": [0, info["num_captions"]]}]
+        return [
+            {"file": f"{split}.safetensors", "images": [0, info["num_images"]], "captions": [0, info["num_captions"]]}
+        ]
 
     def _check_files(self, split: str) -> None:
         for record in self.files(split):
             file = self.path / record["file"]
-            what = f"feature store {self.path}: {record['file']} (split '{split}', images {record['images'][0]}.." \
-                   f"{record['images'][1]}, captions {record['captions'][0]}..{record['captions'][1]})"
+            what = (
+                f"feature store {self.path}: {record['file']} (split '{split}', images {record['images'][0]}.."
+                f"{record['images'][1]}, captions {record['captions'][0]}..{record['captions'][1]})"
+            )
             if not file.is_file():
                 raise DsmdError(f"{what} is missing. {self._fix()}")
             size = file.stat().st_size
             if "bytes" in record:
                 if size != record["bytes"]:
                     state = "truncated" if size < record["bytes"] else "larger than recorded"
-                    raise DsmdError(f"{what} is {state}: {size} bytes, the manifest says {record['bytes']}. {self._fix()}")
+                    raise DsmdError(
+                        f"{what} is {state}: {size} bytes, the manifest says {record['bytes']}. {self._fix()}"
+                    )
                 continue
             try:
                 header, start = read_header(file)
@@ -158,8 +170,9 @@ class FeatureStore:
             if size < end:
                 raise DsmdError(f"{what} is truncated: {size} bytes, its header needs {end}. {self._fix()}")
 
-    def verify(self, splits: list[str] | None = None, force: bool = False, allow_hashing: bool = True,
-               progress: bool = False) -> int:
+    def verify(
+        self, splits: list[str] | None = None, force: bool = False, allow_hashing: bool = True, progress: bool = False
+    ) -> int:
         """Check the files of ``splits`` (default: all) against their sha256 and for finite values.
 
         Files verified before at this location are skipped unless ``force`` (see
@@ -177,17 +190,21 @@ class FeatureStore:
         for split in splits:
             self._check_files(split)
         todo = sum(r.get("bytes", 0) for r in records)
-        with tqdm(total=todo, unit="B", unit_scale=True, desc=f"verifying {self.path.name}", leave=False,
-                  disable=not progress) as bar:
-            return verify_files(self.path, records, self._fix(), force=force, allow_hashing=allow_hashing,
-                                progress=bar.update)
+        with tqdm(
+            total=todo, unit="B", unit_scale=True, desc=f"verifying {self.path.name}", leave=False, disable=not progress
+        ) as bar:
+            return verify_files(
+                self.path, records, self._fix(), force=force, allow_hashing=allow_hashing, progress=bar.update
+            )
 
     def split(self, name: str) -> SplitFeatures:
         """One split, memory-mapped (cached): nothing but the file headers is read now; rows
         are read when asked for (see :class:`SplitFeatures`)."""
         if name not in self._cache:
             if name not in self.manifest["splits"]:
-                raise DsmdError(f"feature store {self.path} has no split '{name}' (it has {', '.join(self.manifest['splits'])}).")
+                raise DsmdError(
+                    f"feature store {self.path} has no split '{name}' (it has {', '.join(self.manifest['splits'])})."
+                )
             self._cache[name] = self._open_split(name)
         return self._cache[name]
 
@@ -203,8 +220,12 @@ class FeatureStore:
                 size = file.stat().st_size
             except (ValueError, OSError) as exc:
                 raise DsmdError(f"cannot read {file} ({exc}). {self._fix()}") from exc
-            for key, first in (("image", record["images"][0]), ("image_views", record["images"][0]),
-                               ("text", record["captions"][0]), ("caption_image", record["captions"][0])):
+            for key, first in (
+                ("image", record["images"][0]),
+                ("image_views", record["images"][0]),
+                ("text", record["captions"][0]),
+                ("caption_image", record["captions"][0]),
+            ):
                 if key not in header:
                     continue
                 t = header[key]
@@ -215,18 +236,29 @@ class FeatureStore:
                 blocks[key].append(Block(first, str(file), start + a, dtype.str, shape))
                 row_shapes[key] = shape[1:]
         rows = {key: sum(b.shape[0] for b in blocks[key]) for key in blocks}
-        if (rows["image"], rows["text"], rows["caption_image"]) != (n_i, n_t, n_t) or \
-                row_shapes.get("image", (dim,)) != (dim,) or row_shapes.get("text", (dim,)) != (dim,) or \
-                row_shapes.get("caption_image", ()) != () or \
-                ("image_views" in row_shapes and rows["image_views"] != n_i):
+        if (
+            (rows["image"], rows["text"], rows["caption_image"]) != (n_i, n_t, n_t)
+            or row_shapes.get("image", (dim,)) != (dim,)
+            or row_shapes.get("text", (dim,)) != (dim,)
+            or row_shapes.get("caption_image", ()) != ()
+            or ("image_views" in row_shapes and rows["image_views"] != n_i)
+        ):
             raise DsmdError(f"the files of split '{name}' in {self.path} do not match its manifest. {self._fix()}")
-        if any(b.first != first for b, first in zip(blocks["image"], _starts(blocks["image"]), strict=True)) or \
-                any(b.first != first for b, first in zip(blocks["text"], _starts(blocks["text"]), strict=True)):
-            raise DsmdError(f"the files of split '{name}' in {self.path} leave gaps between their row ranges. {self._fix()}")
-        views = (StoredRows(blocks["image_views"], n_i, row_shapes["image_views"])
-                 if "image_views" in row_shapes else None)
-        return SplitFeatures(StoredRows(blocks["image"], n_i, (dim,)), StoredRows(blocks["text"], n_t, (dim,)),
-                             StoredRows(blocks["caption_image"], n_t, (), dtype=np.int64), views)
+        if any(b.first != first for b, first in zip(blocks["image"], _starts(blocks["image"]), strict=True)) or any(
+            b.first != first for b, first in zip(blocks["text"], _starts(blocks["text"]), strict=True)
+        ):
+            raise DsmdError(
+                f"the files of split '{name}' in {self.path} leave gaps between their row ranges. {self._fix()}"
+            )
+        views = (
+            StoredRows(blocks["image_views"], n_i, row_shapes["image_views"]) if "image_views" in row_shapes else None
+        )
+        return SplitFeatures(
+            StoredRows(blocks["image"], n_i, (dim,)),
+            StoredRows(blocks["text"], n_t, (dim,)),
+            StoredRows(blocks["caption_image"], n_t, (), dtype=np.int64),
+            views,
+        )
 
     def check_dataset(self, split: str, fingerprint: str) -> None:
         """Refuse a store built from other data than the split at hand."""

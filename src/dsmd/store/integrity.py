@@ -79,8 +79,11 @@ def stamp_verified(store: str | Path, records: Iterable[dict]) -> None:
 def is_stamped(store: Path, record: dict, stamps: dict) -> bool:
     """Whether ``record``'s file was verified and has not changed since."""
     stamp = stamps.get(record["file"])
-    return (isinstance(stamp, dict) and stamp.get("sha256") == record.get("sha256")
-            and stamp.get("identity") == _identity(store / record["file"]))
+    return (
+        isinstance(stamp, dict)
+        and stamp.get("sha256") == record.get("sha256")
+        and stamp.get("identity") == _identity(store / record["file"])
+    )
 
 
 def hash_and_check(path: Path, progress: Callable[[int], None] | None = None) -> tuple[str, str | None]:
@@ -114,8 +117,14 @@ def hash_and_check(path: Path, progress: Callable[[int], None] | None = None) ->
     return h.hexdigest(), bad
 
 
-def verify_files(store: str | Path, records: list[dict], fix: str, force: bool = False,
-                 allow_hashing: bool = True, progress: Callable[[int], None] | None = None) -> int:
+def verify_files(
+    store: str | Path,
+    records: list[dict],
+    fix: str,
+    force: bool = False,
+    allow_hashing: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Check the files of ``records`` against their sha256 and for finite values; stamp them.
 
     Args:
@@ -138,18 +147,24 @@ def verify_files(store: str | Path, records: list[dict], fix: str, force: bool =
     todo = [r for r in records if "sha256" in r and not is_stamped(store, r, stamps)]
     if todo and not allow_hashing:
         size = sum((store / r["file"]).stat().st_size for r in todo)
-        raise DsmdError(f"feature store {store}: {len(todo)} files ({size / 1e9:.2f} GB) have not been verified on this "
-                        f"machine. Run `dsmd verify {store}` once (one process), then start again.")
+        raise DsmdError(
+            f"feature store {store}: {len(todo)} files ({size / 1e9:.2f} GB) have not been verified on this "
+            f"machine. Run `dsmd verify {store}` once (one process), then start again."
+        )
     hashed = 0
     for r in todo:
         digest, bad = hash_and_check(store / r["file"], progress)
         hashed += (store / r["file"]).stat().st_size
         if digest != r["sha256"]:
-            raise DsmdError(f"feature store {store}: {r['file']} is corrupt (its sha256 differs from the manifest: "
-                            f"the file changed after it was written). {fix}")
+            raise DsmdError(
+                f"feature store {store}: {r['file']} is corrupt (its sha256 differs from the manifest: "
+                f"the file changed after it was written). {fix}"
+            )
         if bad is not None:
-            raise DsmdError(f"feature store {store}: {r['file']}: {bad}; a teacher feature that is not finite "
-                            f"cannot be learned. {fix}")
+            raise DsmdError(
+                f"feature store {store}: {r['file']}: {bad}; a teacher feature that is not finite "
+                f"cannot be learned. {fix}"
+            )
     if todo:
         stamp_verified(store, todo)
     return hashed

@@ -41,8 +41,11 @@ def seal(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def describe_mismatch(found: dict, expected: dict, keys: tuple[str, ...] = COMPARED) -> list[str]:
     """Human-readable differences between two manifests on ``keys``."""
-    return [f"{key}: store has {found.get(key)!r}, expected {expected[key]!r}"
-            for key in keys if key in expected and found.get(key) != expected[key]]
+    return [
+        f"{key}: store has {found.get(key)!r}, expected {expected[key]!r}"
+        for key in keys
+        if key in expected and found.get(key) != expected[key]
+    ]
 
 
 def _is_int(value: Any, low: int = 0) -> bool:
@@ -72,12 +75,14 @@ def _problem(m: Any) -> str | None:
     """What is wrong with manifest ``m`` (None: nothing)."""
     if not isinstance(m, dict):
         return "it is not a JSON object"
-    checks = [("format_version", lambda v: _is_int(v), "an integer"),
-              ("teacher", lambda v: isinstance(v, dict), "an object"),
-              ("normalized", lambda v: isinstance(v, bool), "true or false"),
-              ("dtype", lambda v: v in ("float32", "float16"), "float32 or float16"),
-              ("dim", lambda v: _is_int(v, 1), "a positive integer"),
-              ("splits", lambda v: isinstance(v, dict) and bool(v), "an object with at least one split")]
+    checks = [
+        ("format_version", lambda v: _is_int(v), "an integer"),
+        ("teacher", lambda v: isinstance(v, dict), "an object"),
+        ("normalized", lambda v: isinstance(v, bool), "true or false"),
+        ("dtype", lambda v: v in ("float32", "float16"), "float32 or float16"),
+        ("dim", lambda v: _is_int(v, 1), "a positive integer"),
+        ("splits", lambda v: isinstance(v, dict) and bool(v), "an object with at least one split"),
+    ]
     for key, ok, what in checks:
         if key not in m:
             return f"it has no '{key}'"
@@ -86,8 +91,12 @@ def _problem(m: Any) -> str | None:
     for split, info in m["splits"].items():
         if split not in SPLIT_NAMES:
             return f"unknown split {split!r}"
-        if not isinstance(info, dict) or not isinstance(info.get("fingerprint"), str) or \
-                not _is_int(info.get("num_images")) or not _is_int(info.get("num_captions")):
+        if (
+            not isinstance(info, dict)
+            or not isinstance(info.get("fingerprint"), str)
+            or not _is_int(info.get("num_images"))
+            or not _is_int(info.get("num_captions"))
+        ):
             return f"split '{split}' needs a fingerprint (string) and num_images / num_captions (integers)"
     files = m.get("files", {})
     if not isinstance(files, dict) or any(not isinstance(v, list) for v in files.values()):
@@ -117,12 +126,16 @@ def read_manifest(path: str | Path, fix: str) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DsmdError(f"{path} is corrupt ({exc}). {fix}") from exc
     if isinstance(manifest, dict) and manifest.get("format_version") not in (None, FORMAT_VERSION):
-        raise DsmdError(f"{path.parent} has store format {manifest.get('format_version')}, this dsmd reads "
-                        f"{FORMAT_VERSION}. Extract it again with this version.")
+        raise DsmdError(
+            f"{path.parent} has store format {manifest.get('format_version')}, this dsmd reads "
+            f"{FORMAT_VERSION}. Extract it again with this version."
+        )
     problem = _problem(manifest)
     if problem is not None:
         raise DsmdError(f"{path} is not a valid store manifest: {problem}. {fix}")
     if "checksum" in manifest and manifest["checksum"] != manifest_checksum(manifest):
-        raise DsmdError(f"{path} was modified after the store was written (its checksum does not match). "
-                        f"Restore the original manifest. {fix}")
+        raise DsmdError(
+            f"{path} was modified after the store was written (its checksum does not match). "
+            f"Restore the original manifest. {fix}"
+        )
     return manifest

@@ -20,8 +20,13 @@ import numpy as np
 import torch
 
 # safetensors dtype names -> numpy little-endian dtypes (the ones a store holds)
-NUMPY_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "I64": np.dtype("<i8"), "F64": np.dtype("<f8"),
-                 "I32": np.dtype("<i4")}
+NUMPY_DTYPES = {
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "I64": np.dtype("<i8"),
+    "F64": np.dtype("<f8"),
+    "I32": np.dtype("<i4"),
+}
 
 
 def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
@@ -130,15 +135,18 @@ class StoredRows:
             for b in self.blocks:
                 dtype = np.dtype(b.dtype)
                 nbytes = dtype.itemsize * math.prod(b.shape)
-                arrays.append(np.empty(b.shape, dtype) if nbytes == 0 else
-                              _map_file(b.file)[b.offset:b.offset + nbytes].view(dtype).reshape(b.shape))
+                arrays.append(
+                    np.empty(b.shape, dtype)
+                    if nbytes == 0
+                    else _map_file(b.file)[b.offset : b.offset + nbytes].view(dtype).reshape(b.shape)
+                )
             self._arrays = arrays
         return self._arrays
 
     def take(self, index: np.ndarray, second: np.ndarray | None = None) -> np.ndarray:
         """Rows ``index`` ((B,) int64) as ``(B, *row_shape)``; with ``second`` ((B,)), element
         ``[index[b], second[b]]`` of each row: ``(B, *row_shape[1:])``."""
-        out = np.empty((len(index), *self.shape[1 + (second is not None):]), dtype=self.dtype)
+        out = np.empty((len(index), *self.shape[1 + (second is not None) :]), dtype=self.dtype)
         if len(index) == 0:
             return out
         if index.min() < 0 or index.max() >= self.shape[0]:
@@ -155,7 +163,7 @@ class StoredRows:
         """The whole tensor, ``(N, *row_shape)``."""
         out = np.empty(self.shape, dtype=self.dtype)
         for b, arr in zip(self.blocks, self.arrays(), strict=True):
-            out[b.first:b.first + len(arr)] = arr
+            out[b.first : b.first + len(arr)] = arr
         return torch.from_numpy(out)
 
 

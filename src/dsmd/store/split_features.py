@@ -28,9 +28,13 @@ class SplitFeatures:
         caption_image: ``(N_t,)`` integer tensor, or :class:`StoredRows` (int64, lazy).
     """
 
-    def __init__(self, image: torch.Tensor | StoredRows, text: torch.Tensor | StoredRows,
-                 caption_image: torch.Tensor | StoredRows,
-                 image_views: torch.Tensor | StoredRows | None = None):
+    def __init__(
+        self,
+        image: torch.Tensor | StoredRows,
+        text: torch.Tensor | StoredRows,
+        caption_image: torch.Tensor | StoredRows,
+        image_views: torch.Tensor | StoredRows | None = None,
+    ):
         self._image = image
         self._text = text
         self._caption_image = caption_image
@@ -38,8 +42,10 @@ class SplitFeatures:
 
     def __repr__(self) -> str:
         lazy = isinstance(self._image, StoredRows)
-        return (f"SplitFeatures(num_images={self.num_images}, num_captions={self.num_captions}, dim={self.dim}, "
-                f"num_views={self.num_views}, {'memory-mapped' if lazy else 'in memory'})")
+        return (
+            f"SplitFeatures(num_images={self.num_images}, num_captions={self.num_captions}, dim={self.dim}, "
+            f"num_views={self.num_views}, {'memory-mapped' if lazy else 'in memory'})"
+        )
 
     @staticmethod
     def _full(value: torch.Tensor | StoredRows | None) -> torch.Tensor | None:
@@ -70,8 +76,10 @@ class SplitFeatures:
             bad = (owners < 0) | (owners >= self.num_images)
             if bool(bad.any()):
                 j = int(bad.nonzero()[0, 0])
-                raise DsmdError(f"the store's caption_image gives caption {j} the image row {int(owners[j])}, "
-                                f"outside 0..{self.num_images - 1}: the store is corrupt. Extract it again.")
+                raise DsmdError(
+                    f"the store's caption_image gives caption {j} the image row {int(owners[j])}, "
+                    f"outside 0..{self.num_images - 1}: the store is corrupt. Extract it again."
+                )
             self._caption_image = owners
         return self._caption_image
 
@@ -129,8 +137,10 @@ class SplitFeatures:
         if views.shape != idx.shape:
             raise ValueError(f"image_index {tuple(idx.shape)} and view_index {tuple(views.shape)} differ in shape")
         if len(views) and (views.min() < 0 or views.max() > self.num_views):
-            raise IndexError(f"view index out of range [0, {self.num_views}] (0 is the plain image; the store "
-                             f"holds {self.num_views} views)")
+            raise IndexError(
+                f"view index out of range [0, {self.num_views}] (0 is the plain image; the store "
+                f"holds {self.num_views} views)"
+            )
         plain = views == 0
         if plain.all():
             return self._take(self._image, idx)
@@ -144,8 +154,7 @@ class SplitFeatures:
     def pair_rows(self, image: int, view: int, caption: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher's rows of one training pair: image row ``image`` seen as ``view`` (0: the
         plain image) and caption row ``caption``, each ``(D,)`` float32."""
-        return (self.image_rows(np.array([image]), np.array([view]))[0],
-                self.text_rows(np.array([caption]))[0])
+        return (self.image_rows(np.array([image]), np.array([view]))[0], self.text_rows(np.array([caption]))[0])
 
     def text_rows(self, caption_index: torch.Tensor) -> torch.Tensor:
         """Teacher text features of captions ``caption_index`` ((B,) int64): ``(B, D)`` float32 on the CPU."""

@@ -34,8 +34,9 @@ def shard_names(split: str, count: int) -> list[str]:
     return [f"{split}-{k:05d}-of-{count:05d}.safetensors" for k in range(count)]
 
 
-def write_split(folder: str | Path, split: str, features: SplitFeatures, dtype: str = "float32",
-                shard_rows: int | None = None) -> list[dict]:
+def write_split(
+    folder: str | Path, split: str, features: SplitFeatures, dtype: str = "float32", shard_rows: int | None = None
+) -> list[dict]:
     """Write one split's tensors, each file atomically (see the module docstring for the layout).
 
     Args:
@@ -60,8 +61,13 @@ def write_split(folder: str | Path, split: str, features: SplitFeatures, dtype: 
     if shard_rows:
         count = max(1, math.ceil(max(n_i, n_t) / shard_rows))
         names = shard_names(split, count)
-        ranges = [((min(k * shard_rows, n_i), min((k + 1) * shard_rows, n_i)),
-                   (min(k * shard_rows, n_t), min((k + 1) * shard_rows, n_t))) for k in range(count)]
+        ranges = [
+            (
+                (min(k * shard_rows, n_i), min((k + 1) * shard_rows, n_i)),
+                (min(k * shard_rows, n_t), min((k + 1) * shard_rows, n_t)),
+            )
+            for k in range(count)
+        ]
     else:
         names, ranges = [f"{split}.safetensors"], [((0, n_i), (0, n_t))]
     records = []
@@ -77,8 +83,15 @@ def write_split(folder: str | Path, split: str, features: SplitFeatures, dtype: 
         path = folder / name
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp))
-        records.append({"file": name, "images": [a, b], "captions": [c, d], "bytes": path.stat().st_size,
-                        "sha256": file_sha256(path)})
+        records.append(
+            {
+                "file": name,
+                "images": [a, b],
+                "captions": [c, d],
+                "bytes": path.stat().st_size,
+                "sha256": file_sha256(path),
+            }
+        )
     return records
 
 
@@ -105,8 +118,9 @@ class StoreWriter:
         """Whether ``split``'s files are complete (from this build or an interrupted one)."""
         return self._marker(split).is_file()
 
-    def write_split(self, split: str, features: SplitFeatures, dtype: str = "float32",
-                    shard_rows: int | None = None) -> list[dict]:
+    def write_split(
+        self, split: str, features: SplitFeatures, dtype: str = "float32", shard_rows: int | None = None
+    ) -> list[dict]:
         """Write one split's files (replacing any of an earlier attempt) and record them."""
         for stale in [*self.partial.glob(f"{split}.safetensors"), *self.partial.glob(f"{split}-*-of-*.safetensors")]:
             stale.unlink()
@@ -114,8 +128,9 @@ class StoreWriter:
         write_json_atomic(self._marker(split), records)
         return records
 
-    def finish(self, manifest: dict[str, Any], splits: list[str], replace: bool = False,
-               started: float | None = None) -> Path:
+    def finish(
+        self, manifest: dict[str, Any], splits: list[str], replace: bool = False, started: float | None = None
+    ) -> Path:
         """Write the manifest (with ``files``, creation time, version, checksum) and move the
         folder into place; an existing store at ``path`` is replaced only with ``replace``.
 

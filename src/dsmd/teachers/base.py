@@ -147,9 +147,7 @@ class Teacher(nn.Module, abc.ABC):
             shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else None
             raise ValueError(f"encode_images expects a (B, 3, H, W) tensor, got shape {shape}")
         if pixel_values.shape[1] != 3:
-            raise ValueError(
-                f"encode_images expects 3 channels (B, 3, H, W), got {tuple(pixel_values.shape)}"
-            )
+            raise ValueError(f"encode_images expects 3 channels (B, 3, H, W), got {tuple(pixel_values.shape)}")
         with torch.inference_mode():
             x = pixel_values.to(device=self.device, dtype=self.compute_dtype)
             features = self._encode_images(x).to(torch.float32)

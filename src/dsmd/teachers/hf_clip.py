@@ -45,11 +45,7 @@ def _resolve_source(name_or_path: str) -> str:
                 "folder written by model.save_pretrained(), or give a hub name."
             )
         return str(path)
-    looks_like_path = (
-        name_or_path.startswith((".", "/", "~"))
-        or "\\" in name_or_path
-        or name_or_path.count("/") > 1
-    )
+    looks_like_path = name_or_path.startswith((".", "/", "~")) or "\\" in name_or_path or name_or_path.count("/") > 1
     if looks_like_path:
         raise DsmdError(
             f"teacher folder not found: {name_or_path}. Fix teacher.name_or_path, or give a hub "
@@ -68,8 +64,7 @@ def _square_side(value: Any, key: str, source: str) -> int:
         if "height" in value and "width" in value:
             if value["height"] != value["width"]:
                 raise DsmdError(
-                    f"teacher {source}: {key}={value} is not square; dsmd's ImageTransform "
-                    "produces square images only."
+                    f"teacher {source}: {key}={value} is not square; dsmd's ImageTransform produces square images only."
                 )
             return int(value["height"])
     raise DsmdError(f"teacher {source}: cannot read an image size from {key}={value!r}")
@@ -120,8 +115,9 @@ def image_transform_from_processor_config(config: dict[str, Any], source: str) -
     resample = config.get("resample", 3)
     resample_name = _RESAMPLE_NAMES.get(resample, str(resample)).lower()
     resample_name = "bilinear" if "bilinear" in resample_name else "bicubic"
-    return ImageTransform(size=side, mean=tuple(mean), std=tuple(std), resample=resample_name,
-                          crop=bool(do_center_crop))
+    return ImageTransform(
+        size=side, mean=tuple(mean), std=tuple(std), resample=resample_name, crop=bool(do_center_crop)
+    )
 
 
 def _three(value: Any) -> list[Any]:
@@ -202,9 +198,7 @@ class HFClipTeacher(Teacher):
         self.name = name_or_path
         self.model_type = str(getattr(model.config, "model_type", type(model).__name__))
         self.image_transform = image_transform_from_processor_config(processor_config, name_or_path)
-        self.padding = padding or (
-            "max_length" if self.model_type in PAD_TO_MAX_LENGTH else "longest"
-        )
+        self.padding = padding or ("max_length" if self.model_type in PAD_TO_MAX_LENGTH else "longest")
         if self.padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
         self.max_length = self._resolve_max_length(max_length)
@@ -235,9 +229,7 @@ class HFClipTeacher(Teacher):
         positions = getattr(text_config, "max_position_embeddings", None)
         if max_length is not None:
             if max_length < 1 or (positions is not None and max_length > positions):
-                raise ValueError(
-                    f"max_length must be in 1..{positions} for {self.name!r}, got {max_length}"
-                )
+                raise ValueError(f"max_length must be in 1..{positions} for {self.name!r}, got {max_length}")
             return int(max_length)
         limits = [positions]
         model_max = getattr(self.tokenizer, "model_max_length", None)

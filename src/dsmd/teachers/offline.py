@@ -129,9 +129,7 @@ class OfflineTeacher(Teacher):
         if key not in _PROMPT_CACHE:
             prompts = [self.prompt_template.format(name) for name in self.class_names]
             with torch.inference_mode():
-                rows = [
-                    self._encode_texts(prompts[i : i + 250]) for i in range(0, NUM_CLASSES, 250)
-                ]
+                rows = [self._encode_texts(prompts[i : i + 250]) for i in range(0, NUM_CLASSES, 250)]
             # Stored as an ordinary tensor: buffers must not be inference tensors.
             _PROMPT_CACHE[key] = torch.cat(rows).float().clone()
         prompts = _PROMPT_CACHE[key]

@@ -26,8 +26,16 @@ from dsmd.runtime.distributed import Distributed
 from dsmd.training.sampling import RankBatchSampler, SeededPairs, epoch_order, epoch_seed
 
 
-def epoch_micro_batches(pairs: Dataset, collate: PairCollator, micro: int, seed: int, epoch: int,
-                        skip: int, ctx: Distributed, num_workers: int) -> Iterator[PairBatch]:
+def epoch_micro_batches(
+    pairs: Dataset,
+    collate: PairCollator,
+    micro: int,
+    seed: int,
+    epoch: int,
+    skip: int,
+    ctx: Distributed,
+    num_workers: int,
+) -> Iterator[PairBatch]:
     """This rank's micro-batches of ``epoch`` after the first ``skip`` (see the module docstring).
 
     Args:
@@ -39,8 +47,13 @@ def epoch_micro_batches(pairs: Dataset, collate: PairCollator, micro: int, seed:
     if isinstance(pairs, StreamingPairDataset):
         pairs.set_epoch(key)
         random.seed(key * 65_537 + ctx.rank)
-        loader = DataLoader(pairs, batch_size=micro // ctx.world_size, collate_fn=collate, num_workers=num_workers,
-                            generator=torch.Generator().manual_seed(key * 65_537 + ctx.rank))
+        loader = DataLoader(
+            pairs,
+            batch_size=micro // ctx.world_size,
+            collate_fn=collate,
+            num_workers=num_workers,
+            generator=torch.Generator().manual_seed(key * 65_537 + ctx.rank),
+        )
         return itertools.islice(loader, skip, None)
     sampler = RankBatchSampler(len(pairs), micro, seed, epoch, ctx.rank, ctx.world_size, skip)
     return iter(DataLoader(SeededPairs(pairs), batch_sampler=sampler, collate_fn=collate, num_workers=num_workers))
@@ -55,8 +68,9 @@ def spare_batch(pairs: Dataset, collate: PairCollator, seed: int, epoch: int) ->
     return lambda: collate([SeededPairs(pairs)[(epoch_seed(seed, epoch), first)]]).padding(1)
 
 
-def synchronised(batches: Iterable[PairBatch], ctx: Distributed,
-                 spare: Callable[[], PairBatch] | None = None) -> Iterator[PairBatch]:
+def synchronised(
+    batches: Iterable[PairBatch], ctx: Distributed, spare: Callable[[], PairBatch] | None = None
+) -> Iterator[PairBatch]:
     """This rank's micro-batches, each padded to the largest of all ranks', until no rank has a
     real pair left (alone: the batches as they are).
 

@@ -40,7 +40,7 @@ class _Sink:
         view = memoryview(data).cast("B")
         try:
             while view:
-                view = view[self.raw.write(view):]
+                view = view[self.raw.write(view) :]
         except OSError as exc:
             self.error = exc
             raise
@@ -84,16 +84,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found:
-            raise DsmdError(f"{path} pickles a Python object ({found.group(1)}); dsmd checkpoints hold only tensors and "
-                            "plain data, and loading it could run code stored in the file. Refused: use a "
-                            "checkpoint written by `dsmd train`.") from exc
-        raise DsmdError(f"cannot read checkpoint {path}: it is not a PyTorch file, or it is corrupt. Is it a dsmd "
-                        "checkpoint?") from exc
+            raise DsmdError(
+                f"{path} pickles a Python object ({found.group(1)}); dsmd checkpoints hold only tensors and "
+                "plain data, and loading it could run code stored in the file. Refused: use a "
+                "checkpoint written by `dsmd train`."
+            ) from exc
+        raise DsmdError(
+            f"cannot read checkpoint {path}: it is not a PyTorch file, or it is corrupt. Is it a dsmd checkpoint?"
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise DsmdError(f"cannot read checkpoint {path} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}). "
-                        "Is it a dsmd checkpoint?") from exc
+        raise DsmdError(
+            f"cannot read checkpoint {path} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}). "
+            "Is it a dsmd checkpoint?"
+        ) from exc
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
-        raise DsmdError(f"{path} is not a dsmd checkpoint (no config/model inside). Use a file written by `dsmd train`.")
+        raise DsmdError(
+            f"{path} is not a dsmd checkpoint (no config/model inside). Use a file written by `dsmd train`."
+        )
     return state
 
 
@@ -116,13 +123,21 @@ def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], what: str)
     own = module.state_dict()
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
-    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in weights and hasattr(weights[k], "shape") and tuple(weights[k].shape) != tuple(own[k].shape)]
+    shapes = [
+        f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in weights and hasattr(weights[k], "shape") and tuple(weights[k].shape) != tuple(own[k].shape)
+    ]
     if missing or unexpected or shapes:
-        parts = [f"{label} {_summary(names)}" for label, names in
-                 (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes)) if names]
-        raise DsmdError(f"{what} does not match the model its config builds: {'; '.join(parts)}. It was trained "
-                        "with another architecture: use its own config (or a new out_dir=).")
+        parts = [
+            f"{label} {_summary(names)}"
+            for label, names in (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes))
+            if names
+        ]
+        raise DsmdError(
+            f"{what} does not match the model its config builds: {'; '.join(parts)}. It was trained "
+            "with another architecture: use its own config (or a new out_dir=)."
+        )
     module.load_state_dict(weights)
 
 

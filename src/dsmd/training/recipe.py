@@ -78,8 +78,9 @@ def resolve_run(cfg: RunConfig, resume: bool, resume_overrides: list[str] | None
     return with_overrides(saved, resume_overrides), state
 
 
-def train(cfg: RunConfig, resume: bool = False, resume_overrides: list[str] | None = None,
-          progress: bool = True, log=print) -> TrainResult:
+def train(
+    cfg: RunConfig, resume: bool = False, resume_overrides: list[str] | None = None, progress: bool = True, log=print
+) -> TrainResult:
     """Distil the student described by ``cfg`` from the feature store ``cfg.store``.
 
     Under ``torchrun`` every process calls this; it joins the process group from torchrun's
@@ -106,8 +107,10 @@ def train(cfg: RunConfig, resume: bool = False, resume_overrides: list[str] | No
         ok = True
         return result
     except KeyboardInterrupt:
-        raise DsmdError(f"interrupted. The last checkpoint is {Path(cfg.out_dir) / 'checkpoints' / 'last.pt'}; "
-                        f"continue with `dsmd train --resume out_dir={cfg.out_dir}`.") from None
+        raise DsmdError(
+            f"interrupted. The last checkpoint is {Path(cfg.out_dir) / 'checkpoints' / 'last.pt'}; "
+            f"continue with `dsmd train --resume out_dir={cfg.out_dir}`."
+        ) from None
     finally:
         ctx.shutdown(clean=ok)
 
@@ -169,8 +172,9 @@ def set_learning_rate(run: Run, epoch: int) -> float:
 def epoch_batches(run: Run, epoch: int, done: int):
     """This rank's micro-batches of ``epoch`` after ``done`` optimiser steps, padded across ranks."""
     tc = run.cfg.train
-    micro_batches = epoch_micro_batches(run.pairs, run.collate, run.micro, tc.seed, epoch,
-                                        done * tc.grad_accum_steps, run.ctx, run.cfg.data.num_workers)
+    micro_batches = epoch_micro_batches(
+        run.pairs, run.collate, run.micro, tc.seed, epoch, done * tc.grad_accum_steps, run.ctx, run.cfg.data.num_workers
+    )
     run.student.train()
     return synchronised(micro_batches, run.ctx, spare_batch(run.pairs, run.collate, tc.seed, epoch))
 
@@ -181,24 +185,41 @@ def end_epoch(run: Run, epoch: int, done: int, complete: bool, lr: float, t0: fl
         run.balancer.end_epoch()
     if run.ctx.is_main:
         run.files.flush()
-        run.val_metrics = evaluate_student(run.student, run.data["val"], run.cfg.train.eval_batch_size,
-                                           run.ctx.device, run.val_cache)
+        run.val_metrics = evaluate_student(
+            run.student, run.data["val"], run.cfg.train.eval_batch_size, run.ctx.device, run.val_cache
+        )
         improved = run.val_metrics["rsum"] > run.best.rsum
         if improved:
             run.best.rsum, run.best.epoch = run.val_metrics["rsum"], epoch + 1
-        run.files.epoch({"step": run.stepper.steps, "epoch": epoch + 1, "lr": lr,
-                         **({} if complete else {"epoch_steps": done}),
-                         **{f"val_{k}": v for k, v in run.val_metrics.items()}})
+        run.files.epoch(
+            {
+                "step": run.stepper.steps,
+                "epoch": epoch + 1,
+                "lr": lr,
+                **({} if complete else {"epoch_steps": done}),
+                **{f"val_{k}": v for k, v in run.val_metrics.items()},
+            }
+        )
         run.files.checkpoint(run.state(Position(epoch + 1, 0) if complete else Position(epoch, done)), best=improved)
-        run.log(f"epoch {epoch + 1}/{run.cfg.train.epochs}: val RSUM {run.val_metrics['rsum']:.1f}"
-                f" (best {run.best.rsum:.1f} @ {run.best.epoch}), {time.perf_counter() - t0:.0f}s")
+        run.log(
+            f"epoch {epoch + 1}/{run.cfg.train.epochs}: val RSUM {run.val_metrics['rsum']:.1f}"
+            f" (best {run.best.rsum:.1f} @ {run.best.epoch}), {time.perf_counter() - t0:.0f}s"
+        )
     run.ctx.barrier("waiting for rank 0's validation and checkpoint")
 
 
 def finish(run: Run, seconds: float) -> TrainResult:
     """Write ``result.json`` and say what the run produced."""
-    result = TrainResult(Path(run.cfg.out_dir), run.files.best, run.best.rsum, run.best.epoch, run.stepper.steps,
-                         seconds, run.ctx.rank)
-    run.files.result({"best_checkpoint": str(run.files.best), "best_val_rsum": run.best.rsum,
-                      "best_epoch": run.best.epoch, "steps": run.stepper.steps, "seconds": round(seconds, 1)})
+    result = TrainResult(
+        Path(run.cfg.out_dir), run.files.best, run.best.rsum, run.best.epoch, run.stepper.steps, seconds, run.ctx.rank
+    )
+    run.files.result(
+        {
+            "best_checkpoint": str(run.files.best),
+            "best_val_rsum": run.best.rsum,
+            "best_epoch": run.best.epoch,
+            "steps": run.stepper.steps,
+            "seconds": round(seconds, 1),
+        }
+    )
     return result

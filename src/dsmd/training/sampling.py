@@ -48,7 +48,8 @@ def micro_batch_size(batch_size: int, grad_accum_steps: int, world_size: int) ->
         raise DsmdError(
             f"train.batch_size={batch_size} (the global batch) must divide by grad_accum_steps="
             f"{grad_accum_steps} x {world_size} processes = {grad_accum_steps * world_size}, so that every "
-            f"process takes an equal part of each micro-batch. Choose a multiple of {grad_accum_steps * world_size}.")
+            f"process takes an equal part of each micro-batch. Choose a multiple of {grad_accum_steps * world_size}."
+        )
     return batch_size // grad_accum_steps
 
 
@@ -65,8 +66,9 @@ class RankBatchSampler(Sampler[list[tuple[int, int]]]):
         skip: micro-batches of the epoch already done (a resumed run), not yielded.
     """
 
-    def __init__(self, num_pairs: int, micro_batch: int, seed: int, epoch: int, rank: int = 0,
-                 world_size: int = 1, skip: int = 0):
+    def __init__(
+        self, num_pairs: int, micro_batch: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1, skip: int = 0
+    ):
         self.num_pairs, self.micro_batch = num_pairs, micro_batch
         self.seed, self.epoch = seed, epoch
         self.rank, self.world_size, self.skip = rank, world_size, skip
@@ -74,9 +76,9 @@ class RankBatchSampler(Sampler[list[tuple[int, int]]]):
     def _parts(self) -> Iterator[list[int]]:
         order = epoch_order(self.num_pairs, self.seed, self.epoch).tolist()
         for start in range(self.skip * self.micro_batch, self.num_pairs, self.micro_batch):
-            chunk = order[start:start + self.micro_batch]
+            chunk = order[start : start + self.micro_batch]
             part = math.ceil(len(chunk) / self.world_size)
-            yield chunk[self.rank * part:(self.rank + 1) * part]
+            yield chunk[self.rank * part : (self.rank + 1) * part]
 
     def __len__(self) -> int:
         return sum(1 for part in self._parts() if part)

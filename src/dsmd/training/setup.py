@@ -84,13 +84,22 @@ class Run:
     def state(self, position: Position) -> dict[str, Any]:
         """The checkpoint of the run at ``position`` (see :mod:`dsmd.training.checkpoint`)."""
         return {
-            "config": config_to_dict(self.cfg), "model": self.student.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "objective": self.objective.state_dict(),
-            "balancer": self.balancer.state_dict(), "trainer": self.stepper.state_dict(),
-            "epoch": position.epoch, "epoch_pairs": position.epoch_steps * self.cfg.train.batch_size,
-            "step": self.stepper.steps, "best_rsum": self.best.rsum, "best_epoch": self.best.epoch,
-            "val_metrics": self.val_metrics, "dim": self.store.dim, "normalized": self.student.normalize,
-            "teacher": self.store.teacher, "dsmd_version": dsmd.__version__,
+            "config": config_to_dict(self.cfg),
+            "model": self.student.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "objective": self.objective.state_dict(),
+            "balancer": self.balancer.state_dict(),
+            "trainer": self.stepper.state_dict(),
+            "epoch": position.epoch,
+            "epoch_pairs": position.epoch_steps * self.cfg.train.batch_size,
+            "step": self.stepper.steps,
+            "best_rsum": self.best.rsum,
+            "best_epoch": self.best.epoch,
+            "val_metrics": self.val_metrics,
+            "dim": self.store.dim,
+            "normalized": self.student.normalize,
+            "teacher": self.store.teacher,
+            "dsmd_version": dsmd.__version__,
         }
 
 
@@ -110,10 +119,12 @@ def _check_counts(store: FeatureStore, split: str, data: CaptionedImages) -> Non
     if info is None:
         raise DsmdError(f"feature store {store.path} has no split '{split}'. Run `dsmd extract` for this dataset.")
     if (info.get("num_images"), info.get("num_captions")) != (data.num_images, len(data)):
-        raise DsmdError(f"feature store {store.path} was built for another dataset: its '{split}' split has "
-                        f"{info.get('num_images')} images and {info.get('num_captions')} captions, the data "
-                        f"{data.num_images} and {len(data)}. Point data.manifest at the shards written from "
-                        "this store, or `store=` at the store they were written from.")
+        raise DsmdError(
+            f"feature store {store.path} was built for another dataset: its '{split}' split has "
+            f"{info.get('num_images')} images and {info.get('num_captions')} captions, the data "
+            f"{data.num_images} and {len(data)}. Point data.manifest at the shards written from "
+            "this store, or `store=` at the store they were written from."
+        )
 
 
 def open_store(cfg: RunConfig, ctx: Distributed, progress: bool) -> tuple[FeatureStore, dict[str, CaptionedImages]]:
@@ -135,8 +146,10 @@ def open_store(cfg: RunConfig, ctx: Distributed, progress: bool) -> tuple[Featur
         store.verify(["train"], allow_hashing=not ctx.enabled, progress=progress)
     train_views = store.split("train").num_views if not cfg.data.teacher_in_shards else cfg.store_views
     if cfg.store_views > train_views:
-        raise DsmdError(f"store_views={cfg.store_views}, but {cfg.store} holds {train_views} views of each "
-                        f"training image. Extract with store_views={cfg.store_views} into a new store, or lower it.")
+        raise DsmdError(
+            f"store_views={cfg.store_views}, but {cfg.store} holds {train_views} views of each "
+            f"training image. Extract with store_views={cfg.store_views} into a new store, or lower it."
+        )
     return store, {"train": dataset["train"], "val": dataset["val"]}
 
 
@@ -153,8 +166,7 @@ def build_run_student(cfg: RunConfig, store: FeatureStore, fresh: bool, device: 
     """The student, L2-normalised exactly when its targets are (off: the Table 6 ablation)."""
     init = vision_proj_init(cfg) if fresh else None
     seed_everything(cfg.train.seed)
-    student = build_student(cfg.student, store.dim, normalize=bool(store.manifest["normalized"]),
-                            vision_proj_init=init)
+    student = build_student(cfg.student, store.dim, normalize=bool(store.manifest["normalized"]), vision_proj_init=init)
     return student.to(device)
 
 
@@ -162,15 +174,24 @@ def build_optimizer(cfg: RunConfig, student: nn.Module) -> torch.optim.Optimizer
     """AdamW; the two projections at ``train.head_lr_scale`` times the learning rate."""
     heads = [p for n, p in student.named_parameters() if n.startswith(HEADS)]
     towers = [p for n, p in student.named_parameters() if not n.startswith(HEADS)]
-    return torch.optim.AdamW([{"params": towers, "lr_scale": 1.0},
-                              {"params": heads, "lr_scale": cfg.train.head_lr_scale}],
-                             lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    return torch.optim.AdamW(
+        [{"params": towers, "lr_scale": 1.0}, {"params": heads, "lr_scale": cfg.train.head_lr_scale}],
+        lr=cfg.train.lr,
+        weight_decay=cfg.train.weight_decay,
+    )
 
 
 def build_balancer(cfg: RunConfig) -> LossBalancer:
     b = cfg.balancer
-    return LossBalancer(list(cfg.loss.losses), mode=b.mode, temperature=b.temperature, window=b.window,
-                        ema_decay=b.ema_decay, static_weights=b.static_weights, reference_k=b.reference_k)
+    return LossBalancer(
+        list(cfg.loss.losses),
+        mode=b.mode,
+        temperature=b.temperature,
+        window=b.window,
+        ema_decay=b.ema_decay,
+        static_weights=b.static_weights,
+        reference_k=b.reference_k,
+    )
 
 
 def validation_cache(cfg: RunConfig) -> ImageCache:
@@ -191,9 +212,19 @@ def build_pairs(cfg: RunConfig, store: FeatureStore, data: CaptionedImages, stud
     transform, plain = student.image_transform(train=cfg.train.augment), student.image_transform(train=False)
     if cfg.data.streaming:
         targets = None if cfg.data.teacher_in_shards else store.split("train")
-        return StreamingPairDataset(data, transform, targets, cache, views=views, view_transform=plain,
-                                    shuffle_buffer=cfg.data.shuffle_buffer, dim=store.dim)
+        return StreamingPairDataset(
+            data,
+            transform,
+            targets,
+            cache,
+            views=views,
+            view_transform=plain,
+            shuffle_buffer=cfg.data.shuffle_buffer,
+            dim=store.dim,
+        )
     return PairDataset(data, transform, store.split("train"), cache, views=views, view_transform=plain)
+
+
 def enable_gradient_checkpointing(student: nn.Module, log: Callable[[str], None]) -> list[str]:
     """Recompute the transformers towers' activations in the backward pass (less memory).
 
@@ -215,8 +246,10 @@ def enable_gradient_checkpointing(student: nn.Module, log: Callable[[str], None]
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
             done.append(name)
         else:
-            log(f"train.grad_checkpointing: the {name} tower ({type(getattr(student, name)).__name__}) "
-                "does not support it; it runs without")
+            log(
+                f"train.grad_checkpointing: the {name} tower ({type(getattr(student, name)).__name__}) "
+                "does not support it; it runs without"
+            )
     return done
 
 
@@ -230,24 +263,30 @@ def wrap_student(student: nn.Module, ctx: Distributed, compile_: bool) -> nn.Mod
     if ctx.enabled:
         with ctx.guard("starting DDP (broadcasting rank 0's parameters)"):
             model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                find_unused_parameters=False)
+                model,
+                device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                find_unused_parameters=False,
+            )
     return model
 
 
 def restore(run: Run, state: dict[str, Any], where: Path) -> None:
     """Put a checkpoint's state into the run's parts."""
     load_weights(run.student, state["model"], str(where))
-    load_weights(run.objective, state["objective"], f"{where} (its loss module: another loss.queue_size or loss.losses?)")
+    load_weights(
+        run.objective, state["objective"], f"{where} (its loss module: another loss.queue_size or loss.losses?)"
+    )
     run.optimizer.load_state_dict(state["optimizer"])
     run.balancer.load_state_dict(state["balancer"])
     run.stepper.load_state_dict(state.get("trainer", {}))
     run.stepper.steps = state["step"]
     epoch_pairs = state.get("epoch_pairs", 0)
     if epoch_pairs % run.cfg.train.batch_size:
-        raise DsmdError(f"{where} was written {epoch_pairs} pairs into epoch {state['epoch'] + 1}, which is not a "
-                        f"whole number of steps of train.batch_size={run.cfg.train.batch_size}. Resume with the "
-                        "batch size it was trained with.")
+        raise DsmdError(
+            f"{where} was written {epoch_pairs} pairs into epoch {state['epoch'] + 1}, which is not a "
+            f"whole number of steps of train.batch_size={run.cfg.train.batch_size}. Resume with the "
+            "batch size it was trained with."
+        )
     run.position = Position(state["epoch"], epoch_pairs // run.cfg.train.batch_size)
     run.best = Best(state["best_rsum"], state["best_epoch"])
     run.val_metrics = state.get("val_metrics")
@@ -264,15 +303,30 @@ def setup(cfg: RunConfig, state: dict[str, Any] | None, ctx: Distributed, progre
         enable_gradient_checkpointing(student, log)
     objective = MultiscaleDistillationLoss.from_config(cfg.loss, store.dim).to(ctx.device)
     balancer, optimizer = build_balancer(cfg), build_optimizer(cfg, student)
-    stepper = DistillationStep(student, wrap_student(student, ctx, tc.compile), objective, balancer, optimizer,
-                               ctx, tc)
+    stepper = DistillationStep(student, wrap_student(student, ctx, tc.compile), objective, balancer, optimizer, ctx, tc)
     files = RunFiles(cfg.out_dir, main=ctx.is_main, log=log)
-    run = Run(cfg, ctx, store, data, student, objective, balancer, optimizer, stepper,
-              build_pairs(cfg, store, data["train"], student), PairCollator(student.caption_tokenizer()), micro,
-              files, log, validation_cache(cfg))
+    run = Run(
+        cfg,
+        ctx,
+        store,
+        data,
+        student,
+        objective,
+        balancer,
+        optimizer,
+        stepper,
+        build_pairs(cfg, store, data["train"], student),
+        PairCollator(student.caption_tokenizer()),
+        micro,
+        files,
+        log,
+        validation_cache(cfg),
+    )
     if state is not None:
         restore(run, state, files.last)
-        log(f"resuming {cfg.out_dir} at epoch {run.position.epoch + 1}, step {stepper.steps}"
-            + (f" ({run.position.epoch_steps * tc.batch_size} of its pairs done)" if run.position.epoch_steps else ""))
+        log(
+            f"resuming {cfg.out_dir} at epoch {run.position.epoch + 1}, step {stepper.steps}"
+            + (f" ({run.position.epoch_steps * tc.batch_size} of its pairs done)" if run.position.epoch_steps else "")
+        )
     files.begin(cfg, stepper.steps if state is not None else None)
     return run

@@ -52,9 +52,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     dtype = PRECISIONS[precision]
     if dtype is None:
         return None
-    unsupported = DsmdError(f"train.precision={precision} is not supported on {device} by this PyTorch "
-                            f"({torch.__version__}). Use train.precision=fp32"
-                            f"{' or bf16' if precision == 'fp16' else ''}, or another device.")
+    unsupported = DsmdError(
+        f"train.precision={precision} is not supported on {device} by this PyTorch "
+        f"({torch.__version__}). Use train.precision=fp32"
+        f"{' or bf16' if precision == 'fp16' else ''}, or another device."
+    )
     if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise unsupported
     try:
@@ -93,8 +95,9 @@ class DistillationStep:
         steps: optimiser steps already taken (a resumed run).
     """
 
-    def __init__(self, student, model, objective, balancer, optimizer, ctx: Distributed, cfg: TrainConfig,
-                 steps: int = 0):
+    def __init__(
+        self, student, model, objective, balancer, optimizer, ctx: Distributed, cfg: TrainConfig, steps: int = 0
+    ):
         self.student, self.model, self.objective = student, model, objective
         self.balancer, self.optimizer, self.ctx = balancer, optimizer, ctx
         self.dtype = autocast_dtype(cfg.precision, ctx.device)
@@ -123,8 +126,9 @@ class DistillationStep:
             return contextlib.nullcontext()
         return torch.autocast(self.ctx.device.type, dtype=self.dtype)
 
-    def _gather(self, student: torch.Tensor, teacher: torch.Tensor, image_ids: torch.Tensor,
-                real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _gather(
+        self, student: torch.Tensor, teacher: torch.Tensor, image_ids: torch.Tensor, real: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The micro-batch's real rows from all ranks, in rank order.
 
         Args:
@@ -162,7 +166,7 @@ class DistillationStep:
         """
         batch = batch.to(self.ctx.device, non_blocking=self.ctx.device.type == "cuda")
         no_sync = getattr(self.model, "no_sync", None)
-        with self.ctx.guard("a training step"), (contextlib.nullcontext() if sync or no_sync is None else no_sync()):
+        with self.ctx.guard("a training step"), contextlib.nullcontext() if sync or no_sync is None else no_sync():
             with self._autocast():
                 student_image, student_text = self.model(batch.pixel_values, batch.input_ids, batch.attention_mask)
             local_student = torch.stack([student_image.float(), student_text.float()], dim=1)
@@ -171,8 +175,10 @@ class DistillationStep:
             losses = self.objective(student[:, 0], student[:, 1], teacher[:, 0], teacher[:, 1], image_ids)
             raw = {name: float(value.detach()) for name, value in losses.items()}
             if not all(math.isfinite(v) for v in raw.values()):
-                raise DsmdError(f"training diverged at step {self.steps + 1}: losses {raw}. Lower train.lr, or use "
-                                "train.precision=fp32; `dsmd train --resume` continues from the last checkpoint.")
+                raise DsmdError(
+                    f"training diverged at step {self.steps + 1}: losses {raw}. Lower train.lr, or use "
+                    "train.precision=fp32; `dsmd train --resume` continues from the last checkpoint."
+                )
             total, _ = self.balancer(losses)
             values = {"total": float(total.detach()), **raw}
             self.scaler.scale(total / self.accum).backward()
@@ -196,8 +202,11 @@ class DistillationStep:
         if self.clip is not None:
             norm = float(torch.nn.utils.clip_grad_norm_(grads, self.clip))
         else:
-            norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in grads]))) \
-                if grads else 0.0
+            norm = (
+                float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in grads])))
+                if grads
+                else 0.0
+            )
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

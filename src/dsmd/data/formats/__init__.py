@@ -38,8 +38,12 @@ def list_rows(cfg: DataConfig) -> tuple[list[Row], str]:
     if cfg.kind not in KINDS:
         raise DsmdError(f"unknown data.kind '{cfg.kind}'. Use one of: {', '.join(KINDS)}.")
     if not cfg.manifest:
-        what = {"manifest": "a JSONL or CSV file", "karpathy": "dataset_flickr30k.json or dataset_coco.json",
-                "hf": "a save_to_disk folder or parquet files", "webdataset": "a shard pattern"}[cfg.kind]
+        what = {
+            "manifest": "a JSONL or CSV file",
+            "karpathy": "dataset_flickr30k.json or dataset_coco.json",
+            "hf": "a save_to_disk folder or parquet files",
+            "webdataset": "a shard pattern",
+        }[cfg.kind]
         raise DsmdError(f"data.kind={cfg.kind} needs data.manifest=PATH ({what}).")
     root = given_root(cfg)
     if cfg.kind == "manifest":

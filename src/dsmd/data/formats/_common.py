@@ -14,8 +14,14 @@ Row = tuple[str, str, str]
 
 # Split names found in datasets, mapped to ours. Karpathy's "restval" (COCO images outside
 # the 5K val/test sets) is training data; Hugging Face names the validation split "validation".
-SPLIT_ALIASES = {"train": "train", "restval": "train", "val": "val", "validation": "val", "valid": "val",
-                 "test": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "restval": "train",
+    "val": "val",
+    "validation": "val",
+    "valid": "val",
+    "test": "test",
+}
 
 
 def split_from_name(path: str | Path) -> str:
@@ -53,8 +59,10 @@ def decode_utf8(data: bytes, source: str | Path) -> str:
     except UnicodeDecodeError as exc:
         at = skip + exc.start
         line = data.count(b"\n", 0, at) + 1
-        raise DsmdError(f"{source}:{line}: not UTF-8 text (byte {at} is 0x{data[at]:02x}). Save the file "
-                        "as UTF-8 (e.g. iconv -f latin1 -t utf-8).") from None
+        raise DsmdError(
+            f"{source}:{line}: not UTF-8 text (byte {at} is 0x{data[at]:02x}). Save the file "
+            "as UTF-8 (e.g. iconv -f latin1 -t utf-8)."
+        ) from None
 
 
 def read_utf8(path: Path) -> str:

@@ -43,8 +43,9 @@ def _saved_json(path: Path, key: str) -> list:
         value = json.loads(read_utf8(path))[key]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         why = f"no '{key}'" if isinstance(exc, KeyError | TypeError) else f"not JSON: {exc}"
-        raise DsmdError(f"{path} is not as save_to_disk writes it ({why}). "
-                        "Save the dataset again with save_to_disk.") from exc
+        raise DsmdError(
+            f"{path} is not as save_to_disk writes it ({why}). Save the dataset again with save_to_disk."
+        ) from exc
     if key == "_data_files" and isinstance(value, list):  # [{"filename": "data-00000-of-00001.arrow"}, ...]
         value = [v.get("filename") if isinstance(v, dict) else None for v in value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -62,8 +63,9 @@ def _arrow_files(folder: Path) -> list[Path]:
         raise DsmdError(f"no arrow files in {folder}. Is it a folder written by save_to_disk?")
     missing = [f for f in files if not f.is_file()]
     if missing:
-        raise DsmdError(f"arrow file not found: {missing[0]} (listed in {state}). Save the dataset again with "
-                        "save_to_disk.")
+        raise DsmdError(
+            f"arrow file not found: {missing[0]} (listed in {state}). Save the dataset again with save_to_disk."
+        )
     return files
 
 
@@ -79,8 +81,10 @@ def data_files(manifest: str) -> list[tuple[Path, str]]:
         names = _saved_json(path / "dataset_dict.json", "splits")
         unknown = [n for n in names if n not in SPLIT_ALIASES]
         if unknown:
-            raise DsmdError(f"{path}: split '{unknown[0]}' is not one of {', '.join(SPLIT_ALIASES)}. "
-                            "Rename it (DatasetDict keys) or save only the splits to use.")
+            raise DsmdError(
+                f"{path}: split '{unknown[0]}' is not one of {', '.join(SPLIT_ALIASES)}. "
+                "Rename it (DatasetDict keys) or save only the splits to use."
+            )
         named = len(names) > 1
         return [(f, SPLIT_ALIASES[n] if named else "") for n in names for f in _arrow_files(path / n)]
     if path.is_dir() and (path / "state.json").is_file():
@@ -92,8 +96,10 @@ def data_files(manifest: str) -> list[tuple[Path, str]]:
     else:
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
     if not files:
-        raise DsmdError(f"Hugging Face dataset not found: {manifest}. Set data.manifest to a save_to_disk "
-                        "folder, a parquet file, a folder of parquet files or a glob.")
+        raise DsmdError(
+            f"Hugging Face dataset not found: {manifest}. Set data.manifest to a save_to_disk "
+            "folder, a parquet file, a folder of parquet files or a glob."
+        )
     return [(f, split_from_name(f)) for f in files]
 
 
@@ -113,16 +119,19 @@ def _columns(path: Path, image_column: str, caption_column: str) -> tuple[list, 
     schema = table.schema if arrow else pf.schema_arrow
     for column, key in ((image_column, "image_column"), (caption_column, "caption_column")):
         if column not in schema.names:
-            raise DsmdError(f"{path} has no column '{column}'; its columns are: {', '.join(schema.names)}. "
-                            f"Set data.{key}.")
+            raise DsmdError(
+                f"{path} has no column '{column}'; its columns are: {', '.join(schema.names)}. Set data.{key}."
+            )
 
     def read(columns: list[str]):
         return table.select(columns) if arrow else pf.read(columns=columns)
 
     has_split = SPLIT_COLUMN in schema.names
     if has_split and not _is_text(schema.field(SPLIT_COLUMN).type):
-        raise DsmdError(f"{path}: column '{SPLIT_COLUMN}' has type {schema.field(SPLIT_COLUMN).type}; it must hold "
-                        f"text ({', '.join(SPLIT_ALIASES)}). Rename or drop the column.")
+        raise DsmdError(
+            f"{path}: column '{SPLIT_COLUMN}' has type {schema.field(SPLIT_COLUMN).type}; it must hold "
+            f"text ({', '.join(SPLIT_ALIASES)}). Rename or drop the column."
+        )
     small = read([caption_column] + ([SPLIT_COLUMN] if has_split else []))
     captions = small.column(caption_column).to_pylist()
     n = len(captions)
@@ -137,8 +146,11 @@ def _columns(path: Path, image_column: str, caption_column: str) -> tuple[list, 
             embedded = valid.to_pylist()
         else:
             # (a leaf of a struct is read alone: the bytes stay on disk)
-            paths = (pc.struct_field(pf.read(columns=[f"{image_column}.path"]).column(0), "path").to_pylist()
-                     if has_path else [None] * n)
+            paths = (
+                pc.struct_field(pf.read(columns=[f"{image_column}.path"]).column(0), "path").to_pylist()
+                if has_path
+                else [None] * n
+            )
             embedded = _parquet_embedded(pf, f"{image_column}.bytes")
     elif _is_text(kind):
         paths, embedded = read([image_column]).column(0).to_pylist(), [False] * n
@@ -146,8 +158,10 @@ def _columns(path: Path, image_column: str, caption_column: str) -> tuple[list, 
         paths = [None] * n
         embedded = pc.is_valid(table.column(image_column)).to_pylist() if arrow else _parquet_embedded(pf, image_column)
     else:
-        raise DsmdError(f"{path}: column '{image_column}' has type {kind}; expected a datasets Image "
-                        "feature, a path string or image bytes. Set data.image_column.")
+        raise DsmdError(
+            f"{path}: column '{image_column}' has type {kind}; expected a datasets Image "
+            "feature, a path string or image bytes. Set data.image_column."
+        )
     for r in range(n):
         if not (embedded[r] or paths[r]):
             raise DsmdError(f"{path}: row {r} has no image in column '{image_column}'. Remove the row.")
@@ -172,8 +186,9 @@ def _parquet_embedded(pf, leaf: str) -> list[bool]:
     embedded: list[bool] = []
     for g in range(meta.num_row_groups):
         group = meta.row_group(g)
-        chunk = next((group.column(j) for j in range(group.num_columns)
-                      if group.column(j).path_in_schema == leaf), None)
+        chunk = next(
+            (group.column(j) for j in range(group.num_columns) if group.column(j).path_in_schema == leaf), None
+        )
         stats = chunk.statistics if chunk is not None else None
         if stats is not None and stats.has_null_count and stats.null_count in (0, group.num_rows):
             embedded += [stats.null_count == 0] * group.num_rows
@@ -189,19 +204,24 @@ def _texts(caption, where: str, column: str) -> list[str]:
     """The stripped captions of one cell: a string or a non-empty list of non-empty strings."""
     texts = [caption] if isinstance(caption, str) else caption
     if not isinstance(texts, list) or not texts:
-        raise DsmdError(f"{where}: column '{column}' holds no caption ({type(caption).__name__}). "
-                        "Set data.caption_column to a text or list column.")
+        raise DsmdError(
+            f"{where}: column '{column}' holds no caption ({type(caption).__name__}). "
+            "Set data.caption_column to a text or list column."
+        )
     for text in texts:
         if not isinstance(text, str):
-            raise DsmdError(f"{where}: column '{column}' holds a value of type {type(text).__name__}, not text. "
-                            "Set data.caption_column to a text or list-of-text column.")
+            raise DsmdError(
+                f"{where}: column '{column}' holds a value of type {type(text).__name__}, not text. "
+                "Set data.caption_column to a text or list-of-text column."
+            )
         if not text.strip():
             raise DsmdError(f"{where}: empty caption. Fix or remove the row.")
     return [text.strip() for text in texts]
 
 
-def list_hf(manifest: str, root: Path | None, image_column: str = "image",
-            caption_column: str = "caption") -> list[Row]:
+def list_hf(
+    manifest: str, root: Path | None, image_column: str = "image", caption_column: str = "caption"
+) -> list[Row]:
     """(image reference or path, caption, split) for every caption, in file and row order.
 
     Raises:

@@ -33,15 +33,19 @@ def list_karpathy(manifest: str | Path, root: str | Path | None) -> list[Row]:
     """
     manifest = Path(manifest)
     if not manifest.is_file():
-        raise DsmdError(f"Karpathy split file not found: {manifest}. Set data.manifest to "
-                        "dataset_flickr30k.json or dataset_coco.json.")
+        raise DsmdError(
+            f"Karpathy split file not found: {manifest}. Set data.manifest to "
+            "dataset_flickr30k.json or dataset_coco.json."
+        )
     try:
         content = json.loads(read_utf8(manifest))
     except json.JSONDecodeError as exc:
         raise DsmdError(f"{manifest} is not valid JSON ({exc}).") from exc
     if not isinstance(content, dict) or not isinstance(content.get("images"), list):
-        raise DsmdError(f"{manifest} is not a Karpathy split file: it has no 'images' list. data.kind=karpathy "
-                        "reads dataset_flickr30k.json or dataset_coco.json; use data.kind=manifest for JSONL.")
+        raise DsmdError(
+            f"{manifest} is not a Karpathy split file: it has no 'images' list. data.kind=karpathy "
+            "reads dataset_flickr30k.json or dataset_coco.json; use data.kind=manifest for JSONL."
+        )
     base = Path(root) if root else manifest.parent
     rows: list[Row] = []
     for i, image in enumerate(content["images"]):

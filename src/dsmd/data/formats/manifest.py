@@ -53,8 +53,9 @@ def _entry(where: str, image, captions: list[str], split) -> Entry:
     if not isinstance(image, str):
         raise DsmdError(f"{where}: 'image' must be a string (the image's path), not {json_kind(image)}.")
     if split is not None and not isinstance(split, str):
-        raise DsmdError(f"{where}: 'split' must be a string (one of {', '.join(SPLIT_ALIASES)}), "
-                        f"not {json_kind(split)}.")
+        raise DsmdError(
+            f"{where}: 'split' must be a string (one of {', '.join(SPLIT_ALIASES)}), not {json_kind(split)}."
+        )
     if not captions:
         raise DsmdError(f"{where}: image {image} has no caption. Add one or remove the row.")
     captions = [caption.strip() for caption in captions]
@@ -102,14 +103,16 @@ def _csv_entries(text: str, manifest: Path) -> Iterator[Entry]:
         header = reader.fieldnames
         if not header or not {"image", "caption"} <= set(header):
             found = ", ".join(header) if header else "nothing"
-            raise DsmdError(f"{manifest}: a CSV manifest needs a header with 'image' and 'caption' columns "
-                            f"(found: {found}).")
+            raise DsmdError(
+                f"{manifest}: a CSV manifest needs a header with 'image' and 'caption' columns (found: {found})."
+            )
         for row in reader:
             where = f"{manifest}:{reader.line_num}"
             fields = sum(v is not None for k, v in row.items() if k != _EXTRA) + len(row.get(_EXTRA, []))
             if fields != len(header):
-                raise DsmdError(f"{where}: {fields} fields, but the header has {len(header)}. "
-                                "Quote fields that contain commas.")
+                raise DsmdError(
+                    f"{where}: {fields} fields, but the header has {len(header)}. Quote fields that contain commas."
+                )
             yield _entry(where, row["image"], [row["caption"]], row.get("split"))
     except csv.Error as exc:
         raise DsmdError(f"{manifest}:{reader.line_num}: not valid CSV ({exc}).") from exc

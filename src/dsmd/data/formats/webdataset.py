@@ -62,8 +62,10 @@ def expand_shards(pattern: str) -> list[str]:
         shards = [Path(p).expanduser() for part in pattern.split("::") for p in braceexpand(part)]
         missing = [p for p in shards if not p.is_file()]
         if missing:
-            raise DsmdError(f"shard not found: {missing[0]} ({len(missing)} of the {len(shards)} shards of "
-                            f"{pattern} are missing). Fix data.manifest or restore the shards.")
+            raise DsmdError(
+                f"shard not found: {missing[0]} ({len(missing)} of the {len(shards)} shards of "
+                f"{pattern} are missing). Fix data.manifest or restore the shards."
+            )
     elif any(c in pattern for c in "*?["):
         shards = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
         if not shards:
@@ -128,16 +130,18 @@ def _captions_of(text: dict[str, tuple[str, bytes]]) -> tuple[list[str], str]:
     meta = _meta(text.get("json"))
     split = meta.get("split")
     if split is not None and not isinstance(split, str):
-        raise DsmdError(f"{text['json'][0]}: 'split' must be a string (one of {', '.join(SPLIT_ALIASES)}), "
-                        f"not {json_kind(split)}.")
+        raise DsmdError(
+            f"{text['json'][0]}: 'split' must be a string (one of {', '.join(SPLIT_ALIASES)}), not {json_kind(split)}."
+        )
     captions = decode_utf8(text["txt"][1], text["txt"][0]).splitlines() if "txt" in text else []
     if not any(c.strip() for c in captions) and "json" in text:
         captions = _json_captions(meta, text["json"][0])
     return [c.strip() for c in captions if c.strip()], split or ""
 
 
-def iter_samples(shard: str, read_images: bool = False, wanted=None,
-                 read_members: tuple[str, ...] = ()) -> Iterator[Sample]:
+def iter_samples(
+    shard: str, read_images: bool = False, wanted=None, read_members: tuple[str, ...] = ()
+) -> Iterator[Sample]:
     """The samples of one shard, in order; text members are read, images only if ``read_images``.
 
     Args:
@@ -157,8 +161,11 @@ def iter_samples(shard: str, read_images: bool = False, wanted=None,
 
             def flush():
                 image = next((members[e] for e in IMAGE_EXTENSIONS if e in members), None)
-                text = {e: (tar_ref(shard, members[e].name), tf.extractfile(members[e]).read())
-                        for e in ("txt", "json") if e in members}
+                text = {
+                    e: (tar_ref(shard, members[e].name), tf.extractfile(members[e]).read())
+                    for e in ("txt", "json")
+                    if e in members
+                }
                 captions, split = _captions_of(text)
                 sample = Sample(key, image.name if image else None, None, captions, split)
                 if image is not None:

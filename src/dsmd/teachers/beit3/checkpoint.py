@@ -74,9 +74,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DsmdError(
-            f"BEiT-3 checkpoint not found: {path}. Set teacher.name_or_path to {EXPECTED}."
-        )
+        raise DsmdError(f"BEiT-3 checkpoint not found: {path}. Set teacher.name_or_path to {EXPECTED}.")
     try:
         obj = _torch_load(path)
     except DsmdError:
@@ -93,10 +91,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 state_dict = obj[key]
                 break
     if not isinstance(state_dict, Mapping) or not state_dict:
-        raise DsmdError(
-            f"{path} holds no state dict ({type(obj).__name__}). teacher.kind=beit3 expects "
-            f"{EXPECTED}."
-        )
+        raise DsmdError(f"{path} holds no state dict ({type(obj).__name__}). teacher.kind=beit3 expects {EXPECTED}.")
     state_dict = {str(k): v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
     if "beit3.text_embed.weight" not in state_dict:
         prefixes = sorted({key.split(".")[0] for key in state_dict})[:6]
@@ -131,9 +126,7 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor], source: str) 
             f"{source} is not a complete BEiT-3 checkpoint (missing or misshapen {exc}). "
             f"teacher.kind=beit3 expects {EXPECTED}."
         ) from exc
-    layers = {
-        int(key.split(".")[3]) for key in state_dict if key.startswith("beit3.encoder.layers.")
-    }
+    layers = {int(key.split(".")[3]) for key in state_dict if key.startswith("beit3.encoder.layers.")}
     grid = math.isqrt(max(vision_rows - 1 - POSITION_OFFSET, 0))
     if layers != set(range(len(layers))) or grid * grid != vision_rows - 1 - POSITION_OFFSET:
         raise DsmdError(
@@ -173,10 +166,7 @@ def resize_image_positions(
         ValueError: ``img_size`` is not a positive multiple of the patch size.
     """
     if img_size <= 0 or img_size % config.patch_size:
-        raise ValueError(
-            f"image size {img_size} is not a positive multiple of the patch size "
-            f"{config.patch_size}"
-        )
+        raise ValueError(f"image size {img_size} is not a positive multiple of the patch size {config.patch_size}")
     new_config = replace(config, img_size=img_size)
     if img_size == config.img_size:
         return state_dict, new_config
@@ -191,9 +181,7 @@ def resize_image_positions(
     return resized, new_config
 
 
-def build_model(
-    state_dict: Mapping[str, torch.Tensor], config: BEiT3Config, source: str
-) -> BEiT3ForRetrieval:
+def build_model(state_dict: Mapping[str, torch.Tensor], config: BEiT3Config, source: str) -> BEiT3ForRetrieval:
     """A float32 :class:`BEiT3ForRetrieval` holding ``state_dict`` (key for key, shape for shape).
 
     The model is built on the meta device and takes the tensors over (no second copy of a
@@ -215,13 +203,9 @@ def build_model(
     if missing or unexpected:
         problems = []
         if missing:
-            problems.append(
-                f"missing {', '.join(missing[:4])}" + (" ..." if len(missing) > 4 else "")
-            )
+            problems.append(f"missing {', '.join(missing[:4])}" + (" ..." if len(missing) > 4 else ""))
         if unexpected:
-            problems.append(
-                f"unexpected {', '.join(unexpected[:4])}" + (" ..." if len(unexpected) > 4 else "")
-            )
+            problems.append(f"unexpected {', '.join(unexpected[:4])}" + (" ..." if len(unexpected) > 4 else ""))
         raise DsmdError(
             f"{source} does not match the BEiT-3 retrieval architecture ({'; '.join(problems)}). "
             f"teacher.kind=beit3 expects {EXPECTED}."
@@ -230,7 +214,6 @@ def build_model(
         model.load_state_dict(state_dict, strict=True, assign=True)
     except RuntimeError as exc:
         raise DsmdError(
-            f"{source}: its tensors do not fit a BEiT-3 {config} ({exc}). teacher.kind=beit3 "
-            f"expects {EXPECTED}."
+            f"{source}: its tensors do not fit a BEiT-3 {config} ({exc}). teacher.kind=beit3 expects {EXPECTED}."
         ) from exc
     return model.float()

@@ -70,13 +70,9 @@ class BEiT3Config:
 
     def __post_init__(self) -> None:
         if self.num_heads <= 0 or self.embed_dim % self.num_heads:
-            raise ValueError(
-                f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}"
-            )
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.patch_size <= 0 or self.img_size % self.patch_size:
-            raise ValueError(
-                f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
-            )
+            raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
 
     @classmethod
     def base(cls, img_size: int = 384) -> BEiT3Config:
@@ -142,9 +138,7 @@ class MultiwayAttention(nn.Module):
         self.out_proj = _multiway_linear(dim, dim)
         self.inner_attn_ln = _multiway_layer_norm(dim, config.layernorm_eps)
 
-    def forward(
-        self, x: torch.Tensor, padding_mask: torch.Tensor | None, modality: Modality
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None, modality: Modality) -> torch.Tensor:
         """``(B, L, D)`` and a ``(B, L)`` padding mask (True = padding) -> ``(B, L, D)``."""
         batch, length, dim = x.shape
 
@@ -188,9 +182,7 @@ class EncoderLayer(nn.Module):
         self.ffn = Multiway(FeedForward(config), FeedForward(config))
         self.final_layer_norm = _multiway_layer_norm(config.embed_dim, config.layernorm_eps)
 
-    def forward(
-        self, x: torch.Tensor, padding_mask: torch.Tensor | None, modality: Modality
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None, modality: Modality) -> torch.Tensor:
         """``(B, L, D)`` -> ``(B, L, D)``."""
         x = x + self.self_attn(self.self_attn_layer_norm(x, modality), padding_mask, modality)
         return x + self.ffn(self.final_layer_norm(x, modality), modality)
@@ -209,16 +201,13 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_layers))
         self.layer_norm = _multiway_layer_norm(dim, config.layernorm_eps)
 
-    def forward(
-        self, x: torch.Tensor, padding_mask: torch.Tensor | None, modality: Modality
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None, modality: Modality) -> torch.Tensor:
         """Token embeddings ``(B, L, D)`` -> encoder output ``(B, L, D)``."""
         table = self.embed_positions.A if modality == "vision" else self.embed_positions.B
         length = x.shape[1]
         if length + POSITION_OFFSET > table.num_embeddings:
             raise ValueError(
-                f"{length} {modality} tokens exceed the {table.num_embeddings - POSITION_OFFSET} "
-                "positions of the model"
+                f"{length} {modality} tokens exceed the {table.num_embeddings - POSITION_OFFSET} positions of the model"
             )
         positions = torch.arange(POSITION_OFFSET, length + POSITION_OFFSET, device=x.device)
         x = x + table(positions)
@@ -238,9 +227,7 @@ class VisionEmbedding(nn.Module):
     def __init__(self, config: BEiT3Config) -> None:
         super().__init__()
         self.img_size = config.img_size
-        self.proj = nn.Conv2d(
-            3, config.embed_dim, kernel_size=config.patch_size, stride=config.patch_size
-        )
+        self.proj = nn.Conv2d(3, config.embed_dim, kernel_size=config.patch_size, stride=config.patch_size)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.embed_dim))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.embed_dim))
 
@@ -248,9 +235,7 @@ class VisionEmbedding(nn.Module):
         """``(B, 3, S, S)`` -> ``(B, 1 + (S / patch) ** 2, D)``."""
         height, width = pixel_values.shape[-2:]
         if (height, width) != (self.img_size, self.img_size):
-            raise ValueError(
-                f"BEiT-3 expects {self.img_size}x{self.img_size} images, got {height}x{width}"
-            )
+            raise ValueError(f"BEiT-3 expects {self.img_size}x{self.img_size} images, got {height}x{width}")
         x = self.proj(pixel_values).flatten(2).transpose(1, 2)
         return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
 

@@ -78,9 +78,7 @@ class BEiT3Teacher(Teacher):
         path = Path(checkpoint).expanduser()
         state_dict = load_state_dict(path)
         config = config_from_state_dict(state_dict, str(path))
-        self.tokenizer = BEiT3Tokenizer(
-            _resolve_tokenizer(path, None if tokenizer is None else str(tokenizer))
-        )
+        self.tokenizer = BEiT3Tokenizer(_resolve_tokenizer(path, None if tokenizer is None else str(tokenizer)))
         rows = config.vocab_size
         if not self.tokenizer.vocab_size <= rows <= self.tokenizer.vocab_size + VOCAB_MARGIN:
             raise DsmdError(
@@ -94,9 +92,7 @@ class BEiT3Teacher(Teacher):
             except ValueError as exc:
                 raise DsmdError(f"teacher.image_size: {exc}.") from exc
         self.max_length = (
-            min(MAX_TEXT_LENGTH, config.max_text_length)
-            if max_text_length is None
-            else int(max_text_length)
+            min(MAX_TEXT_LENGTH, config.max_text_length) if max_text_length is None else int(max_text_length)
         )
         if not 2 <= self.max_length <= config.max_text_length:
             raise DsmdError(
