@@ -11,6 +11,10 @@ disk, the write time (including the sha256 of every file), and the rate at which
   DONTNEED`` on its files, nothing system-wide), ``--cold-batches`` steps;
 * ``warm``: the files read once beforehand (in the page cache), ``--batches`` steps.
 
+Integrity (:mod:`dsmd.store.integrity`): the time to open the store (manifest, sizes and
+headers only), to verify every file from a cold cache (sha256 and finite values: what the first
+use of a store that arrived from elsewhere costs), and to verify it again once stamped.
+
 Rows/s counts image and caption rows; MB/s is stored bytes (rows x D x 2 or 4) per second,
 10^6 bytes. Prints a table and a JSON line; ``--json PATH`` also writes the JSON there.
 
@@ -32,6 +36,7 @@ import torch
 
 from dsmd.runtime.files import write_json_atomic
 from dsmd.store import FeatureStore, SplitFeatures, write_split
+from dsmd.store.manifest import seal
 
 
 def _write(folder: Path, feats: SplitFeatures, dtype: str, shard_rows: int | None) -> float:
@@ -39,19 +44,42 @@ def _write(folder: Path, feats: SplitFeatures, dtype: str, shard_rows: int | Non
     t0 = time.perf_counter()
     records = write_split(folder, "train", feats, dtype, shard_rows)
     seconds = time.perf_counter() - t0
-    write_json_atomic(
-        folder / "manifest.json",
-        {
-            "format_version": 1,
-            "dim": feats.dim,
-            "dtype": dtype,
-            "teacher": {"kind": "benchmark"},
-            "splits": {"train": {"num_images": feats.num_images, "num_captions": feats.num_captions}},
-            "files": {"train": records},
-            "shard_rows": shard_rows,
+    manifest = {
+        "format_version": 1,
+        "teacher": {"kind": "benchmark"},
+        "normalized": True,
+        "dtype": dtype,
+        "dim": feats.dim,
+        "splits": {
+            "train": {"fingerprint": "benchmark", "num_images": feats.num_images, "num_captions": feats.num_captions}
         },
-    )
+        "files": {"train": records},
+        "shard_rows": shard_rows,
+    }
+    write_json_atomic(folder / "manifest.json", seal(manifest))
     return seconds
+
+
+def _verify(folder: Path) -> dict:
+    """Open the store (stat and headers only), then hash and check every file from a cold cache,
+    then verify again (stamped: nothing is hashed)."""
+    t0 = time.perf_counter()
+    store = FeatureStore.open(folder)
+    open_s = time.perf_counter() - t0
+    _drop_cache(folder)
+    t0 = time.perf_counter()
+    hashed = store.verify(force=True)
+    cold_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    again = store.verify()
+    stamped_s = time.perf_counter() - t0
+    return {
+        "open_ms": round(1e3 * open_s, 2),
+        "verify_cold_s": round(cold_s, 2),
+        "verify_mb_per_s": round(hashed / cold_s / 1e6, 1),
+        "verify_stamped_ms": round(1e3 * stamped_s, 2),
+        "stamped_bytes_hashed": again,
+    }
 
 
 def _drop_cache(folder: Path) -> None:
@@ -140,10 +168,13 @@ def main() -> None:
                         "mb_per_s": round(rows * row_bytes / seconds / 1e6, 1),
                         "ms_per_step": round(1e3 * seconds / steps, 3),
                     }
+                entry["verify"] = _verify(folder)
                 results.append(entry)
                 print(
                     f"{dtype} {shard_rows or 'one file'}: {size / 1e9:.2f} GB, "
-                    f"cold {entry['cold']['rows_per_s']} rows/s, warm {entry['warm']['rows_per_s']} rows/s",
+                    f"cold {entry['cold']['rows_per_s']} rows/s, warm {entry['warm']['rows_per_s']} rows/s; open "
+                    f"{entry['verify']['open_ms']} ms, verify {entry['verify']['verify_mb_per_s']} MB/s "
+                    f"(stamped: {entry['verify']['verify_stamped_ms']} ms)",
                     flush=True,
                 )
                 shutil.rmtree(folder)

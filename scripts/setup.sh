@@ -2,7 +2,7 @@
 # Set up dsmd on a fresh machine (Debian, Python >= 3.10): the Debian package of the demo's
 # images, a virtual environment in .venv, torch, and dsmd itself.
 #   bash scripts/setup.sh         # to run `dsmd demo`
-#   bash scripts/setup.sh --dev   # also the test tools
+#   bash scripts/setup.sh --dev   # also the test tools (and Debian's chromium for the browser test)
 # torch is installed first and pinned (TORCH_SPEC, default torch==2.13.0: the local CPU wheel
 # on our machines) so that nothing pulls a multi-GB CUDA build; GPU users set TORCH_SPEC,
 # e.g. TORCH_SPEC="torch==2.6.0 --index-url https://download.pytorch.org/whl/cu124".
@@ -14,11 +14,17 @@ extras=""
 python=${PYTHON:-python3}
 torch_spec=${TORCH_SPEC:-torch==2.13.0}
 
-if [ ! -d /usr/share/tuxpaint/stamps ]; then
-  echo "setup: installing Debian package tuxpaint-stamps-default (the demo's captioned photos)"
+debs=()
+[ -d /usr/share/tuxpaint/stamps ] || debs+=(tuxpaint-stamps-default)   # the demo's captioned photos
+if [ -n "$extras" ]; then  # the browser test of `dsmd serve`
+  command -v chromium >/dev/null || debs+=(chromium)
+  command -v chromedriver >/dev/null || debs+=(chromium-driver)
+fi
+if [ ${#debs[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages ${debs[*]}"
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q tuxpaint-stamps-default >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${debs[@]}" >/dev/null
 fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv

@@ -3,16 +3,19 @@
 Layers, bottom to top (a package may import its own modules and any lower layer, never a
 higher or a sibling one):
 
-   -1  errors                         one exception type, used everywhere
-    0  runtime                                     devices, the process group, atomic files, pretrained weights
+   -1  errors                          one exception type, used everywhere
+    0  runtime                         devices, the process group, atomic files, pretrained weights
     1  config                          typed run configuration
     2  store, data                     the feature-store format; datasets, images, batches
     3  models, losses, balancer        the student; the DSMD losses; the balancer
     4  teachers, evaluation            frozen teachers; retrieval metrics and student scoring
     5  extraction, training, reports   pipelines: fill a store, distil, report
-    6  demo, scoring                   whole commands
-    7  cli                             the command line
-    8  __main__                        python -m dsmd
+    6  inference                       a trained student as an encoder (export folders, checkpoints)
+    7  export                          writing export folders (weights, transformers, ONNX)
+    8  search                          indexes, queries, the web page
+    9  demo, scoring                   whole commands
+   10  cli                             the command line
+   11  __main__                        python -m dsmd
 """
 
 from __future__ import annotations
@@ -37,10 +40,13 @@ LAYERS = {
     "extraction": 5,
     "training": 5,
     "reports": 5,
-    "demo": 6,
-    "scoring": 6,
-    "cli": 7,
-    "__main__": 8,
+    "inference": 6,
+    "export": 7,
+    "search": 8,
+    "demo": 9,
+    "scoring": 9,
+    "cli": 10,
+    "__main__": 11,
 }
 MAX_MODULE_LINES = 450
 MAX_TRAINING_FUNCTION_LINES = 80

@@ -17,7 +17,11 @@ def test_demo_reports_teacher_and_student_and_resumes(tiny_overrides, tmp_path):
     out = tmp_path / "demo"
     report = run_demo(out, overrides, progress=False, log=lambda *_: None)
     saved = json.loads((out / "report.json").read_text())
-    assert set(saved) == {"teacher", "student", "meta"}
+    assert set(saved) == {"teacher", "student", "asymmetric", "meta"}
+    assert set(saved["asymmetric"]) == {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum"}
+    assert saved["meta"]["asymmetric_rsum_over_student"] == round(
+        saved["asymmetric"]["rsum"] / saved["student"]["rsum"], 4
+    )
     for model in ("teacher", "student"):
         assert set(REPORT_KEYS) <= set(saved[model])
         assert 0 <= saved[model]["rsum"] <= 600 and saved[model]["params"] > 0

@@ -25,6 +25,12 @@ EXAMPLES = {
     "eval": "dsmd eval --checkpoint runs/exp1/checkpoints/best.pt --split test --json\n"
     "  dsmd eval --store runs/store --split test",
     "verify": "dsmd verify runs/store",
+    "export": "dsmd export --checkpoint demo_out/train/checkpoints/best.pt --out demo_out/export --onnx",
+    "index": "dsmd index --model demo_out/export --images /usr/share/tuxpaint/stamps/animals --out demo_out/index\n"
+    "  dsmd index --teacher-store demo_out/store --split test --out demo_out/teacher_index",
+    "search": 'dsmd search --index demo_out/index --text "a red kangaroo" -k 5\n'
+    '  dsmd search --index demo_out/teacher_index --model demo_out/export --text "a kangaroo" --json',
+    "serve": "dsmd serve --index demo_out/index --port 8000",
 }
 
 
@@ -105,6 +111,13 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--split", default="test", help="train, val or test (default: test)")
     q.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     q.add_argument(
+        "--gallery",
+        choices=("student", "teacher"),
+        default="student",
+        help="with --checkpoint: teacher scores the student's queries against the teacher's stored features "
+        "(asymmetric retrieval)",
+    )
+    q.add_argument(
         "overrides",
         nargs="*",
         metavar="key=value",
@@ -113,6 +126,54 @@ def _parser() -> argparse.ArgumentParser:
 
     q = add("verify", "Check every file of a feature store against its manifest (sha256, finite values).")
     q.add_argument("store", help="the feature store folder")
+
+    q = add(
+        "export",
+        "Write a trained student as a self-contained folder (safetensors, tokenizer, preprocessing; "
+        "a transformers model when it can be one; ONNX with --onnx).",
+    )
+    q.add_argument("--checkpoint", required=True, help="a checkpoint written by `dsmd train`")
+    q.add_argument("--out", required=True, help="the export folder to write")
+    q.add_argument("--onnx", action="store_true", help="also write image_encoder.onnx and text_encoder.onnx")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+
+    q = add("index", "Encode images (or captions) into a search index; run again to add new ones.")
+    q.add_argument("--out", required=True, help="the index folder")
+    q.add_argument("--model", help="export folder or checkpoint that encodes the items")
+    what = q.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--images",
+        nargs="+",
+        metavar="PATH",
+        help="image folders (recursive), image files, or "
+        "files listing images (.txt one a line, .jsonl / .csv with an image field)",
+    )
+    what.add_argument("--texts", metavar="FILE", help="a text file of captions, one a line")
+    what.add_argument(
+        "--teacher-store",
+        metavar="STORE",
+        help="take the teacher's stored image features of --split (nothing is encoded)",
+    )
+    q.add_argument("--split", default="test", help="with --teacher-store: train, val or test (default: test)")
+    q.add_argument("--approximate", action="store_true", help="HNSW instead of exact search (for millions)")
+    q.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+
+    q = add("search", "Search an index with a caption or an image.")
+    q.add_argument("--index", required=True, help="an index folder (dsmd index)")
+    query = q.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", help="a caption to search for")
+    query.add_argument("--image", help="an image to search with")
+    q.add_argument("-k", type=int, default=10, help="results to show (default: 10)")
+    q.add_argument("--model", help="the query model (default: the one that built the index)")
+    q.add_argument("--json", action="store_true", help='print {"query", "results": [{"path", "score"}], "ms"}')
+    q.add_argument("--device", default="cpu")
+
+    q = add("serve", "Serve a search page and a JSON API over an index.")
+    q.add_argument("--index", required=True, help="an index folder (dsmd index)")
+    q.add_argument("--model", help="the query model (default: the one that built the index)")
+    q.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    q.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    q.add_argument("--device", default="cpu")
     return p
 
 
@@ -157,7 +218,9 @@ def _eval(args, progress: bool) -> None:
             raise DsmdError("--store takes no key=value overrides (the store holds everything it needs).")
         metrics, about = score_store(args.store, args.split, progress=progress)
     else:
-        metrics, about = score_checkpoint(args.checkpoint, args.split, args.overrides, progress=progress)
+        metrics, about = score_checkpoint(
+            args.checkpoint, args.split, args.overrides, progress=progress, gallery=args.gallery
+        )
     if args.json:
         print(
             json.dumps({**metrics, "split": about["split"], "images": about["images"], "captions": about["captions"]})
@@ -167,6 +230,7 @@ def _eval(args, progress: bool) -> None:
         f"{about['model']} on {about['data']}, split {about['split']}: {about['images']} images, "
         f"{about['captions']} captions"
         + (f" (overrides: {' '.join(about['overrides'])})" if about["overrides"] else "")
+        + (f"; gallery: {about['gallery']}" if "gallery" in about else "")
     )
     print(format_table({Path(args.checkpoint or args.store).name: metrics}))
 
@@ -184,6 +248,55 @@ def _verify(args, progress: bool) -> None:
         f"feature store {store.path}: every file matches its manifest and holds finite values "
         f"({hashed / 1e6:.1f} MB hashed in {seconds:.1f} s)"
     )
+
+
+def _index(args, progress: bool) -> None:
+    from dsmd.inference import load_student
+    from dsmd.search.build import index_images, index_teacher_store, index_texts
+
+    if args.teacher_store:
+        if args.model:
+            raise DsmdError("--teacher-store takes the teacher's stored features: it needs no --model.")
+        index_teacher_store(args.out, args.teacher_store, args.split, args.approximate, progress)
+        return
+    if not args.model:
+        raise DsmdError("give the model that encodes the items: --model EXPORT_DIR (or a checkpoint).")
+    encoder = load_student(args.model, args.device)
+    if args.images:
+        index_images(args.out, encoder, args.images, args.approximate, progress)
+    else:
+        index_texts(args.out, encoder, args.texts, args.approximate, progress)
+
+
+def _search(args) -> None:
+    from dsmd.search.index import Index
+    from dsmd.search.query import query_model, run_query
+
+    index = Index.open(args.index)
+    result = run_query(index, query_model(index, args.model, args.device), args.text, args.image, args.k)
+    if args.json:
+        print(json.dumps(result))
+        return
+    for rank, hit in enumerate(result["results"], start=1):
+        print(f"{rank:3d}  {hit['score']:.4f}  {hit.get('path', hit.get('text'))}")
+    print(f"({len(result['results'])} of {len(index)} {index.kind}, {result['ms']:.1f} ms)")
+
+
+def _serve(args) -> None:
+    from dsmd.search.index import Index
+    from dsmd.search.query import query_model
+    from dsmd.search.server import SearchService, make_server
+
+    index = Index.open(args.index)
+    server = make_server(
+        SearchService(index, query_model(index, args.model, args.device)), args.host, args.port, quiet=args.quiet
+    )
+    host, port = server.server_address[:2]
+    print(f"serving {index.path} ({len(index)} {index.kind}) on http://{host}:{port}/  (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -233,6 +346,16 @@ def run(argv: list[str] | None = None) -> int:
         _eval(args, progress)
     elif args.command == "verify":
         _verify(args, progress)
+    elif args.command == "export":
+        from dsmd.export.writer import export_student
+
+        export_student(args.checkpoint, args.out, onnx=args.onnx, overwrite=args.overwrite)
+    elif args.command == "index":
+        _index(args, progress)
+    elif args.command == "search":
+        _search(args)
+    elif args.command == "serve":
+        _serve(args)
     return 0
 
 

@@ -1,7 +1,8 @@
 """``dsmd eval``: score a student checkpoint, or a store's teacher features, on a split.
 
 A checkpoint is rebuilt from the file alone; what may change is only which data it is scored
-on (``data.*``) and how (``train.device``, ``train.eval_batch_size``): the model's own config
+on (``data.*``), how (``train.device``, ``train.eval_batch_size``) and, for ``--gallery
+teacher``, which store holds the teacher's features (``store=``): the model's own config
 (``student.*``, ``teacher.*``, ...) is refused, since the checkpoint's weights fix it.
 """
 
@@ -9,16 +10,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dsmd.config import with_overrides
-from dsmd.data.datasets import load_split
-from dsmd.errors import DsmdError
-from dsmd.evaluation.retrieval import retrieval_metrics
-from dsmd.evaluation.student_eval import evaluate_student
-from dsmd.runtime.device import resolve_device
-from dsmd.store import FeatureStore
-from dsmd.training.checkpoint import load_student
+import torch
 
-EVAL_OVERRIDABLE = ("data.", "train.device=", "train.eval_batch_size=")
+from dsmd.config import with_overrides
+from dsmd.data.datasets import CaptionedImages, load_split
+from dsmd.errors import DsmdError
+from dsmd.evaluation.asymmetric import asymmetric_metrics
+from dsmd.evaluation.retrieval import retrieval_metrics
+from dsmd.evaluation.student_eval import encode_split
+from dsmd.runtime.device import resolve_device
+from dsmd.store import FeatureStore, SplitFeatures
+from dsmd.training.checkpoint import student_from_checkpoint
+
+EVAL_OVERRIDABLE = ("data.", "train.device=", "train.eval_batch_size=", "store=")
+GALLERIES = ("student", "teacher")
 
 
 def check_eval_overrides(overrides: list[str]) -> None:
@@ -27,29 +32,51 @@ def check_eval_overrides(overrides: list[str]) -> None:
         if not override.startswith(EVAL_OVERRIDABLE):
             key = override.split("=", 1)[0]
             raise DsmdError(
-                f"dsmd eval --checkpoint: '{key}' cannot be changed: the checkpoint's weights fix its "
-                "model. Only data.* (which data to score), train.device and train.eval_batch_size apply."
+                f"dsmd eval --checkpoint: '{key}' cannot be changed: the checkpoint's weights fix its model. Only "
+                "data.* (which data to score), train.device, train.eval_batch_size and store= (the teacher's "
+                "gallery, with --gallery teacher) apply."
             )
 
 
+def teacher_gallery(store_path: str | Path, split: str, data: CaptionedImages) -> SplitFeatures:
+    """The store's teacher features of ``split``, checked to be of ``data`` and verified."""
+    store = FeatureStore.open(store_path)
+    store.check_dataset(split, data.fingerprint())
+    store.verify([split])
+    return store.split(split)
+
+
 def score_checkpoint(
-    path: str | Path, split: str, overrides: list[str] | None = None, progress: bool = False
+    path: str | Path, split: str, overrides: list[str] | None = None, progress: bool = False, gallery: str = "student"
 ) -> tuple[dict, dict]:
     """Retrieval metrics of a checkpoint's student on ``split`` of its data (or ``data.*`` overrides).
 
+    Args:
+        gallery: ``student`` (the student encodes queries and gallery) or ``teacher`` (the
+            student's queries search the teacher's stored features of the split: asymmetric
+            retrieval).
+
     Returns:
         ``(metrics, about)``: ``i2t_r1 .. rsum`` and ``{"model", "data", "split", "images",
-        "captions", "overrides"}``.
+        "captions", "overrides", "gallery"}``.
     """
     overrides = list(overrides or [])
     check_eval_overrides(overrides)
-    student, cfg, _ = load_student(path)
+    if gallery not in GALLERIES:
+        raise DsmdError(f"--gallery must be student or teacher, got {gallery!r}.")
+    student, cfg, _ = student_from_checkpoint(path)
     cfg = with_overrides(cfg, overrides)
     device = resolve_device(cfg.train.device)
     data = load_split(cfg.data, split)
-    metrics = evaluate_student(student.to(device), data, cfg.train.eval_batch_size, device, progress=progress)
+    teacher = teacher_gallery(cfg.store, split, data) if gallery == "teacher" else None
+    image, text = encode_split(student.to(device), data, cfg.train.eval_batch_size, device, progress=progress)
+    ids = torch.tensor(data.caption_image)
+    if teacher is None:
+        metrics = retrieval_metrics(image, text, ids)
+    else:
+        metrics = asymmetric_metrics(image, text, teacher.image, teacher.text, ids)
     source = cfg.data.manifest or cfg.data.root
-    return metrics, {
+    about = {
         "model": str(path),
         "data": f"{cfg.data.kind} {source}",
         "split": split,
@@ -57,6 +84,9 @@ def score_checkpoint(
         "captions": len(data),
         "overrides": overrides,
     }
+    if teacher is not None:
+        about["gallery"] = f"the teacher's features in {cfg.store}"
+    return metrics, about
 
 
 def score_store(path: str | Path, split: str, progress: bool = False) -> tuple[dict, dict]:

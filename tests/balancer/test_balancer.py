@@ -1,4 +1,4 @@
-"""LossBalancer against steps computed by hand from ALGORITHM.md eq. 15-18."""
+"""LossBalancer against steps computed by hand from docs/method.md eq. 15-18."""
 
 import io
 import math

@@ -1,3 +1,7 @@
+import dataclasses
+import re
+import typing
+
 import pytest
 
 from dsmd.config import (
@@ -118,7 +122,7 @@ def test_every_shipped_config_loads_by_name_and_by_path(name):
 def test_paper_configs_carry_the_papers_hyper_parameters(name):
     cfg = load_config(name)
     t, loss, b = cfg.train, cfg.loss, cfg.balancer
-    # ALGORITHM.md, "Training (paper section 4.1.4)"
+    # docs/method.md, "Training (paper section 4.1.4)"
     assert (t.lr, t.weight_decay, t.batch_size, t.epochs) == (1e-4, 1e-4, 64, 20)
     assert (t.lr_decay_epochs, t.lr_decay, t.head_lr_scale) == ([10], 0.1, 1.0)
     assert cfg.student.image_size == 224 and t.augment
@@ -141,3 +145,110 @@ def test_paper_configs_carry_the_papers_hyper_parameters(name):
 def test_an_unknown_config_name_lists_the_packaged_ones():
     with pytest.raises(DsmdError, match="paper_f30k_beit3_base"):
         load_config("no_such_config")
+
+
+# -- allowed values and ranges, checked when the config is made --------------------------------
+
+
+def _declared(kind: str) -> list[tuple[str, object]]:
+    """``(key, declaration)`` of every field with a ``Literal`` type (``choices``) or a range (``ranges``)."""
+    out = []
+    for section in ("data", "teacher", "student", "loss", "balancer", "train", ""):
+        cls = typing.get_type_hints(RunConfig)[section] if section else RunConfig
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            key = f"{section}.{f.name}" if section else f.name
+            if kind == "choices" and typing.get_origin(hints[f.name]) is typing.Literal:
+                out.append((key, typing.get_args(hints[f.name])))
+            if (
+                kind == "ranges"
+                and {"ge", "gt"} & set(f.metadata)
+                and hints[f.name] in (int, float, int | None, float | None)
+            ):
+                out.append((key, f.metadata))
+    return out
+
+
+@pytest.mark.parametrize("key, allowed", _declared("choices"), ids=lambda v: str(v) if isinstance(v, str) else "")
+def test_every_name_field_refuses_other_names_with_the_allowed_ones(key, allowed):
+    with pytest.raises(DsmdError) as info:
+        load_config(None, [f"{key}={allowed[0]}x"])
+    message = str(info.value)
+    assert f"config key '{key}': '{allowed[0]}x' is not allowed; choose one of {', '.join(allowed)}" in message
+    assert f"did you mean '{allowed[0]}'" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("key, bounds", _declared("ranges"), ids=lambda v: str(v) if isinstance(v, str) else "")
+def test_every_ranged_field_refuses_values_below_its_range(key, bounds):
+    low = bounds.get("ge", bounds.get("gt"))
+    below = low - 1 if "ge" in bounds else low
+    with pytest.raises(DsmdError, match=rf"config key '{re.escape(key)}': must be .*{low:g}.*, got"):
+        load_config(None, [f"{key}={below}"])
+
+
+def test_the_declarations_cover_the_keys_that_need_them():
+    choices = {k for k, _ in _declared("choices")}
+    ranges = {k for k, _ in _declared("ranges")}
+    assert {
+        "data.kind",
+        "teacher.kind",
+        "teacher.dtype",
+        "balancer.mode",
+        "balancer.window",
+        "train.precision",
+        "train.dist_backend",
+        "store_dtype",
+        "student.text_pooling",
+    } <= choices
+    assert {
+        "train.epochs",
+        "train.batch_size",
+        "train.lr",
+        "loss.temperature",
+        "loss.queue_size",
+        "balancer.temperature",
+        "train.grad_accum_steps",
+        "data.num_workers",
+        "store_views",
+    } <= ranges
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["loss.losses=[cd,cd]"], "names a loss twice"),
+        (["loss.losses=[]"], "enable at least one"),
+        (["loss.losses=[cd,xx]"], "'xx' is not allowed; choose one of cd, fd, sd, hnd"),
+        (["train.batch_size=10", "train.grad_accum_steps=4"], "must divide into train.grad_accum_steps=4"),
+        (["data.val_fraction=0.6", "data.test_fraction=0.5"], "leaves no training images"),
+        (["balancer.mode=static", "balancer.static_weights={cd: 1, kd: 2}"], "names kd, which loss.losses"),
+        (["balancer.static_weights={cd: -1}"], "'balancer.static_weights.cd': must be at least 0"),
+        (["train.device=gpu"], "'train.device': 'gpu' is not a device"),
+        (["train.lr=.nan"], "must be a finite number"),
+        (["teacher.kind=hf_clip"], "teacher.kind=hf_clip needs it"),
+        (["store_views=2", "teacher.kind=imported"], "imported features have no augmented views"),
+    ],
+)
+def test_rules_that_tie_fields_together(overrides, fragment):
+    with pytest.raises(DsmdError, match=re.escape(fragment)):
+        load_config(None, overrides)
+
+
+def test_configs_made_in_code_are_checked_too():
+    from dsmd.config import LossConfig, TrainConfig
+
+    with pytest.raises(DsmdError, match="'train.epochs': must be at least 1, got 0"):
+        TrainConfig(epochs=0)
+    with pytest.raises(DsmdError, match="'loss.losses': 'kd' is not allowed"):
+        LossConfig(losses=["kd"])
+    assert TrainConfig(lr=1).lr == 1.0 and isinstance(TrainConfig(lr=1).lr, float)  # an int is a float
+
+
+def test_with_overrides_is_the_one_way_to_change_a_config():
+    from dsmd.config import with_overrides
+
+    cfg = load_config("demo")
+    changed = with_overrides(cfg, ["train.epochs=3", "loss.losses=[cd, fd]"])
+    assert (changed.train.epochs, changed.loss.losses) == (3, ["cd", "fd"]) and cfg.train.epochs != 3
+    with pytest.raises(DsmdError, match="unknown config key 'train.epoch'"):
+        with_overrides(cfg, ["train.epoch=3"])

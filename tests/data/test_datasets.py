@@ -98,7 +98,7 @@ def test_missing_dataset_and_bad_split(tmp_path):
         load_dataset(DataConfig(root=str(tmp_path / "none")))
     with pytest.raises(DsmdError, match="data.manifest"):
         load_dataset(DataConfig(kind="manifest"))
-    with pytest.raises(DsmdError, match="'data.kind': 'coco' is not allowed; choose one of tuxpaint, manifest"):
+    with pytest.raises(DsmdError, match="'data.kind': 'coco' is not allowed; choose one of tuxpaint, folder, manifest"):
         DataConfig(kind="coco")
     manifest = write_synthetic_dataset(tmp_path / "syn", num_images=10)
     with pytest.raises(DsmdError, match="unknown split 'dev'"):

@@ -1,4 +1,4 @@
-"""CD against a slow reference written from ALGORITHM.md eq. 5-7."""
+"""CD against a slow reference written from docs/method.md eq. 5-7."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""FD and SD against slow references written from ALGORITHM.md eq. 8 and 9."""
+"""FD and SD against slow references written from docs/method.md eq. 8 and 9."""
 
 import pytest
 import torch

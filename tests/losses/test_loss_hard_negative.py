@@ -1,4 +1,4 @@
-"""HND against a slow reference written from ALGORITHM.md eq. 10-14."""
+"""HND against a slow reference written from docs/method.md eq. 10-14."""
 
 import pytest
 import torch

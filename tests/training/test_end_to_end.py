@@ -194,14 +194,14 @@ def test_view_crops_are_fixed_and_resolution_independent():
 def test_unnormalised_teacher_gives_an_unnormalised_student(tiny_overrides, tmp_path):
     """teacher.normalize=false (the paper's Table 6 ablation) reaches the student and its checkpoint."""
     from dsmd.data.datasets import load_split
-    from dsmd.training.checkpoint import load_student
+    from dsmd.training.checkpoint import student_from_checkpoint
 
     cfg = load_config(None, [*tiny_overrides, "teacher.normalize=false", "train.max_steps=1", "train.epochs=1"])
     store = extract(cfg, progress=False, log=lambda *_: None)
     assert store.manifest["normalized"] is False
     assert not torch.allclose(store.split("train").image.norm(dim=-1), torch.ones(12), atol=1e-3)
     result = train(cfg, progress=False, log=lambda *_: None)
-    student, _, state = load_student(result.best_checkpoint)
+    student, _, state = student_from_checkpoint(result.best_checkpoint)
     assert state["normalized"] is False and student.normalize is False
     data = load_split(cfg.data, "test")
     tokens = student.tokenize(data.captions[:4])

@@ -1,4 +1,4 @@
-"""The loss balancer: weighs the distillation losses into one objective (ALGORITHM.md eq. 15-18)."""
+"""The loss balancer: weighs the distillation losses into one objective (docs/method.md eq. 15-18)."""
 
 from dsmd.balancer.balancer import MODES, WINDOWS, LossBalancer
 

@@ -1,4 +1,4 @@
-"""The dynamic self-adaptive loss balancer (ALGORITHM.md eq. 15-18) and its baselines."""
+"""The dynamic self-adaptive loss balancer (docs/method.md eq. 15-18) and its baselines."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class LossBalancer:
 
     Modes:
 
-    - ``dynamic`` (ALGORITHM.md, default). At step t, with ``L_m`` the raw losses:
+    - ``dynamic`` (docs/method.md, default). At step t, with ``L_m`` the raw losses:
       magnitude scaling ``s_m = sg(max_j L_j / L_m)``; rates ``r_m = Lbar_m(t-1) / Lbar_m(t-2)``
       from the unscaled, detached losses averaged over a window (``r_m = 1`` until two
       windows are complete); weights ``w_m = K * softmax(r / T)_m``; objective

@@ -36,6 +36,8 @@ class DataConfig:
 
     - ``tuxpaint``: the Debian photo stamps under ``root``, one caption per image, folders in
       ``exclude`` skipped (at any depth).
+    - ``folder``: your own images under ``root`` (recursively), each ``NAME.jpg`` with
+      ``NAME.txt`` beside it, one caption a line; folders in ``exclude`` skipped.
     - ``manifest``: a JSONL or CSV file of image paths and captions (relative paths against
       ``root``, else the manifest's folder).
     - ``karpathy``: Karpathy's ``dataset_flickr30k.json`` / ``dataset_coco.json`` as
@@ -65,7 +67,7 @@ class DataConfig:
 
     SECTION: ClassVar[str] = "data"
 
-    kind: Literal["tuxpaint", "manifest", "karpathy", "hf", "webdataset"] = "tuxpaint"
+    kind: Literal["tuxpaint", "folder", "manifest", "karpathy", "hf", "webdataset"] = "tuxpaint"
     root: str = TUXPAINT_ROOT
     manifest: str | None = None
     image_column: str = "image"
@@ -194,7 +196,7 @@ class StudentConfig:
 
 @dataclass
 class LossConfig:
-    """The four DSMD losses (ALGORITHM.md). ``losses`` lists the enabled ones."""
+    """The four DSMD losses (docs/method.md). ``losses`` lists the enabled ones."""
 
     SECTION: ClassVar[str] = "loss"
 
@@ -216,7 +218,7 @@ class LossConfig:
 
 @dataclass
 class BalancerConfig:
-    """The loss balancer (ALGORITHM.md eq. 15-17). ``mode``: dynamic, static or reference."""
+    """The loss balancer (docs/method.md eq. 15-17). ``mode``: dynamic, static or reference."""
 
     SECTION: ClassVar[str] = "balancer"
 

@@ -1,4 +1,4 @@
-"""The DSMD distillation losses (ALGORITHM.md "The four distillation losses").
+"""The DSMD distillation losses (docs/method.md "The four distillation losses").
 
 Each loss is a function of ``(B, D)`` student and teacher features that returns a scalar;
 :class:`MultiscaleDistillationLoss` computes the enabled ones by name and owns the

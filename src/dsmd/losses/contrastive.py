@@ -1,4 +1,4 @@
-"""Contrastive distillation (CD, ALGORITHM.md eq. 5-7) against queues of teacher features."""
+"""Contrastive distillation (CD, docs/method.md eq. 5-7) against queues of teacher features."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Feature distillation (FD, ALGORITHM.md eq. 8) and the shape checks every loss shares."""
+"""Feature distillation (FD, docs/method.md eq. 8) and the shape checks every loss shares."""
 
 from __future__ import annotations
 

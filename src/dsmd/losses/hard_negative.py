@@ -1,4 +1,4 @@
-"""Hard-negative distillation (HND, ALGORITHM.md eq. 10-14): VSE++-style triplet hinges."""
+"""Hard-negative distillation (HND, docs/method.md eq. 10-14): VSE++-style triplet hinges."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def triplet_hinge(
     margin: float = 0.0,
     hardest: bool = True,
 ) -> Tensor:
-    """Bidirectional triplet hinge ``H(A, P)`` of ALGORITHM.md, averaged over the batch.
+    """Bidirectional triplet hinge ``H(A, P)`` of docs/method.md, averaged over the batch.
 
     With ``s(i, j) = <A_i, P_j>``:
     ``H = (1/B) sum_n ([m - s(n,n) + max_j s(n,j)]_+ + [m - s(n,n) + max_j s(j,n)]_+)``,

@@ -17,7 +17,7 @@ LOSS_NAMES = ("cd", "fd", "sd", "hnd")
 
 
 class MultiscaleDistillationLoss(nn.Module):
-    """Computes the enabled DSMD losses (ALGORITHM.md) and owns the contrastive queue.
+    """Computes the enabled DSMD losses (docs/method.md) and owns the contrastive queue.
 
     The losses are returned raw and by name; weighting them is the loss balancer's job.
     The queue exists only when ``"cd"`` is enabled; it is part of this module's

@@ -1,4 +1,4 @@
-"""Similarity distillation (SD, ALGORITHM.md eq. 9)."""
+"""Similarity distillation (SD, docs/method.md eq. 9)."""
 
 from __future__ import annotations
 

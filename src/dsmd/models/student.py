@@ -1,6 +1,6 @@
 """The student: a dual encoder whose two towers are projected into the teacher's space.
 
-ALGORITHM.md: ``S^v = l2norm(W_v · vision_encoder(x))``, ``S^t = l2norm(W_t · text_encoder(c))``
+docs/method.md: ``S^v = l2norm(W_v · vision_encoder(x))``, ``S^t = l2norm(W_t · text_encoder(c))``
 with ``W_v``, ``W_t`` fully-connected layers from the towers' widths to the teacher's width D.
 """
 

@@ -105,6 +105,7 @@ class EfficientNetLite0Tower(VisionTower):
             raise DsmdError(
                 f"student.vision_blocks={blocks}: efficientnet_lite0 has {total} blocks; give 1..{total} or null."
             )
+        self.spec = {"blocks": blocks, "head": head, "overrides": dict(overrides or {})}
         self.conv_stem, self.bn_stem = net._conv_stem, net._bn0
         self.blocks = nn.ModuleList(list(net._blocks)[:blocks])
         self.act = net._swish  # ReLU6 for the Lite models

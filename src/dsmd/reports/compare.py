@@ -10,6 +10,7 @@ import torch
 
 from dsmd.data.datasets import CaptionedImages
 from dsmd.data.loader import ImageCache
+from dsmd.evaluation.asymmetric import asymmetric_metrics
 from dsmd.evaluation.latency import measure_latency
 from dsmd.evaluation.retrieval import retrieval_metrics
 from dsmd.evaluation.student_eval import encode_split
@@ -39,18 +40,25 @@ def teacher_row(
     return row
 
 
-def student_row(
-    student, data: CaptionedImages, device: torch.device, batch_size: int = 128, latency_batch: int = 32
-) -> dict:
-    """Metrics, size and latency of a student on a split."""
+def student_rows(
+    student,
+    data: CaptionedImages,
+    teacher: SplitFeatures,
+    device: torch.device,
+    batch_size: int = 128,
+    latency_batch: int = 32,
+) -> tuple[dict, dict]:
+    """The student's row (metrics, size, latency) on a split, and the asymmetric row: the
+    student's queries against ``teacher``'s stored features of the same split (metrics only)."""
     student.eval()
     image, text = encode_split(student, data, batch_size, device)
-    row = retrieval_metrics(image, text, torch.tensor(data.caption_image))
+    ids = torch.tensor(data.caption_image)
+    row = retrieval_metrics(image, text, ids)
+    asymmetric = asymmetric_metrics(image, text, teacher.image, teacher.text, ids)
     cache = ImageCache(enabled=False, max_side=10**9)
     pixels = _pixels(student.image_transform(train=False), data, latency_batch, cache).to(device)
     captions = _captions(data, latency_batch)
-
     row["params"] = int(student.num_parameters())
     row["image_latency_ms"] = measure_latency(student.encode_images, lambda _: pixels, latency_batch)
     row["text_latency_ms"] = measure_latency(student.encode_captions, lambda _: captions, latency_batch)
-    return row
+    return row, asymmetric

@@ -166,7 +166,7 @@ def load_hf_config(
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """No per-load progress bars or expected-weight warnings (e.g. an unused pooler)."""
     from transformers.utils import logging as hf_logging
 
@@ -203,7 +203,7 @@ def load_hf_model(source: str, config: Any, pretrained: bool, key: str) -> nn.Mo
     if not pretrained:
         return cls(config, **kwargs)
     try:
-        with _quiet_transformers(), _hub_for(source):
+        with quiet_transformers(), _hub_for(source):
             return cls.from_pretrained(source, config=config, dtype=torch.float32, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
         raise DsmdError(
@@ -222,7 +222,7 @@ def load_hf_auto_model(source: str, key: str) -> nn.Module:
     from transformers import AutoModel
 
     try:
-        with _quiet_transformers(), _hub_for(source):
+        with quiet_transformers(), _hub_for(source):
             return AutoModel.from_pretrained(source, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise DsmdError(

@@ -86,6 +86,14 @@ def is_stamped(store: Path, record: dict, stamps: dict) -> bool:
     )
 
 
+def _finite(chunk: bytes, dtype: np.dtype) -> bool:
+    """Whether every value of ``chunk`` is finite (float16 by its exponent bits: numpy's
+    ``isfinite`` is several times slower than hashing on float16)."""
+    if dtype.itemsize == 2:
+        return int((np.frombuffer(chunk, dtype="<u2") & 0x7C00).max()) != 0x7C00
+    return bool(np.isfinite(np.frombuffer(chunk, dtype=dtype)).all())
+
+
 def hash_and_check(path: Path, progress: Callable[[int], None] | None = None) -> tuple[str, str | None]:
     """sha256 of a safetensors file, and the first non-finite feature value found (or None).
 
@@ -108,10 +116,8 @@ def hash_and_check(path: Path, progress: Callable[[int], None] | None = None) ->
                 h.update(chunk)
                 if progress:
                     progress(len(chunk))
-                if bad is None and dtype is not None and dtype.kind == "f" and chunk:
-                    values = np.frombuffer(chunk, dtype=dtype)
-                    if not np.isfinite(values).all():
-                        bad = f"tensor '{name}' holds NaN or inf"
+                if bad is None and dtype is not None and dtype.kind == "f" and chunk and not _finite(chunk, dtype):
+                    bad = f"tensor '{name}' holds NaN or inf"
         while rest := f.read(_BLOCK):
             h.update(rest)
     return h.hexdigest(), bad

@@ -39,6 +39,14 @@ def seal(manifest: dict[str, Any]) -> dict[str, Any]:
     return {**body, "checksum": manifest_checksum(body)}
 
 
+def teacher_space(teacher: dict[str, Any]) -> str:
+    """The id of the feature space a teacher's features live in: a hash of its identity (weights,
+    preprocessing, width), without where it was loaded from. A student distilled from a store
+    lives in that store's teacher space, so its queries can search the teacher's gallery."""
+    body = {k: v for k, v in teacher.items() if k not in ("source", "name")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
 def describe_mismatch(found: dict, expected: dict, keys: tuple[str, ...] = COMPARED) -> list[str]:
     """Human-readable differences between two manifests on ``keys``."""
     return [

@@ -141,7 +141,9 @@ def load_weights(module: nn.Module, weights: dict[str, torch.Tensor], what: str)
     module.load_state_dict(weights)
 
 
-def load_student(path: str | Path, device: torch.device | str = "cpu") -> tuple[DualEncoder, RunConfig, dict]:
+def student_from_checkpoint(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[DualEncoder, RunConfig, dict]:
     """Rebuild a student from a checkpoint alone.
 
     Returns:

@@ -4,6 +4,7 @@
 ``kind``       ``data.manifest`` / ``data.root``
 =============  ==========================================================================
 tuxpaint       ``root``: the Tux Paint stamps folder (:mod:`.tuxpaint`)
+folder         ``root``: your images, each with ``NAME.txt`` captions beside it (:mod:`.folder`)
 manifest       a JSONL or CSV file; ``root``: base of relative paths (:mod:`.manifest`)
 karpathy       ``dataset_flickr30k.json`` / ``dataset_coco.json``; ``root``: the image
                folder (:mod:`.karpathy`)
@@ -21,7 +22,7 @@ from dsmd.config import DataConfig
 from dsmd.data.formats._common import Row, given_root
 from dsmd.errors import DsmdError
 
-KINDS = ("tuxpaint", "manifest", "karpathy", "hf", "webdataset")
+KINDS = ("tuxpaint", "folder", "manifest", "karpathy", "hf", "webdataset")
 
 
 def list_rows(cfg: DataConfig) -> tuple[list[Row], str]:
@@ -35,6 +36,10 @@ def list_rows(cfg: DataConfig) -> tuple[list[Row], str]:
         from dsmd.data.formats.tuxpaint import list_tuxpaint
 
         return list_tuxpaint(cfg.root, cfg.exclude), cfg.root
+    if cfg.kind == "folder":
+        from dsmd.data.formats.folder import list_folder
+
+        return list_folder(cfg.root, cfg.exclude), cfg.root
     if cfg.kind not in KINDS:
         raise DsmdError(f"unknown data.kind '{cfg.kind}'. Use one of: {', '.join(KINDS)}.")
     if not cfg.manifest:
