@@ -2,7 +2,9 @@
 # Set up dsmd on a fresh machine (Debian, Python >= 3.10): the Debian package of the demo's
 # images, a virtual environment in .venv, torch, and dsmd itself.
 #   bash scripts/setup.sh         # to run `dsmd demo`
-#   bash scripts/setup.sh --dev   # also the test tools (and Debian's chromium for the browser test)
+#   bash scripts/setup.sh --dev   # also the test tools (and Debian's chromium for the browser test,
+#                                 # and the offline benchmark's emoji and clip art packages)
+#   bash scripts/setup.sh --benchmark   # the offline benchmark's Debian packages, without the test tools
 # torch is installed first and pinned (TORCH_SPEC, default torch==2.13.0: the local CPU wheel
 # on our machines) so that nothing pulls a multi-GB CUDA build; GPU users set TORCH_SPEC,
 # e.g. TORCH_SPEC="torch==2.6.0 --index-url https://download.pytorch.org/whl/cu124".
@@ -10,7 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=""
-[ "${1:-}" = "--dev" ] && extras="[dev]"
+benchmark=""
+[ "${1:-}" = "--dev" ] && extras="[dev]" && benchmark=1
+[ "${1:-}" = "--benchmark" ] && benchmark=1
 python=${PYTHON:-python3}
 torch_spec=${TORCH_SPEC:-torch==2.13.0}
 
@@ -19,6 +23,11 @@ debs=()
 if [ -n "$extras" ]; then  # the browser test of `dsmd serve`
   command -v chromium >/dev/null || debs+=(chromium)
   command -v chromedriver >/dev/null || debs+=(chromium-driver)
+fi
+if [ -n "$benchmark" ]; then  # the offline benchmark's emoji and clip art (dsmd build-benchmark)
+  [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || debs+=(fonts-noto-color-emoji)
+  [ -d /usr/share/openclipart/png ] || debs+=(openclipart-png)
+  [ -d /usr/share/openclipart/svg ] || debs+=(openclipart-svg)
 fi
 if [ ${#debs[@]} -gt 0 ]; then
   echo "setup: installing Debian packages ${debs[*]}"

@@ -12,7 +12,7 @@ higher or a sibling one):
     5  extraction, training, reports   pipelines: fill a store, distil, report
     6  inference                       a trained student as an encoder (export folders, checkpoints)
     7  export                          writing export folders (weights, transformers, ONNX)
-    8  search                          indexes, queries, the web page
+    8  search, sweeps                  indexes, queries, the web page; many runs, one table
     9  demo, scoring                   whole commands
    10  cli                             the command line
    11  __main__                        python -m dsmd
@@ -43,9 +43,11 @@ LAYERS = {
     "inference": 6,
     "export": 7,
     "search": 8,
+    "sweeps": 8,
     "demo": 9,
     "scoring": 9,
     "cli": 10,
+    "cli_parser": 9,
     "__main__": 11,
 }
 MAX_MODULE_LINES = 450

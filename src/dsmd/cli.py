@@ -5,176 +5,13 @@ Errors the user can fix are printed as one line (no traceback) and exit with sta
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
-import dsmd
+from dsmd.cli_parser import build_parser
 from dsmd.errors import DsmdError
-
-EXAMPLES = {
-    "demo": "dsmd demo --out demo_out",
-    "extract": "dsmd extract --config demo store=runs/store",
-    "import-features": "dsmd import-features --config demo store=runs/imported teacher.name_or_path=FEATURES_FOLDER\n"
-    "  dsmd import-features --config demo store=runs/imported --trust-pickle \\\n"
-    "      --train train_image_feats.pkl train_text_feats.pkl --val val_image.npy val_text.npy",
-    "train": "dsmd train --config demo store=runs/store out_dir=runs/exp1 train.epochs=2\n"
-    "  dsmd train --resume out_dir=runs/exp1",
-    "eval": "dsmd eval --checkpoint runs/exp1/checkpoints/best.pt --split test --json\n"
-    "  dsmd eval --store runs/store --split test",
-    "verify": "dsmd verify runs/store",
-    "export": "dsmd export --checkpoint demo_out/train/checkpoints/best.pt --out demo_out/export --onnx",
-    "index": "dsmd index --model demo_out/export --images /usr/share/tuxpaint/stamps/animals --out demo_out/index\n"
-    "  dsmd index --teacher-store demo_out/store --split test --out demo_out/teacher_index",
-    "search": 'dsmd search --index demo_out/index --text "a red kangaroo" -k 5\n'
-    '  dsmd search --index demo_out/teacher_index --model demo_out/export --text "a kangaroo" --json',
-    "serve": "dsmd serve --index demo_out/index --port 8000",
-}
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dsmd",
-        description="Distil a large image-text model into a small dual encoder (DSMD).",
-        epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--version", action="version", version=f"dsmd {dsmd.__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, help_: str) -> argparse.ArgumentParser:
-        q = sub.add_parser(
-            name,
-            help=help_,
-            description=help_,
-            epilog=f"example:\n  {EXAMPLES[name]}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        q.add_argument("--quiet", action="store_true", help="no progress bars")
-        return q
-
-    def config_args(q: argparse.ArgumentParser) -> None:
-        q.add_argument(
-            "--config",
-            help="YAML file, or the name of a packaged config: demo (the default), "
-            "paper_f30k_beit3_base, paper_coco_beit3_large, ... (src/dsmd/configs)",
-        )
-        q.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=3e-4")
-
-    q = add("demo", "Run the whole pipeline on the embedded offline default (Tux Paint stamps, offline teacher).")
-    q.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    q.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the demo config")
-
-    q = add("extract", "Run the teacher once and write its features into a feature store.")
-    config_args(q)
-    q.add_argument("--overwrite", action="store_true", help="replace a store built differently")
-
-    q = add(
-        "import-features",
-        "Write a feature store from teacher features computed elsewhere "
-        "(.npy/.npz/.pt/.safetensors/.pkl; see dsmd.extraction.importer).",
-    )
-    config_args(q)
-    for split in ("train", "val", "test"):
-        q.add_argument(
-            f"--{split}",
-            nargs="+",
-            metavar="FILE",
-            help=f"the {split} split's IMAGE and TEXT feature files, or one file with both "
-            "(default: teacher.name_or_path, a file or folder)",
-        )
-    q.add_argument("--image-key", help="entry holding the image features (default: image, img_feats or image_feats)")
-    q.add_argument("--text-key", help="entry holding the text features (default: text, txt_feats or text_feats)")
-    q.add_argument(
-        "--tolerance",
-        type=float,
-        default=None,
-        help="how far repeated rows of one image may differ, relative L2 (default: 1e-3)",
-    )
-    q.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow .pkl files (and .pt files holding more than tensors): unpickling runs code in the file",
-    )
-    q.add_argument("--overwrite", action="store_true", help="replace a store built differently")
-
-    q = add("train", "Distil a student from a feature store.")
-    config_args(q)
-    q.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
-
-    q = add("eval", "Retrieval metrics of a student checkpoint or of a feature store on a split.")
-    src = q.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="student checkpoint written by `dsmd train`")
-    src.add_argument("--store", help="feature store written by `dsmd extract` (scores the teacher's features)")
-    q.add_argument("--split", default="test", help="train, val or test (default: test)")
-    q.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
-    q.add_argument(
-        "--gallery",
-        choices=("student", "teacher"),
-        default="student",
-        help="with --checkpoint: teacher scores the student's queries against the teacher's stored features "
-        "(asymmetric retrieval)",
-    )
-    q.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="key=value",
-        help="with --checkpoint: which data to score (data.*=...), train.device, train.eval_batch_size",
-    )
-
-    q = add("verify", "Check every file of a feature store against its manifest (sha256, finite values).")
-    q.add_argument("store", help="the feature store folder")
-
-    q = add(
-        "export",
-        "Write a trained student as a self-contained folder (safetensors, tokenizer, preprocessing; "
-        "a transformers model when it can be one; ONNX with --onnx).",
-    )
-    q.add_argument("--checkpoint", required=True, help="a checkpoint written by `dsmd train`")
-    q.add_argument("--out", required=True, help="the export folder to write")
-    q.add_argument("--onnx", action="store_true", help="also write image_encoder.onnx and text_encoder.onnx")
-    q.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
-
-    q = add("index", "Encode images (or captions) into a search index; run again to add new ones.")
-    q.add_argument("--out", required=True, help="the index folder")
-    q.add_argument("--model", help="export folder or checkpoint that encodes the items")
-    what = q.add_mutually_exclusive_group(required=True)
-    what.add_argument(
-        "--images",
-        nargs="+",
-        metavar="PATH",
-        help="image folders (recursive), image files, or "
-        "files listing images (.txt one a line, .jsonl / .csv with an image field)",
-    )
-    what.add_argument("--texts", metavar="FILE", help="a text file of captions, one a line")
-    what.add_argument(
-        "--teacher-store",
-        metavar="STORE",
-        help="take the teacher's stored image features of --split (nothing is encoded)",
-    )
-    q.add_argument("--split", default="test", help="with --teacher-store: train, val or test (default: test)")
-    q.add_argument("--approximate", action="store_true", help="HNSW instead of exact search (for millions)")
-    q.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
-
-    q = add("search", "Search an index with a caption or an image.")
-    q.add_argument("--index", required=True, help="an index folder (dsmd index)")
-    query = q.add_mutually_exclusive_group(required=True)
-    query.add_argument("--text", help="a caption to search for")
-    query.add_argument("--image", help="an image to search with")
-    q.add_argument("-k", type=int, default=10, help="results to show (default: 10)")
-    q.add_argument("--model", help="the query model (default: the one that built the index)")
-    q.add_argument("--json", action="store_true", help='print {"query", "results": [{"path", "score"}], "ms"}')
-    q.add_argument("--device", default="cpu")
-
-    q = add("serve", "Serve a search page and a JSON API over an index.")
-    q.add_argument("--index", required=True, help="an index folder (dsmd index)")
-    q.add_argument("--model", help="the query model (default: the one that built the index)")
-    q.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    q.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
-    q.add_argument("--device", default="cpu")
-    return p
 
 
 def _load(args):
@@ -299,8 +136,26 @@ def _serve(args) -> None:
         server.server_close()
 
 
+def _sweep(args, progress: bool) -> None:
+    from dsmd.sweeps import load_sweep, print_commands, run_sweep, write_table
+    from dsmd.sweeps.runner import rerun_failed_hint
+
+    sweep = load_sweep(args.sweep, args.overrides)
+    if args.print_commands:
+        print("\n".join(print_commands(sweep)))
+        return
+    failed = run_sweep(sweep, args.jobs, progress=progress)
+    table = write_table(sweep, failed)
+    print(f"sweep {sweep.name}: {sweep.out_dir / 'sweep.md'} ({len(table['rows'])} variants)")
+    if failed:
+        raise DsmdError(
+            f"{len(failed)} of {len(sweep.runs)} runs failed: {rerun_failed_hint(failed)[:600]}. "
+            "Fix the cause and run the sweep again: finished runs are kept."
+        )
+
+
 def run(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     progress = not args.quiet and sys.stderr.isatty()
     from transformers.utils import logging as hf_logging
 
@@ -356,6 +211,17 @@ def run(argv: list[str] | None = None) -> int:
         _search(args)
     elif args.command == "serve":
         _serve(args)
+    elif args.command == "build-benchmark":
+        from dsmd.data.offline_benchmark import build_offline_benchmark
+
+        build_offline_benchmark(args.out)
+    elif args.command == "sweep":
+        _sweep(args, progress)
+    elif args.command == "report":
+        from dsmd.reports.run_plots import plot_run
+
+        plots = plot_run(args.run)
+        print(f"{Path(args.run) / 'report.md'}: " + ", ".join(str(p) for p in plots))
     return 0
 
 

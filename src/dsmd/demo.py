@@ -17,6 +17,7 @@ from dsmd.data.datasets import load_dataset
 from dsmd.extraction import extract
 from dsmd.reports import format_table, write_report
 from dsmd.reports.compare import student_rows, teacher_row
+from dsmd.reports.run_plots import plot_run
 from dsmd.runtime.device import resolve_device
 from dsmd.runtime.files import check_writable
 from dsmd.teachers import build_teacher
@@ -76,7 +77,9 @@ def run_demo(
             "total": round(time.perf_counter() - t0, 1),
         },
     }
-    write_report(out, rows, meta)
+    plots = plot_run(out / "train")
+    meta["plots"] = ", ".join(str(p.relative_to(out)) for p in plots)
+    write_report(out, rows, meta, pictures=[p.relative_to(out) for p in plots])
     log("\n" + format_table(rows))
     log(f"\nstudent RSUM / teacher RSUM = {ratio:.3f}; report: {out / 'report.json'}, {out / 'report.md'}")
     return {**rows, "meta": meta}

@@ -252,3 +252,11 @@ def test_with_overrides_is_the_one_way_to_change_a_config():
     assert (changed.train.epochs, changed.loss.losses) == (3, ["cd", "fd"]) and cfg.train.epochs != 3
     with pytest.raises(DsmdError, match="unknown config key 'train.epoch'"):
         with_overrides(cfg, ["train.epoch=3"])
+
+
+def test_numbers_written_without_a_dot_in_yaml_files_are_numbers(tmp_path):
+    (tmp_path / "run.yaml").write_text("train:\n  lr: 1e-3\n  weight_decay: 5e-5\n")
+    cfg = load_config(tmp_path / "run.yaml")
+    assert cfg.train.lr == 1e-3 and cfg.train.weight_decay == 5e-5
+    with pytest.raises(DsmdError, match="'train.lr': expected a number, got 'fast'"):
+        load_config(None, ["train.lr=fast"])

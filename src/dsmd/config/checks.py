@@ -104,6 +104,12 @@ def check_value(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads 1e-4 (no dot) as a string; a number written that way is still a number.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     ok = {
         bool: lambda v: isinstance(v, bool),
         int: lambda v: isinstance(v, int) and not isinstance(v, bool),

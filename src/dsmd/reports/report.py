@@ -64,8 +64,11 @@ def _plain(value) -> str:
     return str(value)
 
 
-def write_report(out_dir: str | Path, rows: dict[str, dict], notes: dict | None = None) -> tuple[Path, Path]:
-    """Write ``report.json`` (``rows`` plus ``notes`` under ``"meta"``) and ``report.md``."""
+def write_report(
+    out_dir: str | Path, rows: dict[str, dict], notes: dict | None = None, pictures: list | None = None
+) -> tuple[Path, Path]:
+    """Write ``report.json`` (``rows`` plus ``notes`` under ``"meta"``) and ``report.md`` (with
+    ``pictures``, paths relative to ``out_dir``, shown after the table)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = dict(rows)
@@ -74,6 +77,8 @@ def write_report(out_dir: str | Path, rows: dict[str, dict], notes: dict | None 
     json_path, md_path = out_dir / "report.json", out_dir / "report.md"
     write_json_atomic(json_path, payload)
     md = ["# dsmd report", "", format_table(rows), "", LEGEND, ""]
+    if pictures:
+        md += ["## Training", ""] + [f"![{Path(p).stem}]({p})" for p in pictures] + [""]
     if notes:
         md += ["", "## Details", ""] + [f"- **{k}**: {_plain(v)}" for k, v in notes.items()] + [""]
     write_text_atomic(md_path, "\n".join(md))

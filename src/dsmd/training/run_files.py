@@ -8,6 +8,8 @@
     OUT/checkpoints/last.pt   the latest checkpoint (every epoch, every checkpoint_every steps)
     OUT/checkpoints/best.pt   the checkpoint of the best validation RSUM
     OUT/result.json           written when the run finishes
+    OUT/tensorboard/          TensorBoard event files of the same records (when tensorboard is
+                              installed; :mod:`dsmd.training.tensorboard`)
 
 Crash safety: checkpoints and ``result.json`` are replaced atomically. When a validation
 improves, ``best.pt`` is written *before* ``last.pt``: a run killed between the two resumes from
@@ -26,6 +28,7 @@ from typing import IO, Any
 from dsmd.config import RunConfig, save_config
 from dsmd.runtime.files import remove_temporaries, write_json_atomic
 from dsmd.training.checkpoint import save_checkpoint
+from dsmd.training.tensorboard import open_writer, write_scalars
 
 
 def _kept_lines(path: Path, last_step: int) -> tuple[list[str], int]:
@@ -62,6 +65,7 @@ class RunFiles:
         self.best = self.checkpoints / "best.pt"
         self._steps: IO[str] | None = None
         self._epochs: IO[str] | None = None
+        self._board = None
         self._log_every = 1
         self._unflushed = 0
 
@@ -78,6 +82,7 @@ class RunFiles:
         self._log_every = max(1, cfg.train.log_every)
         self._steps = self._open("steps.jsonl", resume_step)
         self._epochs = self._open("epochs.jsonl", resume_step)
+        self._board = open_writer(self.out / "tensorboard", resume_step, self.log)
 
     def _open(self, name: str, resume_step: int | None) -> IO[str]:
         path = self.out / name
@@ -93,6 +98,8 @@ class RunFiles:
         """Append a step's record to ``steps.jsonl`` (flushed every ``train.log_every`` steps)."""
         if self._steps is not None:
             self._steps.write(json.dumps(record) + "\n")
+            if self._board is not None:
+                write_scalars(self._board, record, record["step"])
             self._unflushed += 1
             if self._unflushed >= self._log_every:
                 self.flush()
@@ -102,6 +109,9 @@ class RunFiles:
         if self._epochs is not None:
             self._epochs.write(json.dumps(record) + "\n")
             self._epochs.flush()
+            if self._board is not None:
+                write_scalars(self._board, record, record["step"])
+                self._board.flush()
 
     def flush(self) -> None:
         if self._steps is not None:
@@ -123,10 +133,10 @@ class RunFiles:
             write_json_atomic(self.out / "result.json", result)
 
     def close(self) -> None:
-        for f in (self._steps, self._epochs):
+        for f in (self._steps, self._epochs, self._board):
             if f is not None:
                 f.close()
-        self._steps = self._epochs = None
+        self._steps = self._epochs = self._board = None
 
 
 def write_json_lines(path: Path, lines: list[str]) -> None:

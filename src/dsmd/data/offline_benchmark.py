@@ -1,0 +1,226 @@
+"""The offline benchmark: about 6,000 captioned images built from Debian packages, deterministically.
+
+Three sources, each a Debian package (nothing is downloaded at run time):
+
+- **photo stamps** (``tuxpaint-stamps-default``, GPL-2.0): the demo's 430 captioned photo
+  cut-outs, read in place;
+- **emoji** (``fonts-noto-color-emoji``, OFL-1.1): every fully qualified emoji of the ``emoji``
+  package's table that the Noto Color Emoji font draws (no skin-tone variants, no flags, no
+  keycaps), drawn by Pillow onto white at 128 px; the caption is its CLDR name ("kangaroo",
+  "woman astronaut");
+- **clip art** (``openclipart-png`` with ``openclipart-svg`` for the titles, public domain): drawings
+  outside ``shapes/`` and ``special/`` whose SVG title has two to eight words of plain English
+  letters; titles that are collection labels, file names or repeated are left out.
+
+Images are split by image with a fixed seed, each source in proportion: ``test_images`` test
+images (at least 1,000), ``val_images`` validation, the rest training. ``OUT/manifest.jsonl``
+(``data.kind=manifest``; ``split`` given) and ``OUT/README.md`` (what it holds, the filters,
+the licences and the counts) are written; emoji PNGs go to ``OUT/emoji/``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from dsmd.data.formats.tuxpaint import list_tuxpaint
+from dsmd.errors import DsmdError
+from dsmd.runtime.files import write_text_atomic
+
+STAMPS = Path("/usr/share/tuxpaint/stamps")
+EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+OPENCLIPART = Path("/usr/share/openclipart")
+PACKAGES = "tuxpaint-stamps-default fonts-noto-color-emoji openclipart-png openclipart-svg"
+EMOJI_SIDE = 128
+_TITLE = re.compile(r"[A-Za-z][A-Za-z' -]*")
+_NOISE = re.compile(r"flat icon|collection|untitled|clipart|clip art|openclipart|\bicon\b|\bsvg\b|\bpng\b|\d", re.I)
+_DC = "{http://purl.org/dc/elements/1.1/}"
+
+
+def _missing(path: Path) -> DsmdError:
+    return DsmdError(
+        f"{path} not found: the offline benchmark needs the Debian packages {PACKAGES} "
+        f"(bash scripts/setup.sh --benchmark installs them: apt-get install -y {PACKAGES})."
+    )
+
+
+def stamp_items() -> list[dict]:
+    if not STAMPS.is_dir():
+        raise _missing(STAMPS)
+    return [
+        {"image": path, "caption": caption, "source": "stamps"}
+        for path, caption, _ in list_tuxpaint(STAMPS, ["symbols", "cartoon"])
+    ]
+
+
+def _emoji_table() -> dict[str, str]:
+    """Emoji string -> CLDR name, fully qualified, without skin tones, flags or keycaps."""
+    try:
+        import emoji
+    except ImportError as exc:
+        raise DsmdError("the offline benchmark needs the emoji package: pip install emoji==2.16.0") from exc
+    out = {}
+    for char, info in emoji.EMOJI_DATA.items():
+        if info.get("status") != emoji.STATUS["fully_qualified"]:
+            continue
+        if any(
+            0x1F3FB <= ord(c) <= 0x1F3FF
+            or 0x1F1E6 <= ord(c) <= 0x1F1FF
+            or c == "\u20e3"
+            or 0xE0020 <= ord(c) <= 0xE007F
+            for c in char
+        ):
+            continue
+        name = info["en"].strip(":").replace("_", " ").strip()
+        if name and not name.lower().startswith("flag"):
+            out[char] = name
+    return out
+
+
+def _draw_emoji(char: str, font: ImageFont.FreeTypeFont) -> Image.Image | None:
+    """The emoji on white at :data:`EMOJI_SIDE` px, or None when the font has no glyph for it."""
+    canvas = Image.new("RGBA", (160, 160), (255, 255, 255, 0))
+    ImageDraw.Draw(canvas).text((80, 80), char, font=font, embedded_color=True, anchor="mm")
+    box = canvas.getbbox()
+    if box is None:
+        return None
+    glyph = canvas.crop(box)
+    if len(char) > 1 and glyph.width > 1.6 * glyph.height:  # drawn as separate glyphs: no ligature
+        return None
+    white = Image.new("RGBA", (136, 136), (255, 255, 255, 255))
+    glyph.thumbnail((128, 128))
+    white.alpha_composite(glyph, ((136 - glyph.width) // 2, (136 - glyph.height) // 2))
+    return white.convert("RGB").resize((EMOJI_SIDE, EMOJI_SIDE), Image.Resampling.BICUBIC)
+
+
+def emoji_items(out: Path) -> list[dict]:
+    if not EMOJI_FONT.is_file():
+        raise _missing(EMOJI_FONT)
+    font = ImageFont.truetype(str(EMOJI_FONT), 109)
+    folder = out / "emoji"
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    for char, name in _emoji_table().items():
+        path = folder / ("-".join(f"{ord(c):04x}" for c in char) + ".png")
+        if not path.is_file():
+            img = _draw_emoji(char, font)
+            if img is None:
+                continue
+            img.save(path)
+        items.append({"image": str(path), "caption": name, "source": "emoji"})
+    return items
+
+
+def _svg_title(svg: Path) -> str | None:
+    try:
+        root = ET.parse(svg).getroot()
+    except (ET.ParseError, OSError, UnicodeDecodeError):
+        return None
+    for element in root.iter(f"{_DC}title"):
+        text = " ".join((element.text or "").split())
+        if text:
+            return text
+    return None
+
+
+def _clean_title(title: str | None) -> str | None:
+    """A plain English title of 2-8 words, or None."""
+    if not title or not _TITLE.fullmatch(title) or _NOISE.search(title):
+        return None
+    words = title.replace("-", " ").split()
+    if not 2 <= len(words) <= 8 or title.isupper():
+        return None
+    return " ".join(words).lower()
+
+
+def clipart_items() -> list[dict]:
+    png_root, svg_root = OPENCLIPART / "png", OPENCLIPART / "svg"
+    for path in (png_root, svg_root):
+        if not path.is_dir():
+            raise _missing(path)
+    items, seen = [], set()
+    for png in sorted(png_root.rglob("*.png")):
+        rel = png.relative_to(png_root)
+        if rel.parts[0] in ("shapes", "special"):
+            continue
+        title = _clean_title(_svg_title((svg_root / rel).with_suffix(".svg")))
+        if title is None or title in seen:
+            continue
+        seen.add(title)
+        items.append({"image": str(png), "caption": title, "source": "clipart"})
+    return items
+
+
+def _split(items: list[dict], test_images: int, val_images: int, seed: int) -> None:
+    """Assign ``split`` in place: each source shuffled, then dealt out in proportion."""
+    rng = random.Random(seed)
+    total = len(items)
+    for source in sorted({i["source"] for i in items}):
+        group = [i for i in items if i["source"] == source]
+        rng.shuffle(group)
+        n_test = round(test_images * len(group) / total)
+        n_val = round(val_images * len(group) / total)
+        for k, item in enumerate(group):
+            item["split"] = "test" if k < n_test else "val" if k < n_test + n_val else "train"
+
+
+def build_offline_benchmark(
+    out: str | Path, test_images: int = 1200, val_images: int = 400, seed: int = 0, log=print
+) -> Path:
+    """Build the benchmark into ``out`` (see the module docstring); returns the manifest's path.
+
+    Raises:
+        DsmdError: a package is missing, or there are too few images for the splits.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    items = [*stamp_items(), *emoji_items(out), *clipart_items()]
+    if len(items) < test_images + val_images + 1000:
+        raise DsmdError(f"only {len(items)} images found; the benchmark needs {test_images + val_images + 1000}.")
+    _split(items, test_images, val_images, seed)
+    lines = [
+        json.dumps({"image": i["image"], "captions": [i["caption"]], "split": i["split"], "source": i["source"]})
+        for i in items
+    ]
+    manifest = out / "manifest.jsonl"
+    write_text_atomic(manifest, "\n".join(lines) + "\n")
+    counts = {
+        s: {k: sum(1 for i in items if i["source"] == s and i["split"] == k) for k in ("train", "val", "test")}
+        for s in ("stamps", "emoji", "clipart")
+    }
+    write_text_atomic(out / "README.md", _readme(counts))
+    log(
+        f"offline benchmark {out}: "
+        + ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items())
+        + f"; test {sum(c['test'] for c in counts.values())} images"
+    )
+    return manifest
+
+
+def _readme(counts: dict[str, dict[str, int]]) -> str:
+    rows = "\n".join(f"| {s} | {c['train']} | {c['val']} | {c['test']} |" for s, c in counts.items())
+    total = {k: sum(c[k] for c in counts.values()) for k in ("train", "val", "test")}
+    return f"""# The offline benchmark
+
+Built by `dsmd build-benchmark` ({__name__}); one caption per image, split by image with a
+fixed seed, each source in proportion.
+
+| source | train | val | test |
+|---|---|---|---|
+{rows}
+| all | {total["train"]} | {total["val"]} | {total["test"]} |
+
+- photo stamps: Debian `tuxpaint-stamps-default` (GPL-2.0), the first line of each stamp's
+  caption file; folders `symbols/` and `cartoon/` left out.
+- emoji: Debian `fonts-noto-color-emoji` (SIL OFL 1.1) drawn by Pillow on white at 128 px; the
+  caption is the CLDR name from the `emoji` package's table (fully qualified emoji; no
+  skin-tone variants, flags or keycaps; sequences the font cannot draw as one glyph left out).
+- clip art: Debian `openclipart-png` (public domain, CC0), titles from `openclipart-svg`: 2-8
+  words of plain letters, no collection labels, numbers or file names, each title once,
+  folders `shapes/` and `special/` left out.
+"""

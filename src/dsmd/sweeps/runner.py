@@ -1,0 +1,191 @@
+"""Running a sweep: the teacher once per store, then every unfinished run, several at a time.
+
+Each run is ``dsmd train`` on its own folder (``RUN/request.yaml`` is its config) followed by
+``dsmd eval --checkpoint RUN/checkpoints/best.pt --split test --json`` into ``RUN/test.json``; a
+run with ``test.json`` is finished and skipped, one with a checkpoint is resumed, so an
+interrupted sweep continues where it stopped. Runs go in separate processes: ``jobs`` at a time,
+the CPU threads shared between them (or one GPU each, when there are GPUs). A failed run is
+reported by name (its error in ``RUN/error.txt``) and the others go on.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from dsmd.config import config_to_dict, save_config
+from dsmd.errors import DsmdError
+from dsmd.extraction import extract
+from dsmd.runtime.files import write_text_atomic
+from dsmd.sweeps.spec import Run, Sweep
+
+STORE_KEYS = ("data", "teacher", "store", "store_dtype", "store_views", "store_shard_rows")
+
+
+def _store_key(run: Run) -> str:
+    data = config_to_dict(run.cfg)
+    return repr({k: data[k] for k in STORE_KEYS})
+
+
+def extract_stores(sweep: Sweep, log: Callable[[str], None], progress: bool) -> None:
+    """Extract each distinct store the runs need (once; an existing one is reused).
+
+    Raises:
+        DsmdError: two groups of runs need different stores at the same ``store`` path.
+    """
+    seen: dict[str, str] = {}
+    for run in sweep.runs:
+        key = _store_key(run)
+        if key in seen.values():
+            continue
+        if run.cfg.store in seen:
+            raise DsmdError(
+                f"sweep {sweep.name}: variant '{run.variant}' changes the teacher or data but keeps "
+                f"store={run.cfg.store}; give it its own store= in its overrides."
+            )
+        seen[run.cfg.store] = key
+        log(f"sweep {sweep.name}: feature store {run.cfg.store}")
+        extract(run.cfg, progress=progress, log=log)
+
+
+def finished(run: Run) -> bool:
+    return (run.folder / "test.json").is_file()
+
+
+def commands(run: Run, python: str = sys.executable) -> tuple[list[str], list[str]]:
+    """The train and eval command lines of a run (train resumes when a checkpoint is there)."""
+    resume = (run.folder / "checkpoints" / "last.pt").is_file()
+    train = [python, "-m", "dsmd", "train", "--quiet", "--config", str(run.folder / "request.yaml")]
+    if resume:
+        train = [python, "-m", "dsmd", "train", "--quiet", "--resume", f"out_dir={run.folder}"]
+    evaluate = [
+        python,
+        "-m",
+        "dsmd",
+        "eval",
+        "--quiet",
+        "--checkpoint",
+        str(run.folder / "checkpoints" / "best.pt"),
+        "--split",
+        "test",
+        "--json",
+    ]
+    return train, evaluate
+
+
+def prepare(run: Run) -> None:
+    run.folder.mkdir(parents=True, exist_ok=True)
+    if not (run.folder / "request.yaml").is_file():
+        save_config(run.cfg, run.folder / "request.yaml")
+
+
+def print_commands(sweep: Sweep) -> list[str]:
+    """The runs as ``torchrun`` command lines, for users who schedule them themselves."""
+    lines = []
+    for run in sweep.runs:
+        if finished(run):
+            continue
+        prepare(run)
+        eval_cmd = commands(run, "python")[1]
+        lines.append(
+            f"torchrun --standalone --nproc_per_node 1 -m dsmd train --quiet --config "
+            f"{shlex.quote(str(run.folder / 'request.yaml'))} && {shlex.join(eval_cmd)} > "
+            f"{shlex.quote(str(run.folder / 'test.json'))}   # {run.variant}, seed {run.seed}"
+        )
+    return lines
+
+
+class _Job:
+    """One run in a child process: training, then evaluation."""
+
+    def __init__(self, run: Run, env: dict[str, str]):
+        self.run, self.env = run, env
+        self.train_cmd, self.eval_cmd = commands(run)
+        self.stage = "train"
+        self.proc = self._start(self.train_cmd)
+
+    def _start(self, cmd: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def poll(self) -> str | None:
+        """None while running; ``done`` or ``failed`` at the end."""
+        if self.proc.poll() is None:
+            return None
+        out, err = self.proc.communicate()
+        if self.proc.returncode != 0:
+            write_text_atomic(self.run.folder / "error.txt", f"{' '.join(self.proc.args)}\n{err[-5000:]}")
+            return "failed"
+        if self.stage == "train":
+            self.stage, self.proc = "eval", self._start(self.eval_cmd)
+            return None
+        write_text_atomic(self.run.folder / "test.json", out.strip().splitlines()[-1] + "\n")
+        (self.run.folder / "error.txt").unlink(missing_ok=True)
+        return "done"
+
+    def error(self) -> str:
+        text = (self.run.folder / "error.txt").read_text() if (self.run.folder / "error.txt").is_file() else ""
+        lines = [line for line in text.splitlines() if line.startswith("dsmd: error:")]
+        return (lines[-1] if lines else text.strip().splitlines()[-1] if text.strip() else "failed")[:300]
+
+
+def _env(slot: int, jobs: int) -> dict[str, str]:
+    env = dict(os.environ)
+    gpus = _gpu_count()
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+    else:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no torch CUDA: the CPU
+        return 0
+
+
+def run_sweep(sweep: Sweep, jobs: int = 1, log: Callable[[str], None] = print, progress: bool = False) -> list[Run]:
+    """Run every unfinished run of ``sweep`` (see the module docstring); returns the failed runs."""
+    if jobs < 1:
+        raise DsmdError(f"--jobs must be at least 1, got {jobs}.")
+    todo = [run for run in dict((r.folder, r) for r in sweep.runs).values() if not finished(run)]
+    done_before = len({r.folder for r in sweep.runs}) - len(todo)
+    log(
+        f"sweep {sweep.name}: {len(sweep.runs)} runs ({len(sweep.variants)} variants x {len(sweep.seeds)} seeds), "
+        f"{done_before} finished before, {len(todo)} to run, {jobs} at a time"
+    )
+    if todo:
+        extract_stores(sweep, log, progress)
+    pending, running, failed = list(todo), {}, []
+    t0 = time.perf_counter()
+    while pending or running:
+        free = [slot for slot in range(jobs) if slot not in running]
+        while pending and free:
+            run = pending.pop(0)
+            prepare(run)
+            running[free.pop(0)] = _Job(run, _env(len(running), jobs))
+        time.sleep(0.2)
+        for slot, job in list(running.items()):
+            state = job.poll()
+            if state is None:
+                continue
+            del running[slot]
+            if state == "failed":
+                failed.append(job.run)
+                log(f"  FAILED {job.run.variant}, seed {job.run.seed}: {job.error()}")
+            else:
+                log(f"  done {job.run.variant}, seed {job.run.seed} ({time.perf_counter() - t0:.0f} s)")
+    return failed
+
+
+def rerun_failed_hint(failed: list[Run]) -> str:
+    return "; ".join(f"{r.variant} (seed {r.seed}): see {Path(r.folder) / 'error.txt'}" for r in failed)

@@ -1,0 +1,100 @@
+"""dsmd sweep on a tiny grid: the table against the runs' own results, resuming, a failed run,
+a bad key refused before anything runs, and every shipped sweep file checked."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dsmd.cli import main
+from dsmd.errors import DsmdError
+from dsmd.sweeps import load_sweep, print_commands, run_sweep, write_table
+from dsmd.sweeps.spec import SWEEP_DIR
+
+pytestmark = pytest.mark.e2e
+
+
+def _write(tmp_path: Path, tiny_overrides: list[str], body: dict) -> Path:
+    """A base config of the tiny run (1 epoch) and a sweep file over it."""
+    base = {}
+    for override in [*tiny_overrides, "train.epochs=1"]:
+        key, value = override.split("=", 1)
+        node = base
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    sweep = {"base": str(tmp_path / "base.yaml"), "out_dir": str(tmp_path / "sweep"), **body}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def test_a_tiny_grid_gives_the_runs_means_and_resumes(tiny_overrides, tmp_path, capsys):
+    path = _write(tmp_path, tiny_overrides, {"seeds": [0, 1], "grid": {"loss.margin": [0.0, 0.2]}})
+    sweep = load_sweep(path)
+    assert len(sweep.runs) == 4 and len({r.folder for r in sweep.runs}) == 4
+    messages = []
+    assert run_sweep(sweep, jobs=2, log=messages.append) == []
+    table = write_table(sweep)
+    for row in table["rows"]:
+        runs = [r for r in sweep.runs if r.variant == row["name"]]
+        rsum = [json.loads((r.folder / "test.json").read_text())["rsum"] for r in runs]
+        assert row["n"] == 2 and row["rsum_values"] == rsum
+        assert row["rsum_mean"] == pytest.approx(statistics.fmean(rsum))
+        assert row["rsum_std"] == pytest.approx(statistics.stdev(rsum))
+        assert row["overrides"] == [f"loss.margin={row['name'].split('=')[1]}"]
+    saved = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert saved["rows"] == table["rows"] and saved["failed"] == []
+    assert (tmp_path / "sweep" / "sweep.csv").read_text().startswith("name,overrides,n,seeds,i2t_r1_mean")
+    assert "± " in (tmp_path / "sweep" / "sweep.md").read_text()
+    assert (tmp_path / "sweep" / "sweep_loss_margin.png").stat().st_size > 1000
+    # run again: everything is finished, nothing runs
+    stamps = {r.folder: (r.folder / "test.json").stat().st_mtime_ns for r in sweep.runs}
+    messages.clear()
+    assert run_sweep(load_sweep(path), jobs=2, log=messages.append) == []
+    assert "4 finished before, 0 to run" in messages[0]
+    assert {r.folder: (r.folder / "test.json").stat().st_mtime_ns for r in sweep.runs} == stamps
+    # --print-commands: torchrun lines for unfinished runs (none now)
+    (sweep.runs[0].folder / "test.json").unlink()
+    lines = print_commands(load_sweep(path))
+    assert len(lines) == 1 and lines[0].startswith("torchrun --standalone --nproc_per_node 1 -m dsmd train")
+
+
+def test_a_failed_run_is_named_and_the_others_finish(tiny_overrides, tmp_path, capsys):
+    path = _write(
+        tmp_path, tiny_overrides, {"seeds": [0], "variants": {"fine": [], "broken": ["student.text_layers=5"]}}
+    )
+    with pytest.raises(SystemExit) as info:
+        main(["sweep", "--quiet", str(path)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "1 of 2 runs failed: broken (seed 0)" in err
+    table = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    rows = {row["name"]: row for row in table["rows"]}
+    assert rows["fine"]["n"] == 1 and rows["broken"]["n"] == 0 and table["failed"][0]["name"] == "broken"
+    error = (Path(table["failed"][0]["folder"]) / "error.txt").read_text()
+    assert "student.text_layers=5: the text model has 2 layers" in error
+
+
+def test_a_bad_key_is_refused_before_anything_runs(tiny_overrides, tmp_path):
+    path = _write(tmp_path, tiny_overrides, {"grid": {"loss.temprature": [0.1, 0.2]}})
+    with pytest.raises(DsmdError, match="variant 'loss.temprature=0.1': unknown config key 'loss.temprature'"):
+        load_sweep(path)
+    path = _write(tmp_path, tiny_overrides, {"variants": {"bad": ["balancer.mode=dynmic"]}})
+    with pytest.raises(DsmdError, match="variant 'bad': config key 'balancer.mode': 'dynmic' is not allowed"):
+        load_sweep(path)
+    assert not (tmp_path / "sweep").exists()
+    path.write_text(yaml.safe_dump({"base": "demo", "grid": {"loss.margin": [0.1]}, "variants": {"a": []}}))
+    with pytest.raises(DsmdError, match="either grid: .* or variants:"):
+        load_sweep(path)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in SWEEP_DIR.glob("*.yaml")))
+def test_every_shipped_sweep_file_is_valid(name):
+    sweep = load_sweep(name)
+    assert sweep.runs and len(sweep.seeds) >= 3 and sweep.description
