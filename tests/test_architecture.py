@@ -9,8 +9,9 @@ higher or a sibling one):
     2  store, data                     the feature-store format; datasets, images, batches
     3  models, losses, balancer        the student; the DSMD losses; the balancer
     4  teachers, evaluation            frozen teachers; retrieval metrics and student scoring
-    5  extraction, training, reports   pipelines: fill a store, distil, report
-    6  inference                       a trained student as an encoder (export folders, checkpoints)
+    5  extraction, training            pipelines: fill a store, distil
+    6  inference, reports              a trained student as an encoder (export folders, checkpoints);
+                                       result tables, plots and measurements of runs and checkpoints
     7  export                          writing export folders (weights, transformers, ONNX)
     8  search, sweeps                  indexes, queries, the web page; many runs, one table
     9  demo, scoring                   whole commands
@@ -39,7 +40,7 @@ LAYERS = {
     "evaluation": 4,
     "extraction": 5,
     "training": 5,
-    "reports": 5,
+    "reports": 6,
     "inference": 6,
     "export": 7,
     "search": 8,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from dsmd.cli_parser import build_parser
@@ -140,18 +141,52 @@ def _sweep(args, progress: bool) -> None:
     from dsmd.sweeps import load_sweep, print_commands, run_sweep, write_table
     from dsmd.sweeps.runner import rerun_failed_hint
 
-    sweep = load_sweep(args.sweep, args.overrides)
+    overrides = [a for a in args.sweep if "=" in a]
+    names = [a for a in args.sweep if "=" not in a]
+    if not names:
+        raise DsmdError("dsmd sweep needs a sweep file or a packaged sweep's name before the key=value overrides.")
+    sweeps = [load_sweep(name, overrides) for name in names]
     if args.print_commands:
-        print("\n".join(print_commands(sweep)))
+        print("\n".join(dict.fromkeys(line for sweep in sweeps for line in print_commands(sweep))))
         return
-    failed = run_sweep(sweep, args.jobs, progress=progress)
-    table = write_table(sweep, failed)
-    print(f"sweep {sweep.name}: {sweep.out_dir / 'sweep.md'} ({len(table['rows'])} variants)")
+    t0 = time.perf_counter()
+    failed = run_sweep(sweeps, args.jobs, progress=progress)
+    for sweep in sweeps:
+        table = write_table(sweep, [r for r in failed if r.sweep == sweep.name])
+        print(f"sweep {sweep.name}: {sweep.out_dir / 'sweep.md'} ({len(table['rows'])} variants)")
+    print(f"{len(sweeps)} sweep(s) in {time.perf_counter() - t0:.0f} s")
     if failed:
         raise DsmdError(
-            f"{len(failed)} of {len(sweep.runs)} runs failed: {rerun_failed_hint(failed)[:600]}. "
+            f"{len(failed)} of {len({r.folder for s in sweeps for r in s.runs})} runs failed: "
+            f"{rerun_failed_hint(failed)[:600]}. "
             "Fix the cause and run the sweep again: finished runs are kept."
         )
+
+
+def _efficiency(args) -> None:
+    from dsmd.reports.efficiency import format_efficiency, measure_efficiency
+
+    result = measure_efficiency(args.checkpoint, device=args.device, repeats=args.repeats)
+    print(json.dumps(result) if args.json else format_efficiency(result))
+
+
+def _plot_space(args, progress: bool) -> None:
+    from dsmd.reports.feature_space import plot_feature_space
+
+    r = plot_feature_space(
+        args.checkpoint,
+        split=args.split,
+        out=args.out,
+        device=args.device,
+        max_points=args.max_points,
+        store=args.store,
+        progress=progress,
+    )
+    print(
+        f"{r['out']}: {r['n_images']} images and {r['n_captions']} captions of split {r['split']}; PC1-3 explain "
+        f"{100 * r['teacher_explained_variance']:.1f}% of the teacher's variance and capture "
+        f"{100 * r['student_captured_variance']:.1f}% of the student's"
+    )
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -218,10 +253,14 @@ def run(argv: list[str] | None = None) -> int:
     elif args.command == "sweep":
         _sweep(args, progress)
     elif args.command == "report":
-        from dsmd.reports.run_plots import plot_run
+        from dsmd.reports.run_report import report_run
 
-        plots = plot_run(args.run)
+        plots = report_run(args.run, measure=not args.no_measure, device=args.device)
         print(f"{Path(args.run) / 'report.md'}: " + ", ".join(str(p) for p in plots))
+    elif args.command == "efficiency":
+        _efficiency(args)
+    elif args.command == "plot-space":
+        _plot_space(args, progress)
     return 0
 
 

@@ -24,8 +24,12 @@ EXAMPLES = {
     '  dsmd search --index demo_out/teacher_index --model demo_out/export --text "a kangaroo" --json',
     "serve": "dsmd serve --index demo_out/index --port 8000",
     "report": "dsmd report demo_out/train",
+    "efficiency": "dsmd efficiency --checkpoint demo_out/train/checkpoints/best.pt --device auto\n"
+    "  dsmd efficiency --checkpoint runs/exp1/checkpoints/best.pt --json --repeats 20",
+    "plot-space": "dsmd plot-space --checkpoint demo_out/train/checkpoints/best.pt --out demo_out/feature_space.png\n"
+    "  dsmd plot-space --checkpoint runs/exp1/checkpoints/best.pt --store moved/store --split val --out val_space.png",
     "build-benchmark": "dsmd build-benchmark --out benchmark_data",
-    "sweep": "dsmd sweep offline_table5 --jobs 2\n  dsmd sweep my_sweep.yaml train.epochs=2 --print-commands",
+    "sweep": "dsmd sweep offline_table5_balancer --jobs 2\n  dsmd sweep offline_table4_losses offline_table5_balancer offline_table6_l2 --jobs 2\n  dsmd sweep my_sweep.yaml train.epochs=2 --print-commands",
 }
 
 
@@ -165,21 +169,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = add(
         "build-benchmark",
-        "Build the offline benchmark (~6,000 captioned photos, emoji and clip art from "
+        "Build the offline benchmark (~3,300 captioned photos, emoji and clip art from "
         "Debian packages) as a manifest, deterministically.",
     )
     q.add_argument("--out", default="benchmark_data", help="the folder to write (default: benchmark_data)")
 
     q = add("sweep", "Run a sweep (a grid or named variants, times seeds) and write its mean ± std table and plots.")
-    q.add_argument("sweep", help="a sweep YAML file, or the name of a packaged one (src/dsmd/configs/sweeps)")
-    q.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every run")
+    q.add_argument(
+        "sweep",
+        nargs="+",
+        metavar="SWEEP [key=value]",
+        help="sweep YAML files, or names of packaged ones (src/dsmd/configs/sweeps), several running as one pool "
+        "(runs they share run once); then key=value overrides applied to every run",
+    )
     q.add_argument("--jobs", type=int, default=1, help="runs at a time (the CPU threads are shared; one GPU each)")
     q.add_argument("--print-commands", action="store_true", help="print the runs as torchrun command lines instead")
 
     q = add(
-        "report", "Draw a training run's losses, balancer weights and validation to PNG, linked from RUN/report.md."
+        "report",
+        "Draw a training run's losses, balancer weights and validation to PNG, measure its best checkpoint "
+        "against the teacher (dsmd efficiency) and draw both feature spaces (dsmd plot-space), all linked from "
+        "RUN/report.md.",
     )
     q.add_argument("run", help="a training run folder (dsmd train's out_dir)")
+    q.add_argument("--no-measure", action="store_true", help="the training plots only (no efficiency, no PCA)")
+    q.add_argument("--device", default="cpu", help="where to measure: cpu, cuda or auto (default: cpu)")
+
+    q = add(
+        "efficiency",
+        "Parameters (per tower), latency at batch 1 and 32, throughput and peak memory of a checkpoint's student "
+        "and its teacher, on real test images and captions (the paper's Table 3).",
+    )
+    q.add_argument("--checkpoint", required=True, help="a checkpoint written by `dsmd train`")
+    q.add_argument("--json", action="store_true", help="print the measurements as one JSON object")
+    q.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    q.add_argument("--repeats", type=int, default=10, help="timed runs per figure; the median is shown (default: 10)")
+
+    q = add(
+        "plot-space",
+        "Draw the teacher's and the student's features of a split in the teacher's top 3 principal components "
+        "(3-D and PC1/PC2 views; images red, captions blue) to a PNG (the paper's Figure 2).",
+    )
+    q.add_argument("--checkpoint", required=True, help="a checkpoint written by `dsmd train`")
+    q.add_argument("--out", required=True, help="the PNG file to write")
+    q.add_argument("--split", default="test", help="train, val or test (default: test)")
+    q.add_argument("--store", help="the feature store with the teacher's features (default: the checkpoint's store)")
+    q.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    q.add_argument(
+        "--max-points", type=int, default=1000, help="at most this many images and captions drawn (default: 1000)"
+    )
 
     q = add("serve", "Serve a search page and a JSON API over an index.")
     q.add_argument("--index", required=True, help="an index folder (dsmd index)")

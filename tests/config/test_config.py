@@ -239,8 +239,8 @@ def test_configs_made_in_code_are_checked_too():
 
     with pytest.raises(DsmdError, match="'train.epochs': must be at least 1, got 0"):
         TrainConfig(epochs=0)
-    with pytest.raises(DsmdError, match="'loss.losses': 'kd' is not allowed"):
-        LossConfig(losses=["kd"])
+    with pytest.raises(DsmdError, match="'loss.losses': 'kld' is not allowed"):
+        LossConfig(losses=["kld"])
     assert TrainConfig(lr=1).lr == 1.0 and isinstance(TrainConfig(lr=1).lr, float)  # an int is a float
 
 

@@ -165,7 +165,7 @@ def test_from_config():
     "kwargs, match",
     [
         ({"losses": []}, "at least one"),
-        ({"losses": ["cd", "kd"]}, "unknown loss"),
+        ({"losses": ["cd", "kld"]}, "unknown loss"),
         ({"losses": ["fd", "fd"]}, "twice"),
         ({"losses": "fd"}, "list"),
         ({"temperature": 0.0}, "temperature"),
@@ -186,3 +186,21 @@ def test_wrong_feature_width_is_rejected():
     feats, ids = make_batch(11)
     with pytest.raises(ValueError, match="dimensional"):
         module(*feats, ids)
+
+
+def test_baselines_are_computed_by_name_with_their_options():
+    from dsmd.losses import dcd_loss, kd_loss, rkd_loss
+
+    torch.manual_seed(0)
+    s_v, s_t, t_v, t_t = (torch.nn.functional.normalize(torch.randn(6, 8), dim=1) for _ in range(4))
+    ids = torch.tensor([0, 0, 1, 2, 3, 4])
+    module = MultiscaleDistillationLoss(
+        8, losses=["kd", "rkd", "dcd", "hint"], kd_temperature=0.1, rkd_angle_weight=0.5, dcd_negatives=2
+    )
+    out = module(s_v, s_t, t_v, t_t, ids)
+    assert list(out) == ["kd", "rkd", "dcd", "hint"] and module.queue is None
+    assert torch.equal(out["kd"], kd_loss(s_v, s_t, t_v, t_t, temperature=0.1))
+    assert torch.equal(out["rkd"], rkd_loss(s_v, s_t, t_v, t_t, distance_weight=1.0, angle_weight=0.5))
+    assert torch.equal(out["dcd"], dcd_loss(s_v, s_t, t_v, t_t, ids, temperature=0.07, negatives=2))
+    with pytest.raises(ValueError, match="unknown baseline options"):
+        MultiscaleDistillationLoss(8, losses=["kd"], kd_temperture=0.1)

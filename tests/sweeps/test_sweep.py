@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dsmd.cli import main
+from dsmd.cli import main, run
 from dsmd.errors import DsmdError
 from dsmd.sweeps import load_sweep, print_commands, run_sweep, write_table
 from dsmd.sweeps.spec import SWEEP_DIR
@@ -58,12 +58,29 @@ def test_a_tiny_grid_gives_the_runs_means_and_resumes(tiny_overrides, tmp_path, 
     stamps = {r.folder: (r.folder / "test.json").stat().st_mtime_ns for r in sweep.runs}
     messages.clear()
     assert run_sweep(load_sweep(path), jobs=2, log=messages.append) == []
-    assert "4 finished before, 0 to run" in messages[0]
+    assert "4 distinct runs, 4 finished before, 0 to run" in messages[-1]
     assert {r.folder: (r.folder / "test.json").stat().st_mtime_ns for r in sweep.runs} == stamps
     # --print-commands: torchrun lines for unfinished runs (none now)
     (sweep.runs[0].folder / "test.json").unlink()
     lines = print_commands(load_sweep(path))
     assert len(lines) == 1 and lines[0].startswith("torchrun --standalone --nproc_per_node 1 -m dsmd train")
+
+
+def test_two_sweeps_run_as_one_pool_and_share_runs(tiny_overrides, tmp_path, capsys):
+    first = _write(tmp_path, tiny_overrides, {"seeds": [0], "grid": {"loss.margin": [0.0, 0.2]}, "runs": str(tmp_path / "shared")})
+    second = tmp_path / "second.yaml"
+    body = yaml.safe_load(first.read_text())
+    body.pop("grid")
+    body.update(out_dir=str(tmp_path / "second"), variants={"no margin": ["loss.margin=0.0"]})
+    second.write_text(yaml.safe_dump(body))
+    assert run(["sweep", "--quiet", str(first), str(second), "train.lr=2e-4"]) == 0
+    out = capsys.readouterr().out
+    assert "2 distinct runs, 0 finished before, 2 to run" in out and "2 sweep(s) in" in out
+    one = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"]
+    two = json.loads((tmp_path / "second" / "sweep.json").read_text())["rows"]
+    assert two[0]["rsum_values"] == next(r for r in one if r["name"] == "loss.margin=0.0")["rsum_values"]
+    requests = [yaml.safe_load(p.read_text()) for p in (tmp_path / "shared").glob("*/request.yaml")]
+    assert len(requests) == 2 and all(r["train"]["lr"] == 2e-4 for r in requests)
 
 
 def test_a_failed_run_is_named_and_the_others_finish(tiny_overrides, tmp_path, capsys):

@@ -230,3 +230,23 @@ def test_validation_in_the_loop_sees_the_pixels_dsmd_eval_sees(tiny_overrides, t
     assert torch.equal(cached, plain)
     downsized, _ = encode_split(student, data, 16, cpu, ImageCache(max_side=18))  # the training cache's size
     assert not torch.allclose(downsized, plain, atol=1e-4)  # so the check above can fail
+
+
+def test_baseline_losses_train_and_are_logged(tiny_run, tmp_path):
+    """Every baseline trains through the real step, balanced like DSMD's losses, on the shared store."""
+    cfg = load_config(
+        "demo",
+        [
+            *tiny_run["overrides"],
+            f"out_dir={tmp_path / 'baselines'}",
+            "loss.losses=[kd, hint, rkd, icl, clip, dcd]",
+            "train.epochs=1",
+        ],
+    )
+    result = train(cfg, progress=False, log=lambda *_: None)
+    steps = [json.loads(line) for line in (tmp_path / "baselines" / "steps.jsonl").read_text().splitlines()]
+    names = ["kd", "hint", "rkd", "icl", "clip", "dcd"]
+    assert {*names, *(f"w_{n}" for n in names)} <= set(steps[-1])
+    assert all(all(torch.isfinite(torch.tensor(s[n])) for n in names) for s in steps)
+    assert sum(steps[-1][f"w_{n}"] for n in names) == pytest.approx(len(names))  # K * softmax
+    assert result.best_checkpoint.is_file()

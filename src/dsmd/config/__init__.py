@@ -18,6 +18,7 @@ from dsmd.config.io import (
     with_overrides,
 )
 from dsmd.config.schema import (
+    BASELINE_LOSS_NAMES,
     LOSS_NAMES,
     TUXPAINT_ROOT,
     BalancerConfig,
@@ -31,6 +32,7 @@ from dsmd.config.schema import (
 
 __all__ = [
     "CONFIG_DIR",
+    "BASELINE_LOSS_NAMES",
     "LOSS_NAMES",
     "TUXPAINT_ROOT",
     "BalancerConfig",

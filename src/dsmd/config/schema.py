@@ -17,8 +17,9 @@ from dsmd.config.checks import above, at_least, between, check_fields, refuse
 from dsmd.errors import DsmdError
 
 TUXPAINT_ROOT = "/usr/share/tuxpaint/stamps"
-LossName = Literal["cd", "fd", "sd", "hnd"]
-LOSS_NAMES: tuple[str, ...] = ("cd", "fd", "sd", "hnd")
+LossName = Literal["cd", "fd", "sd", "hnd", "kd", "hint", "rkd", "icl", "clip", "dcd"]
+LOSS_NAMES: tuple[str, ...] = ("cd", "fd", "sd", "hnd")  # DSMD's own four
+BASELINE_LOSS_NAMES: tuple[str, ...] = ("kd", "hint", "rkd", "icl", "clip", "dcd")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -196,7 +197,14 @@ class StudentConfig:
 
 @dataclass
 class LossConfig:
-    """The four DSMD losses (docs/method.md). ``losses`` lists the enabled ones."""
+    """The losses (docs/method.md). ``losses`` lists the enabled ones: DSMD's four
+    (``cd fd sd hnd``) and the baselines (``kd hint rkd icl clip dcd``, docs/method.md
+    "Baseline distillers"), all weighted by the same balancer.
+
+    ``temperature``, ``queue_size``, ``margin``, ``hardest`` belong to CD and HND;
+    ``kd_temperature`` to KD; ``contrastive_temperature`` to ICL, CLIP and DCD;
+    ``rkd_distance_weight`` / ``rkd_angle_weight`` to RKD; ``dcd_negatives`` to DCD.
+    """
 
     SECTION: ClassVar[str] = "loss"
 
@@ -207,11 +215,16 @@ class LossConfig:
     hardest: bool = True
     mask_same_image: bool = True
     cross_modal: bool = False
+    kd_temperature: float = above(0, 0.05)
+    contrastive_temperature: float = above(0, 0.07)
+    rkd_distance_weight: float = at_least(0, 1.0)
+    rkd_angle_weight: float = at_least(0, 2.0)
+    dcd_negatives: int = at_least(1, 8)
 
     def __post_init__(self) -> None:
         check_fields(self, self.SECTION)
         if not self.losses:
-            raise refuse("loss.losses", f"enable at least one of {', '.join(LOSS_NAMES)}.")
+            raise refuse("loss.losses", f"enable at least one of {', '.join(LOSS_NAMES + BASELINE_LOSS_NAMES)}.")
         if len(set(self.losses)) != len(self.losses):
             raise refuse("loss.losses", f"{self.losses} names a loss twice.")
 

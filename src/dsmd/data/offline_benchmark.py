@@ -1,4 +1,4 @@
-"""The offline benchmark: about 6,000 captioned images built from Debian packages, deterministically.
+"""The offline benchmark: about 3,300 captioned images built from Debian packages, deterministically.
 
 Three sources, each a Debian package (nothing is downloaded at run time):
 
@@ -12,7 +12,9 @@ Three sources, each a Debian package (nothing is downloaded at run time):
   outside ``shapes/`` and ``special/`` whose SVG title has two to eight words of plain English
   letters; titles that are collection labels, file names or repeated are left out.
 
-Images are split by image with a fixed seed, each source in proportion: ``test_images`` test
+Each caption is kept once over the three sources (the first image with it; compared lower-cased
+without punctuation), so every caption has exactly one right image. Images are split by image
+with a fixed seed, each source in proportion: ``test_images`` test
 images (at least 1,000), ``val_images`` validation, the rest training. ``OUT/manifest.jsonl``
 (``data.kind=manifest``; ``split`` given) and ``OUT/README.md`` (what it holds, the filters,
 the licences and the counts) are written; emoji PNGs go to ``OUT/emoji/``.
@@ -37,8 +39,14 @@ EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 OPENCLIPART = Path("/usr/share/openclipart")
 PACKAGES = "tuxpaint-stamps-default fonts-noto-color-emoji openclipart-png openclipart-svg"
 EMOJI_SIDE = 128
-_TITLE = re.compile(r"[A-Za-z][A-Za-z' -]*")
-_NOISE = re.compile(r"flat icon|collection|untitled|clipart|clip art|openclipart|\bicon\b|\bsvg\b|\bpng\b|\d", re.I)
+MAX_PIXELS = 4096 * 4096
+MIN_SIDE = 64
+_TITLE = re.compile(r"[A-Za-z][A-Za-z']*")
+_NOISE = re.compile(
+    r"collection|untitled|clip ?arts?\b|openclipart|\bicons?\b|iconset|\bsvg\b|\bpng\b|\btheme\b|"
+    r"\bby\b|\bversion\b|\btest\b",
+    re.I,
+)
 _DC = "{http://purl.org/dc/elements/1.1/}"
 
 
@@ -112,7 +120,8 @@ def emoji_items(out: Path) -> list[dict]:
             if img is None:
                 continue
             img.save(path)
-        items.append({"image": str(path), "caption": name, "source": "emoji"})
+        # relative to the manifest, which resolves paths against its own folder
+        items.append({"image": str(path.relative_to(out)), "caption": name, "source": "emoji"})
     return items
 
 
@@ -129,13 +138,32 @@ def _svg_title(svg: Path) -> str | None:
 
 
 def _clean_title(title: str | None) -> str | None:
-    """A plain English title of 2-8 words, or None."""
-    if not title or not _TITLE.fullmatch(title) or _NOISE.search(title):
+    """A plain English-looking title of 2-8 words, lower-cased, or None.
+
+    Parentheses and standalone numbers are dropped ("Pepperoni Pizza Slice (B and W)" is
+    "pepperoni pizza slice"); titles naming a collection, a theme, an author or a file format,
+    and titles with other than plain letters, are left out.
+    """
+    if not title or _NOISE.search(title):
         return None
-    words = title.replace("-", " ").split()
-    if not 2 <= len(words) <= 8 or title.isupper():
+    title = re.sub(r"\([^)]*\)", " ", title)
+    title = re.sub(r"[,;:.!?/_&+-]", " ", title)
+    words = [w for w in title.split() if not w.isdigit()]
+    if not 2 <= len(words) <= 8 or not all(_TITLE.fullmatch(w) for w in words):
+        return None
+    if all(w.isupper() for w in words):
         return None
     return " ".join(words).lower()
+
+
+def _usable_size(png: Path) -> bool:
+    """Whether the PNG's header says at most ``MAX_PIXELS`` pixels (a few drawings are huge) and a
+    longer side of at least ``MIN_SIDE`` (a few are a handful of pixels)."""
+    try:
+        with Image.open(png) as img:
+            return img.width * img.height <= MAX_PIXELS and max(img.size) >= MIN_SIDE
+    except (OSError, Image.DecompressionBombError):
+        return False
 
 
 def clipart_items() -> list[dict]:
@@ -149,28 +177,50 @@ def clipart_items() -> list[dict]:
         if rel.parts[0] in ("shapes", "special"):
             continue
         title = _clean_title(_svg_title((svg_root / rel).with_suffix(".svg")))
-        if title is None or title in seen:
+        if title is None or title in seen or not _usable_size(png):
             continue
         seen.add(title)
         items.append({"image": str(png), "caption": title, "source": "clipart"})
     return items
 
 
+def _unique_captions(items: list[dict]) -> list[dict]:
+    """The items whose caption (lower-cased, letters and digits only) has not been seen before."""
+    seen, kept = set(), []
+    for item in items:
+        key = " ".join(re.findall(r"[a-z0-9]+", item["caption"].lower()))
+        if key not in seen:
+            seen.add(key)
+            kept.append(item)
+    return kept
+
+
+def _apportion(count: int, sizes: list[int]) -> list[int]:
+    """``count`` shared out in proportion to ``sizes``, summing to exactly ``count`` (largest remainders)."""
+    total = sum(sizes)
+    shares = [count * n / total for n in sizes]
+    parts = [int(x) for x in shares]
+    by_remainder = sorted(range(len(sizes)), key=lambda k: parts[k] - shares[k])
+    for k in by_remainder[: count - sum(parts)]:
+        parts[k] += 1
+    return parts
+
+
 def _split(items: list[dict], test_images: int, val_images: int, seed: int) -> None:
     """Assign ``split`` in place: each source shuffled, then dealt out in proportion."""
     rng = random.Random(seed)
-    total = len(items)
-    for source in sorted({i["source"] for i in items}):
+    sources = sorted({i["source"] for i in items})
+    sizes = [sum(1 for i in items if i["source"] == s) for s in sources]
+    n_test, n_val = _apportion(test_images, sizes), _apportion(val_images, sizes)
+    for s, source in enumerate(sources):
         group = [i for i in items if i["source"] == source]
         rng.shuffle(group)
-        n_test = round(test_images * len(group) / total)
-        n_val = round(val_images * len(group) / total)
         for k, item in enumerate(group):
-            item["split"] = "test" if k < n_test else "val" if k < n_test + n_val else "train"
+            item["split"] = "test" if k < n_test[s] else "val" if k < n_test[s] + n_val[s] else "train"
 
 
 def build_offline_benchmark(
-    out: str | Path, test_images: int = 1200, val_images: int = 400, seed: int = 0, log=print
+    out: str | Path, test_images: int = 1000, val_images: int = 300, seed: int = 0, log=print
 ) -> Path:
     """Build the benchmark into ``out`` (see the module docstring); returns the manifest's path.
 
@@ -179,7 +229,7 @@ def build_offline_benchmark(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    items = [*stamp_items(), *emoji_items(out), *clipart_items()]
+    items = _unique_captions([*stamp_items(), *emoji_items(out), *clipart_items()])
     if len(items) < test_images + val_images + 1000:
         raise DsmdError(f"only {len(items)} images found; the benchmark needs {test_images + val_images + 1000}.")
     _split(items, test_images, val_images, seed)
@@ -208,7 +258,8 @@ def _readme(counts: dict[str, dict[str, int]]) -> str:
     return f"""# The offline benchmark
 
 Built by `dsmd build-benchmark` ({__name__}); one caption per image, split by image with a
-fixed seed, each source in proportion.
+fixed seed, each source in proportion; each caption once over all sources (the first image
+with it), so every caption has exactly one right image.
 
 | source | train | val | test |
 |---|---|---|---|
@@ -221,6 +272,7 @@ fixed seed, each source in proportion.
   caption is the CLDR name from the `emoji` package's table (fully qualified emoji; no
   skin-tone variants, flags or keycaps; sequences the font cannot draw as one glyph left out).
 - clip art: Debian `openclipart-png` (public domain, CC0), titles from `openclipart-svg`: 2-8
-  words of plain letters, no collection labels, numbers or file names, each title once,
+  words of plain letters, no collection labels, numbers or file names, each title once, a
+  longer side of at least 64 px and at most 4096x4096 pixels,
   folders `shapes/` and `special/` left out.
 """

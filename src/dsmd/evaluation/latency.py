@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["measure_latency"]
+__all__ = ["measure_latency", "measure_times"]
 
 
 def measure_latency(
@@ -42,6 +42,25 @@ def measure_latency(
     Raises:
         ValueError: if ``batch_size`` or ``repeats`` is below 1 or ``warmup`` below 0.
     """
+    seconds = measure_times(fn, make_batch, batch_size, warmup, repeats)
+    return statistics.median(seconds) / batch_size * 1000.0
+
+
+def measure_times(
+    fn: Callable[[Any], Any],
+    make_batch: Callable[[int], Any],
+    batch_size: int,
+    warmup: int = 2,
+    repeats: int = 5,
+) -> list[float]:
+    """The ``repeats`` wall-clock times, in seconds, of whole calls ``fn(batch)`` (not per item).
+
+    Timed exactly as :func:`measure_latency` times them (which takes their median); for the
+    spread of the times (quartiles, minimum and maximum).
+
+    Raises:
+        ValueError: if ``batch_size`` or ``repeats`` is below 1 or ``warmup`` below 0.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if repeats < 1:
@@ -60,7 +79,7 @@ def measure_latency(
             fn(batch)
             _synchronize()
             seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds) / batch_size * 1000.0
+    return seconds
 
 
 def _synchronize() -> None:

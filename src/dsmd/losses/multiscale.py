@@ -1,4 +1,4 @@
-"""The four DSMD losses together, with the contrastive queue they need."""
+"""The enabled losses together (DSMD's four and the baselines), with the contrastive queue CD needs."""
 
 from __future__ import annotations
 
@@ -7,17 +7,30 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from dsmd.losses.baselines import hint_loss, kd_loss, rkd_loss
 from dsmd.losses.contrastive import contrastive_distillation_loss
+from dsmd.losses.contrastive_baselines import clip_loss, dcd_loss, interactive_contrastive_loss
 from dsmd.losses.feature import check_features, feature_distillation_loss
 from dsmd.losses.hard_negative import hard_negative_distillation_loss
 from dsmd.losses.queue import FeatureQueue
 from dsmd.losses.similarity import similarity_distillation_loss
 
 LOSS_NAMES = ("cd", "fd", "sd", "hnd")
+BASELINE_LOSS_NAMES = ("kd", "hint", "rkd", "icl", "clip", "dcd")
+ALL_LOSS_NAMES = LOSS_NAMES + BASELINE_LOSS_NAMES
+
+
+BASELINE_DEFAULTS: dict[str, float] = {
+    "kd_temperature": 0.05,
+    "contrastive_temperature": 0.07,
+    "rkd_distance_weight": 1.0,
+    "rkd_angle_weight": 2.0,
+    "dcd_negatives": 8,
+}
 
 
 class MultiscaleDistillationLoss(nn.Module):
-    """Computes the enabled DSMD losses (docs/method.md) and owns the contrastive queue.
+    """Computes the enabled losses (docs/method.md) and owns the contrastive queue.
 
     The losses are returned raw and by name; weighting them is the loss balancer's job.
     The queue exists only when ``"cd"`` is enabled; it is part of this module's
@@ -25,7 +38,8 @@ class MultiscaleDistillationLoss(nn.Module):
 
     Args:
         dim: feature width D of teacher and (projected) student features.
-        losses: the enabled losses, a non-empty subset of ``("cd", "fd", "sd", "hnd")``.
+        losses: the enabled losses, a non-empty subset of ``ALL_LOSS_NAMES``: DSMD's
+            ``cd fd sd hnd`` and the baselines ``kd hint rkd icl clip dcd``.
         temperature: tau of CD (paper: 0.05).
         queue_size: K, the number of queued teacher pairs for CD (paper: 8192; 0 leaves CD
             without negatives, so it is identically 0).
@@ -33,6 +47,9 @@ class MultiscaleDistillationLoss(nn.Module):
         hardest: HND takes the hardest negative (true) or sums over all (false).
         mask_same_image: pairs of the same image are never negatives in CD and HND.
         cross_modal: add the cross-modal CD terms.
+        baseline_options: keyword arguments of the baselines: ``kd_temperature``,
+            ``contrastive_temperature`` (ICL, CLIP, DCD), ``rkd_distance_weight``,
+            ``rkd_angle_weight``, ``dcd_negatives``.
 
     Raises:
         ValueError: an unknown or repeated loss name, no loss, ``temperature <= 0``,
@@ -49,6 +66,7 @@ class MultiscaleDistillationLoss(nn.Module):
         hardest: bool = True,
         mask_same_image: bool = True,
         cross_modal: bool = False,
+        **baseline_options: float,
     ) -> None:
         super().__init__()
         if isinstance(losses, str):
@@ -56,10 +74,15 @@ class MultiscaleDistillationLoss(nn.Module):
             raise ValueError(f"losses must be a list of names, got the string {losses!r}")
         losses = tuple(losses)
         if not losses:
-            raise ValueError(f"enable at least one loss out of {', '.join(LOSS_NAMES)}")
-        unknown = [name for name in losses if name not in LOSS_NAMES]
+            raise ValueError(f"enable at least one loss out of {', '.join(ALL_LOSS_NAMES)}")
+        unknown = [name for name in losses if name not in ALL_LOSS_NAMES]
         if unknown:
-            raise ValueError(f"unknown loss {', '.join(map(repr, unknown))}; choose from {', '.join(LOSS_NAMES)}")
+            raise ValueError(f"unknown loss {', '.join(map(repr, unknown))}; choose from {', '.join(ALL_LOSS_NAMES)}")
+        options = {**BASELINE_DEFAULTS, **baseline_options}
+        if set(options) != set(BASELINE_DEFAULTS):
+            raise ValueError(f"unknown baseline options {sorted(set(options) - set(BASELINE_DEFAULTS))}")
+        if not (options["kd_temperature"] > 0 and options["contrastive_temperature"] > 0):
+            raise ValueError("kd_temperature and contrastive_temperature must be > 0")
         if len(set(losses)) != len(losses):
             raise ValueError(f"losses lists a name twice: {list(losses)}")
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
@@ -77,6 +100,7 @@ class MultiscaleDistillationLoss(nn.Module):
         self.hardest = bool(hardest)
         self.mask_same_image = bool(mask_same_image)
         self.cross_modal = bool(cross_modal)
+        self.options = options
         self.queue = FeatureQueue(queue_size, dim) if "cd" in losses else None
 
     @classmethod
@@ -91,6 +115,7 @@ class MultiscaleDistillationLoss(nn.Module):
             hardest=cfg.hardest,
             mask_same_image=cfg.mask_same_image,
             cross_modal=cfg.cross_modal,
+            **{key: getattr(cfg, key) for key in BASELINE_DEFAULTS},
         )
 
     def forward(
@@ -111,8 +136,7 @@ class MultiscaleDistillationLoss(nn.Module):
             image_ids: ``(B,)`` image id of each pair.
 
         Returns:
-            Scalar losses keyed by name (``"cd"``, ``"fd"``, ``"sd"``, ``"hnd"``), in the
-            order of ``self.losses``.
+            Scalar losses keyed by name (``"cd"``, ``"fd"``, ...), in the order of ``self.losses``.
         """
         _, dim = check_features(
             image_ids,
@@ -124,34 +148,45 @@ class MultiscaleDistillationLoss(nn.Module):
         if dim != self.dim:
             raise ValueError(f"features are {dim}-dimensional but the loss was built for {self.dim}")
         features = (student_image, student_text, teacher_image, teacher_text)
-        out: dict[str, Tensor] = {}
-        for name in self.losses:
-            if name == "cd":
-                assert self.queue is not None
-                queue_image, queue_text, queue_ids = self.queue.valid()
-                out[name] = contrastive_distillation_loss(
-                    *features,
-                    image_ids,
-                    queue_image,
-                    queue_text,
-                    queue_ids,
-                    temperature=self.temperature,
-                    mask_same_image=self.mask_same_image,
-                    cross_modal=self.cross_modal,
-                )
-            elif name == "fd":
-                out[name] = feature_distillation_loss(*features)
-            elif name == "sd":
-                out[name] = similarity_distillation_loss(*features)
-            else:
-                out[name] = hard_negative_distillation_loss(
-                    *features,
-                    image_ids,
-                    margin=self.margin,
-                    hardest=self.hardest,
-                    mask_same_image=self.mask_same_image,
-                )
-        return out
+        return {name: self._loss(name, features, image_ids) for name in self.losses}
+
+    def _loss(self, name: str, features: tuple[Tensor, Tensor, Tensor, Tensor], image_ids: Tensor) -> Tensor:
+        """One loss by name; ``features`` is ``(S^v, S^t, T^v, T^t)``, each ``(B, D)``."""
+        o = self.options
+        if name == "cd":
+            assert self.queue is not None
+            queue_image, queue_text, queue_ids = self.queue.valid()
+            return contrastive_distillation_loss(
+                *features,
+                image_ids,
+                queue_image,
+                queue_text,
+                queue_ids,
+                temperature=self.temperature,
+                mask_same_image=self.mask_same_image,
+                cross_modal=self.cross_modal,
+            )
+        if name == "hnd":
+            return hard_negative_distillation_loss(
+                *features, image_ids, margin=self.margin, hardest=self.hardest, mask_same_image=self.mask_same_image
+            )
+        if name == "fd":
+            return feature_distillation_loss(*features)
+        if name == "sd":
+            return similarity_distillation_loss(*features)
+        if name == "kd":
+            return kd_loss(*features, temperature=o["kd_temperature"])
+        if name == "hint":
+            return hint_loss(*features)
+        if name == "rkd":
+            return rkd_loss(*features, distance_weight=o["rkd_distance_weight"], angle_weight=o["rkd_angle_weight"])
+        if name == "icl":
+            return interactive_contrastive_loss(*features, image_ids, temperature=o["contrastive_temperature"])
+        if name == "clip":
+            return clip_loss(features[0], features[1], image_ids, temperature=o["contrastive_temperature"])
+        return dcd_loss(
+            *features, image_ids, temperature=o["contrastive_temperature"], negatives=int(o["dcd_negatives"])
+        )
 
     def update_queue(self, teacher_image: Tensor, teacher_text: Tensor, image_ids: Tensor) -> None:
         """Enqueue a batch's teacher features, once its losses are computed (no-op without CD).
@@ -176,8 +211,8 @@ class MultiscaleDistillationLoss(nn.Module):
         return (
             f"dim={self.dim}, losses={list(self.losses)}, temperature={self.temperature}, "
             f"margin={self.margin}, hardest={self.hardest}, "
-            f"mask_same_image={self.mask_same_image}, cross_modal={self.cross_modal}"
+            f"mask_same_image={self.mask_same_image}, cross_modal={self.cross_modal}, options={self.options}"
         )
 
 
-__all__ = ["LOSS_NAMES", "MultiscaleDistillationLoss"]
+__all__ = ["ALL_LOSS_NAMES", "BASELINE_LOSS_NAMES", "LOSS_NAMES", "MultiscaleDistillationLoss"]

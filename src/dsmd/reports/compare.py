@@ -17,12 +17,14 @@ from dsmd.evaluation.student_eval import encode_split
 from dsmd.store import SplitFeatures
 
 
-def _pixels(transform, data: CaptionedImages, n: int, cache: ImageCache) -> torch.Tensor:
+def timing_pixels(transform, data: CaptionedImages, n: int, cache: ImageCache) -> torch.Tensor:
+    """``n`` of the split's images (cycling through them), decoded and preprocessed by ``transform``."""
     paths = [data.image_paths[i % data.num_images] for i in range(n)]
     return torch.stack([transform(cache.get(p)) for p in paths])
 
 
-def _captions(data: CaptionedImages, n: int) -> list[str]:
+def timing_captions(data: CaptionedImages, n: int) -> list[str]:
+    """``n`` of the split's captions (cycling through them), as strings: tokenising is timed."""
     return [data.captions[i % len(data.captions)] for i in range(n)]
 
 
@@ -32,8 +34,8 @@ def teacher_row(
     """Metrics of the stored teacher features of a split, with the live teacher's size and latency."""
     row = retrieval_metrics(feats.image, feats.text, feats.caption_image)
     cache = ImageCache(enabled=False, max_side=10**9)
-    pixels = _pixels(teacher.image_transform, data, latency_batch, cache).to(device)
-    captions = _captions(data, latency_batch)
+    pixels = timing_pixels(teacher.image_transform, data, latency_batch, cache).to(device)
+    captions = timing_captions(data, latency_batch)
     row["params"] = int(teacher.num_parameters())
     row["image_latency_ms"] = measure_latency(teacher.encode_images, lambda _: pixels, latency_batch)
     row["text_latency_ms"] = measure_latency(teacher.encode_texts, lambda _: captions, latency_batch)
@@ -56,8 +58,8 @@ def student_rows(
     row = retrieval_metrics(image, text, ids)
     asymmetric = asymmetric_metrics(image, text, teacher.image, teacher.text, ids)
     cache = ImageCache(enabled=False, max_side=10**9)
-    pixels = _pixels(student.image_transform(train=False), data, latency_batch, cache).to(device)
-    captions = _captions(data, latency_batch)
+    pixels = timing_pixels(student.image_transform(train=False), data, latency_batch, cache).to(device)
+    captions = timing_captions(data, latency_batch)
     row["params"] = int(student.num_parameters())
     row["image_latency_ms"] = measure_latency(student.encode_images, lambda _: pixels, latency_batch)
     row["text_latency_ms"] = measure_latency(student.encode_captions, lambda _: captions, latency_batch)

@@ -32,24 +32,24 @@ def _store_key(run: Run) -> str:
     return repr({k: data[k] for k in STORE_KEYS})
 
 
-def extract_stores(sweep: Sweep, log: Callable[[str], None], progress: bool) -> None:
+def extract_stores(runs: list[Run], log: Callable[[str], None], progress: bool) -> None:
     """Extract each distinct store the runs need (once; an existing one is reused).
 
     Raises:
         DsmdError: two groups of runs need different stores at the same ``store`` path.
     """
     seen: dict[str, str] = {}
-    for run in sweep.runs:
+    for run in runs:
         key = _store_key(run)
         if key in seen.values():
             continue
         if run.cfg.store in seen:
             raise DsmdError(
-                f"sweep {sweep.name}: variant '{run.variant}' changes the teacher or data but keeps "
+                f"sweep {run.sweep}: variant '{run.variant}' changes the teacher or data but keeps "
                 f"store={run.cfg.store}; give it its own store= in its overrides."
             )
         seen[run.cfg.store] = key
-        log(f"sweep {sweep.name}: feature store {run.cfg.store}")
+        log(f"feature store {run.cfg.store}")
         extract(run.cfg, progress=progress, log=log)
 
 
@@ -153,18 +153,23 @@ def _gpu_count() -> int:
         return 0
 
 
-def run_sweep(sweep: Sweep, jobs: int = 1, log: Callable[[str], None] = print, progress: bool = False) -> list[Run]:
-    """Run every unfinished run of ``sweep`` (see the module docstring); returns the failed runs."""
+def run_sweep(
+    sweep: Sweep | list[Sweep], jobs: int = 1, log: Callable[[str], None] = print, progress: bool = False
+) -> list[Run]:
+    """Run every unfinished run of ``sweep`` (see the module docstring); returns the failed runs.
+
+    Several sweeps run as one pool: a run they share (same folder) runs once.
+    """
     if jobs < 1:
         raise DsmdError(f"--jobs must be at least 1, got {jobs}.")
-    todo = [run for run in dict((r.folder, r) for r in sweep.runs).values() if not finished(run)]
-    done_before = len({r.folder for r in sweep.runs}) - len(todo)
-    log(
-        f"sweep {sweep.name}: {len(sweep.runs)} runs ({len(sweep.variants)} variants x {len(sweep.seeds)} seeds), "
-        f"{done_before} finished before, {len(todo)} to run, {jobs} at a time"
-    )
+    sweeps = sweep if isinstance(sweep, list) else [sweep]
+    unique = list(dict((r.folder, r) for s in sweeps for r in s.runs).values())
+    todo = [run for run in unique if not finished(run)]
+    for s in sweeps:
+        log(f"sweep {s.name}: {len(s.runs)} runs ({len(s.variants)} variants x {len(s.seeds)} seeds)")
+    log(f"{len(unique)} distinct runs, {len(unique) - len(todo)} finished before, {len(todo)} to run, {jobs} at a time")
     if todo:
-        extract_stores(sweep, log, progress)
+        extract_stores(todo, log, progress)
     pending, running, failed = list(todo), {}, []
     t0 = time.perf_counter()
     while pending or running:
@@ -172,7 +177,8 @@ def run_sweep(sweep: Sweep, jobs: int = 1, log: Callable[[str], None] = print, p
         while pending and free:
             run = pending.pop(0)
             prepare(run)
-            running[free.pop(0)] = _Job(run, _env(len(running), jobs))
+            slot = free.pop(0)
+            running[slot] = _Job(run, _env(slot, jobs))
         time.sleep(0.2)
         for slot, job in list(running.items()):
             state = job.poll()

@@ -47,6 +47,7 @@ class Run:
     overrides: list[str]
     cfg: RunConfig
     folder: Path
+    sweep: str = ""
 
 
 @dataclass
@@ -114,10 +115,19 @@ def _variants(data: dict[str, Any], where: Path) -> tuple[dict[str, list[str]], 
     return variants, {str(k): list(v) for k, v in grid.items()}
 
 
+def _changes(data: Any, default: Any) -> Any:
+    """The parts of ``data`` that differ from ``default`` (nested dicts compared key by key)."""
+    if isinstance(data, dict) and isinstance(default, dict):
+        diff = {k: _changes(v, default.get(k)) for k, v in data.items() if v != default.get(k)}
+        return {k: v for k, v in diff.items() if v != {}}
+    return data
+
+
 def run_hash(cfg: RunConfig) -> str:
-    """The identity of a run: its resolved config without where it is written."""
-    data = config_to_dict(cfg)
-    data.pop("out_dir")
+    """The identity of a run: what its resolved config changes from the defaults, without where
+    it is written. A field added to the config later (with a default) keeps every hash."""
+    data = _changes(config_to_dict(cfg), config_to_dict(RunConfig()))
+    data.pop("out_dir", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -162,5 +172,5 @@ def load_sweep(path: str | Path, extra: list[str] | None = None) -> Sweep:
                 raise DsmdError(f"{path}: variant '{name}': {exc}") from exc
             folder = runs_dir / run_hash(cfg)
             cfg = with_overrides(cfg, [f"out_dir={folder}"])
-            sweep.runs.append(Run(name, seed, overrides, cfg, folder))
+            sweep.runs.append(Run(name, seed, overrides, cfg, folder, sweep.name))
     return sweep

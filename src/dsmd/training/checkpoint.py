@@ -150,8 +150,17 @@ def student_from_checkpoint(
         ``(student in eval mode, RunConfig, checkpoint dict)``.
     """
     state = load_checkpoint(path)
+    return student_from_state(state, str(path), device), checkpoint_config(state), state
+
+
+def student_from_state(state: dict[str, Any], what: str, device: torch.device | str = "cpu") -> DualEncoder:
+    """The student of a loaded checkpoint (:func:`load_checkpoint`), in eval mode on ``device``.
+
+    Args:
+        what: names the checkpoint in error messages (its path).
+    """
     cfg = checkpoint_config(state)
     normalize = bool(state.get("normalized", cfg.teacher.normalize))
     student = build_student(cfg.student, int(state["dim"]), normalize=normalize)
-    load_weights(student, state["model"], str(path))
-    return student.to(device).eval(), cfg, state
+    load_weights(student, state["model"], what)
+    return student.to(device).eval()

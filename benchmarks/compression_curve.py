@@ -1,0 +1,175 @@
+"""The compression curve: students of decreasing size, their RSUM and latency as shares of the teacher's.
+
+Trains each student below on the offline benchmark (``dsmd build-benchmark``, config
+``offline_benchmark``; one seed, ``--epochs`` epochs), scores its best checkpoint on the test
+split (``dsmd eval``), measures it and the teacher with :func:`dsmd.reports.efficiency.measure_efficiency`
+(per-item latency at batch 32, images and captions, median of repeated runs after warm-up, in
+the same process, so the ratio is taken under the same load), and draws the RSUM share
+against the latency share (image + caption) as one PNG, with the paper's point and the
+target (at most 30% of the teacher's latency, at least 90% of its RSUM). Finished students
+are skipped when run again.
+
+    .venv/bin/python benchmarks/compression_curve.py --out runs/compression --png docs/compression.png
+
+Writes ``OUT/curve.json`` (one row per student) and ``OUT/curve.md``, and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from dsmd.reports.efficiency import measure_efficiency  # noqa: E402
+
+# The demo's recipe: the whole Lite0 with its ImageNet head, the image projection started from
+# the teacher's prompt matrix, and the first layers of MiniLM.
+_PROMPT_HEAD = [
+    "student.vision_blocks=null",
+    "student.vision_head=imagenet_probs",
+    "student.vision_proj_init=imagenet_prompts",
+    "student.max_text_length=32",
+]
+# name -> overrides of the offline_benchmark config, largest first: resolution and text depth; the
+# last one is the sweeps' student (8 Lite0 blocks at 64 px, fresh projections: depth and width).
+STUDENTS = {
+    "A: 192 px + 3 text layers": [*_PROMPT_HEAD, "student.image_size=192", "student.text_layers=3"],
+    "B: 160 px + 2 text layers": [*_PROMPT_HEAD, "student.image_size=160", "student.text_layers=2"],
+    "C: 128 px + 2 text layers": [*_PROMPT_HEAD, "student.image_size=128", "student.text_layers=2"],
+    "D: 96 px + 1 text layer": [*_PROMPT_HEAD, "student.image_size=96", "student.text_layers=1"],
+    "E: 64 px + 1 text layer": [*_PROMPT_HEAD, "student.image_size=64", "student.text_layers=1"],
+    "F: 8 blocks at 64 px, fresh head + 2 text layers (the sweeps' student)": [],
+}
+PAPER = {"latency_share": 2.1 / 16.5, "rsum_share": 528.8 / 586.5}
+
+
+def _dsmd(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "dsmd", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"dsmd {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+    return done.stdout
+
+
+def _student(name: str, overrides: list[str], out: Path, epochs: int, repeats: int) -> dict:
+    folder = out / name.split(":")[0]
+    row_path = folder / "row.json"
+    if row_path.is_file():
+        return json.loads(row_path.read_text())
+    schedule = [f"train.epochs={epochs}", f"train.lr_decay_epochs=[{max(1, epochs * 2 // 3)}]"]
+    _dsmd("train", "--quiet", "--config", "offline_benchmark", f"out_dir={folder}", *schedule, *overrides)
+    best = folder / "checkpoints" / "best.pt"
+    metrics = json.loads(_dsmd("eval", "--quiet", "--checkpoint", str(best), "--split", "test", "--json"))
+    eff = measure_efficiency(best, repeats=repeats)
+    s, t = eff["student"], eff["teacher"]
+    teacher_rsum = json.loads(_dsmd("eval", "--quiet", "--store", _store(best), "--split", "test", "--json"))["rsum"]
+    student_latency = s["image_latency_ms"] + s["text_latency_ms"]
+    teacher_latency = t["image_latency_ms"] + t["text_latency_ms"]
+    row = {
+        "name": name,
+        "overrides": overrides,
+        "epochs": epochs,
+        "rsum": metrics["rsum"],
+        "teacher_rsum": teacher_rsum,
+        "rsum_share": metrics["rsum"] / teacher_rsum,
+        "params": s["params"],
+        "teacher_params": t["params"],
+        "image_latency_ms": s["image_latency_ms"],
+        "text_latency_ms": s["text_latency_ms"],
+        "teacher_image_latency_ms": t["image_latency_ms"],
+        "teacher_text_latency_ms": t["text_latency_ms"],
+        "latency_share": student_latency / teacher_latency,
+        "torch_threads": eff["torch_threads"],
+    }
+    row_path.write_text(json.dumps(row, indent=2) + "\n")
+    return row
+
+
+def _store(checkpoint: Path) -> str:
+    from dsmd.training.checkpoint import checkpoint_config, load_checkpoint
+
+    return checkpoint_config(load_checkpoint(checkpoint)).store
+
+
+def _plot(rows: list[dict], png: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    x = [100 * r["latency_share"] for r in rows]
+    y = [100 * r["rsum_share"] for r in rows]
+    ax.plot(x, y, "o-", color="tab:blue", label="dsmd students (offline benchmark, 2-core CPU)")
+    for r, xi, yi in zip(rows, x, y, strict=True):
+        ax.annotate(r["name"].split(":")[0], (xi, yi), textcoords="offset points", xytext=(6, -10))
+    ax.plot(
+        [100 * PAPER["latency_share"]],
+        [100 * PAPER["rsum_share"]],
+        "s",
+        color="tab:red",
+        label="the paper's student (Flickr30k, GPU)",
+    )
+    ax.axvline(30, color="grey", linestyle=":", linewidth=1)
+    ax.axhline(90, color="grey", linestyle=":", linewidth=1)
+    ax.fill_between([0, 30], 90, 200, color="tab:green", alpha=0.08, label="target: ≤30% latency, ≥90% RSUM")
+    ax.set_xlim(0, max(105, max(x) + 5))
+    ax.set_ylim(min(0, min(y) - 5), max(110, max(y) + 5))
+    ax.set_xlabel("latency, % of the teacher's (image + caption, batch 32)")
+    ax.set_ylabel("test RSUM, % of the teacher's")
+    ax.set_title("Smaller students: what they keep and what they cost")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(png)
+
+
+def _markdown(rows: list[dict]) -> str:
+    lines = [
+        "| student | params | test RSUM | % of teacher RSUM | ms/image | ms/caption | % of teacher latency |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['params'] / 1e6:.1f}M | {r['rsum']:.1f} | {100 * r['rsum_share']:.1f} | "
+            f"{r['image_latency_ms']:.2f} | {r['text_latency_ms']:.2f} | {100 * r['latency_share']:.1f} |"
+        )
+    t = rows[0]
+    lines.append(
+        f"| teacher | {t['teacher_params'] / 1e6:.1f}M | {t['teacher_rsum']:.1f} | 100 | "
+        f"{t['teacher_image_latency_ms']:.2f} | {t['teacher_text_latency_ms']:.2f} | 100 |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/compression", help="one folder per student, curve.json, curve.md")
+    parser.add_argument("--png", default="runs/compression/compression.png")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per latency (median)")
+    parser.add_argument("--students", nargs="*", help="names (the part before ':') to run; default all")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, overrides in STUDENTS.items():
+        if args.students and name.split(":")[0] not in args.students:
+            continue
+        print(f"{name} ...", flush=True)
+        rows.append(_student(name, overrides, out, args.epochs, args.repeats))
+    (out / "curve.json").write_text(json.dumps(rows, indent=2) + "\n")
+    table = _markdown(rows)
+    (out / "curve.md").write_text(table)
+    _plot(rows, Path(args.png))
+    print(table + f"plot: {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
