@@ -147,7 +147,7 @@ def _sweep(args, progress: bool) -> None:
         raise DsmdError("dsmd sweep needs a sweep file or a packaged sweep's name before the key=value overrides.")
     sweeps = [load_sweep(name, overrides) for name in names]
     if args.print_commands:
-        print("\n".join(dict.fromkeys(line for sweep in sweeps for line in print_commands(sweep))))
+        print("\n".join(print_commands(sweeps)))
         return
     t0 = time.perf_counter()
     failed = run_sweep(sweeps, args.jobs, progress=progress)

@@ -63,7 +63,8 @@ def test_a_tiny_grid_gives_the_runs_means_and_resumes(tiny_overrides, tmp_path, 
     # --print-commands: torchrun lines for unfinished runs (none now)
     (sweep.runs[0].folder / "test.json").unlink()
     lines = print_commands(load_sweep(path))
-    assert len(lines) == 1 and lines[0].startswith("torchrun --standalone --nproc_per_node 1 -m dsmd train")
+    assert len(lines) == 2 and lines[0].startswith("python -m dsmd extract --config ")
+    assert lines[1].startswith("torchrun --standalone --nproc_per_node 1 -m dsmd train")
 
 
 def test_two_sweeps_run_as_one_pool_and_share_runs(tiny_overrides, tmp_path, capsys):

@@ -57,6 +57,10 @@ def finished(run: Run) -> bool:
     return (run.folder / "test.json").is_file()
 
 
+def _as_list(sweeps: Sweep | list[Sweep]) -> list[Sweep]:
+    return [sweeps] if isinstance(sweeps, Sweep) else list(sweeps)
+
+
 def commands(run: Run, python: str = sys.executable) -> tuple[list[str], list[str]]:
     """The train and eval command lines of a run (train resumes when a checkpoint is there)."""
     resume = (run.folder / "checkpoints" / "last.pt").is_file()
@@ -84,13 +88,24 @@ def prepare(run: Run) -> None:
         save_config(run.cfg, run.folder / "request.yaml")
 
 
-def print_commands(sweep: Sweep) -> list[str]:
-    """The runs as ``torchrun`` command lines, for users who schedule them themselves."""
-    lines = []
-    for run in sweep.runs:
-        if finished(run):
-            continue
+def print_commands(sweeps: Sweep | list[Sweep]) -> list[str]:
+    """The unfinished runs as command lines, for users who schedule them themselves.
+
+    First one ``dsmd extract`` per feature store the runs need (the teacher once; each must
+    finish before the runs that read it start), then one ``torchrun`` line per run (training,
+    then the test split into ``RUN/test.json``), a run shared by several sweeps once. Running
+    ``dsmd sweep`` again afterwards finds every run finished and writes the tables.
+    """
+    runs = list({run.folder: run for sweep in _as_list(sweeps) for run in sweep.runs if not finished(run)}.values())
+    stores: dict[str, Run] = {}
+    for run in runs:
         prepare(run)
+        stores.setdefault(run.cfg.store, run)
+    lines = [
+        f"python -m dsmd extract --config {shlex.quote(str(run.folder / 'request.yaml'))}   # the teacher once: {store}"
+        for store, run in stores.items()
+    ]
+    for run in runs:
         eval_cmd = commands(run, "python")[1]
         lines.append(
             f"torchrun --standalone --nproc_per_node 1 -m dsmd train --quiet --config "
