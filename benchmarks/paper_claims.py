@@ -9,7 +9,9 @@ verdict from a paired t-test at 95% (two-sided, ``n - 1`` degrees of freedom):
 - **holds**: the measured difference has the paper's sign and is significant;
 - **opposite**: it is significant with the other sign;
 - **cannot tell**: not significant (with 3 seeds a difference must be about 4.3 standard
-  errors to count).
+  errors to count);
+- **differs**: significant, where the paper gives no figure to compare the sign with;
+- **identical runs**: every seed gave exactly the same result (the setting changed nothing).
 
     python benchmarks/paper_claims.py --sweeps sweeps/offline > docs/results_tables.md
     python benchmarks/paper_claims.py --sweeps sweeps/offline --json claims.json
@@ -123,6 +125,7 @@ CLAIMS = [
             "CLIP-KD (ICL + feature hint)": 513.5,
             "RKD": None,
             "CLIP loss, no teacher": None,
+            "DSMD + CLIP loss (teacher and pairs)": None,
         },
     ),
 ]
@@ -148,13 +151,18 @@ def paired(default: dict, other: dict, metric: str = "rsum") -> dict:
     if len(diffs) >= 2:
         se = statistics.stdev(diffs) / math.sqrt(len(diffs))
         out["diff_se"] = se
-        out["t"] = out["diff_mean"] / se if se > 0 else math.copysign(math.inf, out["diff_mean"] or 1.0)
+        if se > 0:
+            out["t"] = out["diff_mean"] / se
+        else:  # every seed gave the same difference: none at all, or an exact shift
+            out["t"] = 0.0 if out["diff_mean"] == 0 else math.copysign(math.inf, out["diff_mean"])
     return out
 
 
 def verdict(paper_diff: float | None, test: dict) -> str:
     if test["t"] is None:
         return "not enough seeds"
+    if test["diff_se"] == 0 and test["diff_mean"] == 0:
+        return "identical runs"
     critical = T95.get(test["n"] - 1, 1.96)
     if abs(test["t"]) < critical:
         return "cannot tell"

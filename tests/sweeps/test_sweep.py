@@ -116,3 +116,10 @@ def test_a_bad_key_is_refused_before_anything_runs(tiny_overrides, tmp_path):
 def test_every_shipped_sweep_file_is_valid(name):
     sweep = load_sweep(name)
     assert sweep.runs and len(sweep.seeds) >= 3 and sweep.description
+
+
+def test_the_papers_tables_ship_for_both_settings():
+    names = {p.stem for p in SWEEP_DIR.glob("*.yaml")}
+    for table in (2, 4, 5, 6, 7, 8, 9, 10):
+        assert any(n.startswith(f"offline_table{table}_") for n in names), table
+        assert any(n.startswith(f"paper_f30k_table{table}_") for n in names), table
