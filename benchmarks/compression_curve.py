@@ -101,7 +101,13 @@ def _plot(rows: list[dict], png: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     x = [100 * r["latency_share"] for r in rows]
     y = [100 * r["rsum_share"] for r in rows]
-    ax.plot(x, y, "o-", color="tab:blue", label="dsmd students (offline benchmark, 2-core CPU)")
+    demo = [i for i, r in enumerate(rows) if "student.vision_head=imagenet_probs" in r["overrides"]]
+    other = [i for i in range(len(rows)) if i not in demo]
+    label = "dsmd students, the demo's recipe (offline benchmark, 2-core CPU)"
+    ax.plot([x[i] for i in demo], [y[i] for i in demo], "o-", color="tab:blue", label=label)
+    if other:
+        label = "the sweeps' student, 6 epochs"
+        ax.plot([x[i] for i in other], [y[i] for i in other], "D", color="tab:orange", label=label)
     for r, xi, yi in zip(rows, x, y, strict=True):
         ax.annotate(r["name"].split(":")[0], (xi, yi), textcoords="offset points", xytext=(6, -10))
     ax.plot(

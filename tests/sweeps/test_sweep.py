@@ -68,7 +68,9 @@ def test_a_tiny_grid_gives_the_runs_means_and_resumes(tiny_overrides, tmp_path, 
 
 
 def test_two_sweeps_run_as_one_pool_and_share_runs(tiny_overrides, tmp_path, capsys):
-    first = _write(tmp_path, tiny_overrides, {"seeds": [0], "grid": {"loss.margin": [0.0, 0.2]}, "runs": str(tmp_path / "shared")})
+    first = _write(
+        tmp_path, tiny_overrides, {"seeds": [0], "grid": {"loss.margin": [0.0, 0.2]}, "runs": str(tmp_path / "shared")}
+    )
     second = tmp_path / "second.yaml"
     body = yaml.safe_load(first.read_text())
     body.pop("grid")
