@@ -139,7 +139,7 @@ def _serve(args) -> None:
 
 def _sweep(args, progress: bool) -> None:
     from dsmd.sweeps import load_sweep, print_commands, run_sweep, write_table
-    from dsmd.sweeps.runner import rerun_failed_hint
+    from dsmd.sweeps.runner import distinct_runs, rerun_failed_hint
 
     overrides = [a for a in args.sweep if "=" in a]
     names = [a for a in args.sweep if "=" not in a]
@@ -157,7 +157,7 @@ def _sweep(args, progress: bool) -> None:
     print(f"{len(sweeps)} sweep(s) in {time.perf_counter() - t0:.0f} s")
     if failed:
         raise DsmdError(
-            f"{len(failed)} of {len({r.folder for s in sweeps for r in s.runs})} runs failed: "
+            f"{len(failed)} of {len(distinct_runs(sweeps))} runs failed: "
             f"{rerun_failed_hint(failed)[:600]}. "
             "Fix the cause and run the sweep again: finished runs are kept."
         )

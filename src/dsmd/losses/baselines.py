@@ -12,16 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dsmd.losses.feature import check_features, teacher_like
+from dsmd.losses.feature import check_features, check_temperature, teacher_like
 
 # Floor of the mean distance RKD divides by: a batch whose rows all coincide has no positive
 # distance, and its (zero) distance matrix then stays zero instead of becoming 0 / 0.
 _RKD_EPS = 1e-12
-
-
-def _check_temperature(temperature: float) -> None:
-    if not temperature > 0:  # also rejects NaN
-        raise ValueError(f"temperature must be > 0, got {temperature}")
 
 
 def _check_weight(name: str, value: float) -> None:
@@ -63,7 +58,7 @@ def kd_loss(
         teacher_image=teacher_image,
         teacher_text=teacher_text,
     )
-    _check_temperature(temperature)
+    check_temperature(temperature)
     teacher_image = teacher_like(teacher_image, student_image)
     teacher_text = teacher_like(teacher_text, student_text)
     student_logits = student_image @ student_text.T / temperature  # P, (B, B)

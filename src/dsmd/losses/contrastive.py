@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dsmd.losses.feature import check_features, teacher_like
+from dsmd.losses.feature import check_features, check_temperature, teacher_like
 
 
 def queue_info_nce(
@@ -90,8 +90,7 @@ def contrastive_distillation_loss(
         teacher_image=teacher_image,
         teacher_text=teacher_text,
     )
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    check_temperature(temperature)
     size = queue_image_ids.shape[0] if queue_image_ids.dim() == 1 else -1
     if queue_image.shape != (size, dim) or queue_text.shape != (size, dim):
         raise ValueError(

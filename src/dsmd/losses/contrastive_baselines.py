@@ -10,18 +10,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dsmd.losses.feature import check_features, teacher_like
+from dsmd.losses.feature import check_features, check_temperature, teacher_like
+from dsmd.losses.hard_negative import negative_mask
 
 
-def _check_temperature(temperature: float) -> None:
-    if not temperature > 0:  # also rejects NaN
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-
-
-def _same_image_off_diagonal(image_ids: Tensor) -> Tensor:
-    """``(B, B)`` bool: ``[n, j]`` is true when ``j != n`` shows the same image as ``n``."""
-    same = image_ids[:, None] == image_ids[None, :]
-    return same & ~torch.eye(image_ids.shape[0], dtype=torch.bool, device=image_ids.device)
+def _with_teacher(
+    student_image: Tensor,
+    student_text: Tensor,
+    teacher_image: Tensor,
+    teacher_text: Tensor,
+    image_ids: Tensor,
+    temperature: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Check the inputs of a teacher-guided loss; ``(T^v, T^t, image_ids)`` ready to multiply."""
+    check_features(
+        image_ids,
+        student_image=student_image,
+        student_text=student_text,
+        teacher_image=teacher_image,
+        teacher_text=teacher_text,
+    )
+    check_temperature(temperature)
+    teacher_image = teacher_like(teacher_image, student_image)
+    teacher_text = teacher_like(teacher_text, student_text)
+    return teacher_image, teacher_text, image_ids.to(student_image.device)
 
 
 def masked_cross_entropy_rows(logits: Tensor, image_ids: Tensor) -> Tensor:
@@ -37,7 +49,8 @@ def masked_cross_entropy_rows(logits: Tensor, image_ids: Tensor) -> Tensor:
     Returns:
         Scalar loss; a row whose only candidate is its diagonal contributes 0.
     """
-    masked = logits.masked_fill(_same_image_off_diagonal(image_ids), float("-inf"))
+    diagonal = torch.eye(image_ids.shape[0], dtype=torch.bool, device=image_ids.device)
+    masked = logits.masked_fill(~(negative_mask(image_ids) | diagonal), float("-inf"))
     return (torch.logsumexp(masked, dim=1) - logits.diagonal()).mean()
 
 
@@ -69,17 +82,9 @@ def interactive_contrastive_loss(
         ValueError: the features are not ``(B, D)`` of one shape, ``image_ids`` is not a
             ``(B,)`` integer tensor, or ``temperature <= 0``.
     """
-    check_features(
-        image_ids,
-        student_image=student_image,
-        student_text=student_text,
-        teacher_image=teacher_image,
-        teacher_text=teacher_text,
+    teacher_image, teacher_text, image_ids = _with_teacher(
+        student_image, student_text, teacher_image, teacher_text, image_ids, temperature
     )
-    _check_temperature(temperature)
-    image_ids = image_ids.to(student_image.device)
-    teacher_image = teacher_like(teacher_image, student_image)
-    teacher_text = teacher_like(teacher_text, student_text)
     image_to_text = masked_cross_entropy_rows(student_image @ teacher_text.T / temperature, image_ids)
     text_to_image = masked_cross_entropy_rows(student_text @ teacher_image.T / temperature, image_ids)
     return 0.5 * (image_to_text + text_to_image)
@@ -110,7 +115,7 @@ def clip_loss(
             ``(B,)`` integer tensor, or ``temperature <= 0``.
     """
     check_features(image_ids, student_image=student_image, student_text=student_text)
-    _check_temperature(temperature)
+    check_temperature(temperature)
     image_ids = image_ids.to(student_image.device)
     logits = student_image @ student_text.T / temperature
     return 0.5 * (masked_cross_entropy_rows(logits, image_ids) + masked_cross_entropy_rows(logits.T, image_ids))
@@ -204,20 +209,12 @@ def dcd_loss(
             ``(B,)`` integer tensor, ``temperature <= 0``, or ``negatives`` is not an
             integer ``>= 0``.
     """
-    check_features(
-        image_ids,
-        student_image=student_image,
-        student_text=student_text,
-        teacher_image=teacher_image,
-        teacher_text=teacher_text,
+    teacher_image, teacher_text, image_ids = _with_teacher(
+        student_image, student_text, teacher_image, teacher_text, image_ids, temperature
     )
-    _check_temperature(temperature)
     if isinstance(negatives, bool) or not isinstance(negatives, int) or negatives < 0:
         raise ValueError(f"negatives must be an integer >= 0, got {negatives!r}")
-    image_ids = image_ids.to(student_image.device)
-    teacher_image = teacher_like(teacher_image, student_image)
-    teacher_text = teacher_like(teacher_text, student_text)
-    valid = image_ids[:, None] != image_ids[None, :]  # symmetric, false on the diagonal
+    valid = negative_mask(image_ids)  # other images only: symmetric, false on the diagonal
     student_logits = student_image @ student_text.T / temperature
     teacher_logits = teacher_image @ teacher_text.T / temperature
     image_to_text = _dcd_direction(student_logits, teacher_logits, valid, negatives)

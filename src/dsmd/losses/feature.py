@@ -42,6 +42,12 @@ def check_features(image_ids: Tensor | None = None, **features: Tensor) -> tuple
     return shape[0], shape[1]
 
 
+def check_temperature(temperature: float) -> None:
+    """Raise ``ValueError`` unless ``temperature > 0`` (NaN is refused too)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
 def teacher_like(teacher: Tensor, student: Tensor) -> Tensor:
     """The teacher tensor without gradient, in the student's dtype and on its device.
 
@@ -81,4 +87,4 @@ def feature_distillation_loss(
     return image + text
 
 
-__all__ = ["check_features", "feature_distillation_loss", "teacher_like"]
+__all__ = ["check_features", "check_temperature", "feature_distillation_loss", "teacher_like"]

@@ -57,8 +57,10 @@ def finished(run: Run) -> bool:
     return (run.folder / "test.json").is_file()
 
 
-def _as_list(sweeps: Sweep | list[Sweep]) -> list[Sweep]:
-    return [sweeps] if isinstance(sweeps, Sweep) else list(sweeps)
+def distinct_runs(sweeps: Sweep | list[Sweep]) -> list[Run]:
+    """The runs of one or several sweeps, a run they share (same folder) once, in order."""
+    sweeps = [sweeps] if isinstance(sweeps, Sweep) else sweeps
+    return list({run.folder: run for sweep in sweeps for run in sweep.runs}.values())
 
 
 def commands(run: Run, python: str = sys.executable) -> tuple[list[str], list[str]]:
@@ -96,7 +98,7 @@ def print_commands(sweeps: Sweep | list[Sweep]) -> list[str]:
     then the test split into ``RUN/test.json``), a run shared by several sweeps once. Running
     ``dsmd sweep`` again afterwards finds every run finished and writes the tables.
     """
-    runs = list({run.folder: run for sweep in _as_list(sweeps) for run in sweep.runs if not finished(run)}.values())
+    runs = [run for run in distinct_runs(sweeps) if not finished(run)]
     stores: dict[str, Run] = {}
     for run in runs:
         prepare(run)
@@ -178,7 +180,7 @@ def run_sweep(
     if jobs < 1:
         raise DsmdError(f"--jobs must be at least 1, got {jobs}.")
     sweeps = sweep if isinstance(sweep, list) else [sweep]
-    unique = list(dict((r.folder, r) for s in sweeps for r in s.runs).values())
+    unique = distinct_runs(sweeps)
     todo = [run for run in unique if not finished(run)]
     for s in sweeps:
         log(f"sweep {s.name}: {len(s.runs)} runs ({len(s.variants)} variants x {len(s.seeds)} seeds)")
