@@ -26,9 +26,10 @@ def test_sleeping_function_gives_its_duration_per_item():
 
     ms_per_item = measure_latency(fn, make_batch, batch_size=4, warmup=2, repeats=3)
 
-    # 20 ms per batch of 4 is 5 ms per item; sleep never returns early, and the upper bound is
-    # loose so that a busy machine does not fail the test.
-    assert 5.0 <= ms_per_item < 50.0
+    # 20 ms per batch of 4 is at least 5 ms per item: sleep never returns early. How much longer it
+    # takes depends on the machine's load, so there is no upper bound here; the exact arithmetic is
+    # checked with a fake clock below.
+    assert ms_per_item >= 5.0
     assert calls["make_batch"] == [4]
     assert calls["fn"] == 2 + 3
     assert all(calls["inference_mode"])

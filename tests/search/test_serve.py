@@ -41,7 +41,7 @@ def served(searchable, tmp_path_factory):
 
 def _get(url: str) -> tuple[int, bytes, str]:
     try:
-        with urllib.request.urlopen(url, timeout=30) as response:
+        with urllib.request.urlopen(url, timeout=120) as response:
             return response.status, response.read(), response.headers["Content-Type"]
     except urllib.error.HTTPError as error:
         return error.code, error.read(), error.headers["Content-Type"]
@@ -110,8 +110,8 @@ def test_the_page_searches_in_a_real_browser(served, tmp_path):
         box = browser.find_element(By.ID, "q")
         box.send_keys("a red square")
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        WebDriverWait(browser, 30).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#grid .card")))
-        WebDriverWait(browser, 30).until(
+        WebDriverWait(browser, 120).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#grid .card")))
+        WebDriverWait(browser, 120).until(
             lambda b: b.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)")
         )
         cards = browser.find_elements(By.CSS_SELECTOR, "#grid .card")

@@ -36,7 +36,7 @@ def _torchrun(target: list[str], args: list[str], nproc: int = 2, **env: str) ->
         *args,
     ]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env}
-    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=240)
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=600)
 
 
 def _assert_same_store(got: FeatureStore, want: FeatureStore, views: int) -> None:

@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -80,7 +79,7 @@ def setup(tiny_models, tmp_path_factory) -> dict:
         "train.device=cpu",
         "train.augment=false",
         "train.log_every=1",
-        "train.dist_timeout_s=30",
+        "train.dist_timeout_s=300",  # only a failure waits for it: a loaded machine may be slow to reach a barrier
         f"store={root / 'store'}",
     ]
     store = extract(_cfg(*overrides, f"out_dir={root / 'unused'}"), **QUIET)
@@ -122,7 +121,7 @@ def _launch(
     )
 
 
-def _finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
+def _finish(proc: subprocess.Popen, timeout: float = 450) -> tuple[int, str]:
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -290,21 +289,20 @@ def test_interrupted_mid_epoch_resumes_in_one_process(setup, one_process, monkey
 
 
 def test_a_dead_node_stops_the_other(setup):
+    # The timeout is longer than _finish waits: the other node can only stop in time because it
+    # sees its peer die, however slow the machine (no wall-clock bound is asserted).
     out, port = setup["root"] / "dead", _free_port()
-    args = ["train", "--quiet", *setup["overrides"], f"out_dir={out}", "train.dist_timeout_s=20"]
-    start = time.monotonic()
+    args = ["train", "--quiet", *setup["overrides"], f"out_dir={out}", "train.dist_timeout_s=600"]
     nodes = [_launch(args, nproc=1, nodes=(rank, 2), port=port, helper=["--die-after", "2"]) for rank in (0, 1)]
-    (code0, log0), (code1, _) = (_finish(node, timeout=90) for node in nodes)
+    (code0, log0), (code1, _) = (_finish(node, timeout=450) for node in nodes)
     assert code0 != 0 and code1 != 0
-    assert time.monotonic() - start < 60
     assert "dsmd: error: rank 0/2:" in log0 and "another rank died" in log0, log0[-3000:]
 
 
 def test_a_hung_rank_times_out(setup):
     args = ["train", "--quiet", *setup["overrides"], f"out_dir={setup['root'] / 'hung'}", "train.dist_timeout_s=8"]
-    start = time.monotonic()
-    code, log = _finish(_launch(args, helper=["--hang-after", "2"]), timeout=90)
-    assert code != 0 and time.monotonic() - start < 50
+    code, log = _finish(_launch(args, helper=["--hang-after", "2"]), timeout=450)
+    assert code != 0
     assert "dsmd: error: rank 0/2:" in log and "train.dist_timeout_s=8s" in log, log[-3000:]
 
 
