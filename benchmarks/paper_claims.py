@@ -4,7 +4,7 @@ Reads the ``sweep.json`` of each offline table (``dsmd sweep offline_table...``)
 for every comparison the paper makes (Tables 2 and 4-10), the paper's RSUM difference beside
 the measured one: the mean over seeds of the per-seed difference (runs of the same seed share
 their data order and initialisation, so the comparison is paired), its standard error, and a
-verdict from a paired t-test at 95% (two-sided, ``n - 1`` degrees of freedom):
+verdict from a paired t-test at 95% (two-sided, ``n - 1`` degrees of freedom; ``paired_stats.py``):
 
 - **holds**: the measured difference has the paper's sign and is significant;
 - **opposite**: it is significant with the other sign;
@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import sys
 from pathlib import Path
 
-# Two-sided 95% critical values of Student's t by degrees of freedom.
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paired_stats import paired, significance  # noqa: E402
 
 # (table folder, the paper's default variant, {variant: paper RSUM}); the default first.
 CLAIMS = [
@@ -138,36 +136,13 @@ def _rows(folder: Path) -> dict[str, dict] | None:
     return {row["name"]: row for row in json.loads(path.read_text())["rows"]}
 
 
-def paired(default: dict, other: dict, metric: str = "rsum") -> dict:
-    """Paired difference ``default - other`` over the seeds both finished.
-
-    Returns:
-        ``{"n", "diff_mean", "diff_se", "t"}`` (``t`` and ``diff_se`` None below two seeds).
-    """
-    a = dict(zip(default["seeds"], default[f"{metric}_values"], strict=True))
-    b = dict(zip(other["seeds"], other[f"{metric}_values"], strict=True))
-    diffs = [a[s] - b[s] for s in sorted(set(a) & set(b))]
-    out = {"n": len(diffs), "diff_mean": statistics.fmean(diffs) if diffs else None, "diff_se": None, "t": None}
-    if len(diffs) >= 2:
-        se = statistics.stdev(diffs) / math.sqrt(len(diffs))
-        out["diff_se"] = se
-        if se > 0:
-            out["t"] = out["diff_mean"] / se
-        else:  # every seed gave the same difference: none at all, or an exact shift
-            out["t"] = 0.0 if out["diff_mean"] == 0 else math.copysign(math.inf, out["diff_mean"])
-    return out
-
-
 def verdict(paper_diff: float | None, test: dict) -> str:
-    if test["t"] is None:
-        return "not enough seeds"
-    if test["diff_se"] == 0 and test["diff_mean"] == 0:
-        return "identical runs"
-    critical = T95.get(test["n"] - 1, 1.96)
-    if abs(test["t"]) < critical:
-        return "cannot tell"
+    """The verdict of a :func:`paired_stats.paired` test against the paper's difference (module docstring)."""
+    state = significance(test)
+    if state != "significant":
+        return state
     if paper_diff is None or paper_diff == 0:
-        return "differs" if test["t"] else "cannot tell"
+        return "differs"
     return "holds" if (test["diff_mean"] > 0) == (paper_diff > 0) else "opposite"
 
 

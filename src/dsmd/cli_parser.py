@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = add(
         "build-benchmark",
         "Build the offline benchmark (~3,300 captioned photos, emoji and clip art from "
-        "Debian packages) as a manifest, deterministically.",
+        "Debian packages) as a manifest, deterministically, and one out-of-domain manifest per source held out "
+        "(manifest_ood_SOURCE.jsonl).",
     )
     q.add_argument("--out", default="benchmark_data", help="the folder to write (default: benchmark_data)")
 

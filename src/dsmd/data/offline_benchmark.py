@@ -18,6 +18,12 @@ with a fixed seed, each source in proportion: ``test_images`` test
 images (at least 1,000), ``val_images`` validation, the rest training. ``OUT/manifest.jsonl``
 (``data.kind=manifest``; ``split`` given) and ``OUT/README.md`` (what it holds, the filters,
 the licences and the counts) are written; emoji PNGs go to ``OUT/emoji/``.
+
+Out-of-domain settings: for each source S, ``OUT/manifest_ood_S.jsonl`` (same line format) holds
+"S held out": the train and val splits of the two other sources for training and validation, and
+the test split of S alone for test. S's train and val images and the other sources' test images
+are left out, so the test images come from a source the student never saw in training; the
+images of each split are those of ``manifest.jsonl`` (:func:`ood_records`).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from dsmd.runtime.files import write_text_atomic
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 OPENCLIPART = Path("/usr/share/openclipart")
+SOURCES = ("stamps", "emoji", "clipart")
 PACKAGES = "tuxpaint-stamps-default fonts-noto-color-emoji openclipart-png openclipart-svg"
 EMOJI_SIDE = 128
 MAX_PIXELS = 4096 * 4096
@@ -219,6 +226,49 @@ def _split(items: list[dict], test_images: int, val_images: int, seed: int) -> N
             item["split"] = "test" if k < n_test[s] else "val" if k < n_test[s] + n_val[s] else "train"
 
 
+def ood_records(records: list[dict], held_out: str) -> list[dict]:
+    """The manifest lines of the setting "``held_out`` held out" (see the module docstring).
+
+    Args:
+        records: the in-domain manifest's lines, each with ``source`` and ``split``.
+        held_out: the source whose test split alone is the test split.
+
+    Returns:
+        The kept lines, in order and unchanged: the other sources' train and val lines, and
+        ``held_out``'s test lines.
+    """
+    return [r for r in records if (r["split"] == "test" if r["source"] == held_out else r["split"] in ("train", "val"))]
+
+
+def _split_counts(records: list[dict]) -> dict[str, int]:
+    return {k: sum(1 for r in records if r["split"] == k) for k in ("train", "val", "test")}
+
+
+def _write_manifest(path: Path, records: list[dict]) -> None:
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def write_ood_manifests(out: str | Path, records: list[dict]) -> dict[str, dict[str, int]]:
+    """Write ``OUT/manifest_ood_S.jsonl`` for each source S of :data:`SOURCES` (:func:`ood_records`).
+
+    Returns:
+        ``{S: {"train": n, "val": n, "test": n}}``, the images of each split per setting.
+
+    Raises:
+        DsmdError: a setting would have an empty split (e.g. a source without test images);
+            nothing is written then.
+    """
+    settings = {s: ood_records(records, s) for s in SOURCES}
+    counts = {s: _split_counts(kept) for s, kept in settings.items()}
+    for s, c in counts.items():
+        empty = [k for k, n in c.items() if n == 0]
+        if empty:
+            raise DsmdError(f"the out-of-domain setting '{s} held out' would have no {empty[0]} images.")
+    for s, kept in settings.items():
+        _write_manifest(Path(out) / f"manifest_ood_{s}.jsonl", kept)
+    return counts
+
+
 def build_offline_benchmark(
     out: str | Path, test_images: int = 1000, val_images: int = 300, seed: int = 0, log=print
 ) -> Path:
@@ -233,27 +283,28 @@ def build_offline_benchmark(
     if len(items) < test_images + val_images + 1000:
         raise DsmdError(f"only {len(items)} images found; the benchmark needs {test_images + val_images + 1000}.")
     _split(items, test_images, val_images, seed)
-    lines = [
-        json.dumps({"image": i["image"], "captions": [i["caption"]], "split": i["split"], "source": i["source"]})
-        for i in items
+    records = [
+        {"image": i["image"], "captions": [i["caption"]], "split": i["split"], "source": i["source"]} for i in items
     ]
     manifest = out / "manifest.jsonl"
-    write_text_atomic(manifest, "\n".join(lines) + "\n")
-    counts = {
-        s: {k: sum(1 for i in items if i["source"] == s and i["split"] == k) for k in ("train", "val", "test")}
-        for s in ("stamps", "emoji", "clipart")
-    }
-    write_text_atomic(out / "README.md", _readme(counts))
+    _write_manifest(manifest, records)
+    ood = write_ood_manifests(out, records)
+    counts = {s: _split_counts([r for r in records if r["source"] == s]) for s in SOURCES}
+    write_text_atomic(out / "README.md", _readme(counts, ood))
     log(
         f"offline benchmark {out}: "
         + ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items())
-        + f"; test {sum(c['test'] for c in counts.values())} images"
+        + f"; test {sum(c['test'] for c in counts.values())} images; out of domain: "
+        + ", ".join(f"manifest_ood_{s}.jsonl (test {c['test']})" for s, c in ood.items())
     )
     return manifest
 
 
-def _readme(counts: dict[str, dict[str, int]]) -> str:
+def _readme(counts: dict[str, dict[str, int]], ood: dict[str, dict[str, int]]) -> str:
     rows = "\n".join(f"| {s} | {c['train']} | {c['val']} | {c['test']} |" for s, c in counts.items())
+    ood_rows = "\n".join(
+        f"| `manifest_ood_{s}.jsonl` | {s} | {c['train']} | {c['val']} | {c['test']} |" for s, c in ood.items()
+    )
     total = {k: sum(c[k] for c in counts.values()) for k in ("train", "val", "test")}
     return f"""# The offline benchmark
 
@@ -265,6 +316,15 @@ with it), so every caption has exactly one right image.
 |---|---|---|---|
 {rows}
 | all | {total["train"]} | {total["val"]} | {total["test"]} |
+
+`manifest.jsonl` is the in-domain setting above. Each `manifest_ood_S.jsonl` is an
+out-of-domain setting, "S held out": train and val are the train and val images of the two
+other sources, test is the test images of S alone (the same split of every image as in
+`manifest.jsonl`; S's train and val images and the other sources' test images are left out).
+
+| manifest | held out | train | val | test |
+|---|---|---|---|---|
+{ood_rows}
 
 - photo stamps: Debian `tuxpaint-stamps-default` (GPL-2.0), the first line of each stamp's
   caption file; folders `symbols/` and `cartoon/` left out.

@@ -1,0 +1,121 @@
+"""benchmarks/evidence.py: the rows, the teacher from its store and the verdicts against pairs."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from dsmd.store import SplitFeatures, write_split
+from store_helpers import write_manifest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "evidence.py"
+
+
+@pytest.fixture(scope="module")
+def evidence():
+    spec = importlib.util.spec_from_file_location("evidence", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _teacher_store(folder: Path) -> None:
+    """A test split of 4 images and 4 captions whose teacher RSUM is 575 (worked out below)."""
+    image = torch.eye(4)
+    # caption 0 (of image 0) equals image 1's feature: image 1 scores 1 against it, image 0 scores 0,
+    # so its text->image rank is 1 (t2i R@1 75%, R@5 and R@10 100%); every image->text rank is 0
+    # (image 0 scores 0 against every caption: ties favour the right one), so i2t is 300
+    text = torch.eye(4)[[1, 1, 2, 3]]
+    folder.mkdir(parents=True)
+    records = write_split(folder, "test", SplitFeatures(image, text, torch.arange(4)))
+    write_manifest(folder, 4, {"test": (4, 4)}, {"test": records})
+
+
+def _row(name: str, seeds: list[int], values: list[float], store: Path | None = None) -> dict:
+    overrides = [f"data.manifest=m_{name.split(' ')[0]}.jsonl", *([f"store={store}"] if store else [])]
+    return {"name": name, "overrides": overrides, "n": len(values), "seeds": seeds, "rsum_values": values}
+
+
+@pytest.fixture
+def sweep_json(tmp_path) -> Path:
+    store = tmp_path / "store"
+    _teacher_store(store)
+    missing = tmp_path / "store_ood_stamps"
+    rows = [
+        _row("in_domain / dsmd", [0, 1, 2], [80.0, 85.0, 95.0], store),
+        _row("in_domain / pairs", [0, 1, 2], [100.0, 110.0, 120.0], store),
+        _row("in_domain / dsmd_pairs", [0, 1, 2], [105.0, 109.0, 125.0], store),
+        _row("in_domain / dcd", [0, 1, 2], [130.0, 140.0, 150.0], store),
+        _row("in_domain / kd", [], [], store),  # no finished run
+        _row("ood_stamps / dsmd", [0, 1, 2], [70.0, 75.0, 90.0], missing),
+        _row("ood_stamps / pairs", [0, 1], [50.0, 60.0], missing),
+        _row("ood_stamps / recipe", [0], [40.0], missing),
+        _row("a sanity check", [0], [1.0]),  # not '<setting> / <method>'
+    ]
+    failed = [{"name": "ood_stamps / pairs", "seed": 2, "folder": "runs/x"}]
+    path = tmp_path / "evidence" / "sweep.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"sweep": "offline_evidence", "seeds": [0, 1, 2], "rows": rows, "failed": failed}))
+    return path
+
+
+def test_variant_names_map_to_setting_and_method(evidence):
+    assert evidence.parse_variant("ood_stamps / dsmd") == ("ood_stamps", "dsmd")
+    assert evidence.parse_variant("in_domain / dsmd_pairs") == ("in_domain", "dsmd_pairs")
+    assert evidence.parse_variant("in_domain / teacher") is None
+    assert evidence.parse_variant("DSMD (CD + FD + SD + HND)") is None
+
+
+def test_rows_means_stds_and_verdicts(evidence, sweep_json, tmp_path):
+    out_json, out_md = tmp_path / "out" / "evidence.json", tmp_path / "out" / "evidence.md"
+    assert evidence.main(["--sweep", str(sweep_json), "--json", str(out_json), "--md", str(out_md)]) == 0
+    rows = {(r["setting"], r["variant"]): r for r in json.loads(out_json.read_text())}
+    assert list(rows) == [
+        ("in_domain", "teacher"),
+        ("in_domain", "dsmd"),
+        ("in_domain", "pairs"),
+        ("in_domain", "dsmd_pairs"),
+        ("in_domain", "dcd"),
+        ("ood_stamps", "dsmd"),
+        ("ood_stamps", "pairs"),
+        ("ood_stamps", "recipe"),
+    ]  # kd has no finished run, ood_stamps' store is missing: no teacher
+    teacher = rows["in_domain", "teacher"]
+    assert teacher["n"] == 1 and teacher["rsum_std"] == 0 and teacher["rsums"] == [pytest.approx(575.0)]
+    pairs = rows["in_domain", "pairs"]
+    assert (pairs["n"], pairs["rsum_mean"], pairs["rsum_std"]) == (3, pytest.approx(110.0), pytest.approx(10.0))
+    assert pairs["rsums"] == [100.0, 110.0, 120.0] and pairs["vs_pairs"] is None
+    dsmd = rows["in_domain", "dsmd"]
+    assert dsmd["rsum_mean"] == pytest.approx(260 / 3) and dsmd["rsum_std"] == pytest.approx(math.sqrt(175 / 3))
+    # differences -20, -25, -25: mean -70/3, sd sqrt(25/3), se 5/3, t = -14
+    assert dsmd["vs_pairs"]["diff_mean"] == pytest.approx(-70 / 3)
+    assert dsmd["vs_pairs"]["diff_se"] == pytest.approx(5 / 3) and dsmd["vs_pairs"]["t"] == pytest.approx(-14.0)
+    assert dsmd["vs_pairs"]["verdict"] == "loses"
+    # differences 5, -1, 5: mean 3, se 2, t 1.5
+    assert rows["in_domain", "dsmd_pairs"]["vs_pairs"]["t"] == pytest.approx(1.5)
+    assert rows["in_domain", "dsmd_pairs"]["vs_pairs"]["verdict"] == "cannot tell"
+    assert rows["in_domain", "dcd"]["vs_pairs"]["verdict"] == "wins"  # +30 at every seed
+    # the teacher's 575 against each seed of pairs: 475, 465, 455
+    assert teacher["vs_pairs"]["diff_mean"] == pytest.approx(465.0)
+    assert teacher["vs_pairs"]["diff_se"] == pytest.approx(10 / math.sqrt(3))
+    assert teacher["vs_pairs"]["verdict"] == "wins"
+    # only the seeds both finished are paired: 20, 15 at seeds 0 and 1, t = 7 < 12.706
+    ood = rows["ood_stamps", "dsmd"]["vs_pairs"]
+    assert (ood["n"], ood["diff_mean"], ood["t"], ood["verdict"]) == (2, 17.5, pytest.approx(7.0), "cannot tell")
+    assert rows["ood_stamps", "recipe"]["vs_pairs"]["verdict"] == "not enough seeds"
+    text = out_md.read_text()
+    assert "| dsmd | 86.7 ± 7.6 (3) | -23.3 ± 1.7 | loses |" in text
+    assert "| teacher | 575.0 | 465.0 ± 5.8 | wins |" in text
+    assert "| in_domain | 575.0 | 110.0 ± 10.0 (3) | 86.7 ± 7.6 (3) | 113.0 ± 10.6 (3) | – | dcd (140.0) | wins" in text
+    assert (
+        "| ood_stamps | – | 55.0 ± 7.1 (2) | 78.3 ± 10.4 (3) | – | 40.0 ± 0.0 (1) | dsmd (78.3) | cannot tell" in text
+    )
+    assert "No teacher figure: no feature store at" in text and "ood_stamps / pairs (seed 2)" in text
+
+
+def test_a_missing_sweep_names_the_command(evidence, tmp_path):
+    with pytest.raises(SystemExit, match="dsmd sweep offline_evidence"):
+        evidence.evidence(tmp_path / "sweep.json")
