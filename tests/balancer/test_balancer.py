@@ -74,6 +74,23 @@ def test_temperature_and_total():
     check_step(balancer, STEPS[2], softmax_weights(rates, temperature=0.5, total=1.0))
 
 
+def test_priors_multiply_the_softmax_by_hand():
+    balancer = LossBalancer(NAMES, priors={"c": 4.0})
+    # Equal rates (first two windows): weights in proportion 1 : 1 : 4, summing to K = 3.
+    check_step(balancer, STEPS[0], {"a": 0.5, "b": 0.5, "c": 2.0})
+    check_step(balancer, STEPS[1], {"a": 0.5, "b": 0.5, "c": 2.0})
+    # Step 2: K * p_m exp(r_m) / sum_j p_j exp(r_j), r = 0.9, 0.8, 0.5.
+    exps = {"a": math.exp(0.9), "b": math.exp(0.8), "c": 4.0 * math.exp(0.5)}
+    check_step(balancer, STEPS[2], {n: 3.0 * e / sum(exps.values()) for n, e in exps.items()})
+
+
+def test_priors_of_one_are_the_paper_balancer_bit_for_bit():
+    plain, ones = LossBalancer(NAMES), LossBalancer(NAMES, priors=dict.fromkeys(NAMES, 1.0))
+    for values in STEPS:
+        (t1, w1), (t2, w2) = plain(tensors(values)), ones(tensors(values))
+        assert w1 == w2 and t1.item() == t2.item()
+
+
 def test_ema_window_by_hand():
     # An asymmetric decay, so swapping the roles of old and new values would show.
     decay = 0.75
@@ -254,6 +271,9 @@ def test_log_record_is_empty_before_the_first_call():
         ({"total": 0.0}, "total"),
         ({"mode": "static", "static_weights": {"z": 1.0}}, "unknown"),
         ({"mode": "static", "static_weights": {"a": -1.0}}, ">= 0"),
+        ({"priors": {"z": 1.0}}, "unknown"),
+        ({"priors": {"a": 0.0}}, "> 0"),
+        ({"priors": {"a": math.inf}}, "> 0"),
     ],
 )
 def test_bad_arguments(kwargs, match):

@@ -223,6 +223,8 @@ def test_the_declarations_cover_the_keys_that_need_them():
         (["data.val_fraction=0.6", "data.test_fraction=0.5"], "leaves no training images"),
         (["balancer.mode=static", "balancer.static_weights={cd: 1, kd: 2}"], "names kd, which loss.losses"),
         (["balancer.static_weights={cd: -1}"], "'balancer.static_weights.cd': must be at least 0"),
+        (["balancer.priors={clip: 4}"], "names clip, which loss.losses"),
+        (["loss.losses=[cd, clip]", "balancer.priors={clip: 0}"], "'balancer.priors.clip': must be greater than 0"),
         (["train.device=gpu"], "'train.device': 'gpu' is not a device"),
         (["train.lr=.nan"], "must be a finite number"),
         (["teacher.kind=hf_clip"], "teacher.kind=hf_clip needs it"),

@@ -27,7 +27,10 @@ class LossBalancer:
       magnitude scaling ``s_m = sg(max_j L_j / L_m)``; rates ``r_m = Lbar_m(t-1) / Lbar_m(t-2)``
       from the unscaled, detached losses averaged over a window (``r_m = 1`` until two
       windows are complete); weights ``w_m = K * softmax(r / T)_m``; objective
-      ``sum_m w_m * s_m * L_m``.
+      ``sum_m w_m * s_m * L_m``. With ``priors`` p_m (missing names: 1) the softmax becomes
+      ``p_m exp(r_m / T) / sum_j p_j exp(r_j / T)``, i.e. ``softmax(r / T + log p)``: a loss with
+      prior 4 gets four times the weight of one with prior 1 at equal rates, and the weights
+      still follow the rates and still sum to K. All ones is the paper's balancer exactly.
     - ``static``: ``w_m`` fixed from ``static_weights`` (missing names: 1), no scaling,
       objective ``sum_m w_m * L_m``. All ones is the paper's "without balancer".
     - ``reference``: the published code. Its rates are taken on the already-scaled losses,
@@ -58,12 +61,14 @@ class LossBalancer:
         ema_decay: d of the ``ema`` window, in ``[0, 1)``.
         static_weights: weights of the ``static`` mode by name (missing: 1.0).
         reference_k: k of the ``reference`` mode (published code: 10).
+        priors: the ``dynamic`` mode's prior weights by name (missing: 1.0; each > 0).
         total: K, the sum of the dynamic weights (default M, the number of losses).
 
     Raises:
         ValueError: empty or repeated names, unknown mode or window, ``temperature <= 0``,
             ``ema_decay`` outside ``[0, 1)``, ``reference_k <= 0``, ``total <= 0``, or
-            ``static_weights`` naming an unknown loss or holding a negative weight.
+            ``static_weights`` or ``priors`` naming an unknown loss or holding a negative weight
+            (a prior must be > 0).
 
     Example:
         >>> balancer = LossBalancer(["cd", "fd"])
@@ -81,6 +86,7 @@ class LossBalancer:
         static_weights: Mapping[str, float] | None = None,
         reference_k: float = 10.0,
         total: float | None = None,
+        priors: Mapping[str, float] | None = None,
     ) -> None:
         if isinstance(names, str):
             raise ValueError(f"names must be a list of loss names, got the string {names!r}")
@@ -111,8 +117,17 @@ class LossBalancer:
                 if not (weight >= 0 and math.isfinite(weight)):
                     raise ValueError(f"static weight of {name!r} must be >= 0, got {weight}")
 
+        priors = dict(priors or {})
+        unknown = sorted(set(priors) - set(names))
+        if unknown:
+            raise ValueError(f"priors name unknown losses {unknown}; the losses are {names}")
+        for name, prior in priors.items():
+            if not (prior > 0 and math.isfinite(prior)):
+                raise ValueError(f"the prior of {name!r} must be > 0, got {prior}")
+
         self.names = names
         self.mode = mode
+        self.priors = {name: float(priors.get(name, 1.0)) for name in names}
         self.temperature = float(temperature)
         self.window = window
         self.ema_decay = float(ema_decay)
@@ -234,9 +249,9 @@ class LossBalancer:
         return values
 
     def _softmax_weights(self, rates: Mapping[str, float]) -> dict[str, float]:
-        """``w_m = K * exp(r_m / T) / sum_j exp(r_j / T)`` (eq. 17)."""
+        """``w_m = K * p_m exp(r_m / T) / sum_j p_j exp(r_j / T)`` (eq. 17; priors ``p`` of 1: the paper's)."""
         top = max(rates.values())  # subtracted for stability; the softmax is unchanged
-        exps = {n: math.exp((rates[n] - top) / self.temperature) for n in self.names}
+        exps = {n: self.priors[n] * math.exp((rates[n] - top) / self.temperature) for n in self.names}
         norm = sum(exps.values())
         return {n: self.total * exps[n] / norm for n in self.names}
 

@@ -231,7 +231,12 @@ class LossConfig:
 
 @dataclass
 class BalancerConfig:
-    """The loss balancer (docs/method.md eq. 15-17). ``mode``: dynamic, static or reference."""
+    """The loss balancer (docs/method.md eq. 15-17). ``mode``: dynamic, static or reference.
+
+    ``priors`` (dynamic mode): a prior weight per loss name (missing: 1), multiplying the
+    softmax of the rates before it is normalised, e.g. ``{clip: 4}`` gives the pairs' loss four
+    times the weight of each teacher loss at equal rates.
+    """
 
     SECTION: ClassVar[str] = "balancer"
 
@@ -240,6 +245,7 @@ class BalancerConfig:
     window: Literal["step", "ema", "epoch"] = "step"
     ema_decay: float = between(0, 1, 0.9, high_open=True)
     static_weights: dict[str, float] = field(default_factory=dict, metadata={"ge": 0})
+    priors: dict[str, float] = field(default_factory=dict, metadata={"gt": 0})
     reference_k: float = above(0, 10.0)
 
     def __post_init__(self) -> None:
@@ -332,6 +338,12 @@ class RunConfig:
                     "balancer.static_weights",
                     f"names {', '.join(unknown)}, which loss.losses ({', '.join(self.loss.losses)}) does not enable.",
                 )
+        unknown = sorted(set(self.balancer.priors) - set(self.loss.losses))
+        if unknown:
+            raise refuse(
+                "balancer.priors",
+                f"names {', '.join(unknown)}, which loss.losses ({', '.join(self.loss.losses)}) does not enable.",
+            )
         if self.teacher.kind == "imported" and self.store_views:
             raise refuse(
                 "store_views", f"{self.store_views}, but imported features have no augmented views. Set store_views=0."

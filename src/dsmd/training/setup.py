@@ -191,6 +191,7 @@ def build_balancer(cfg: RunConfig) -> LossBalancer:
         ema_decay=b.ema_decay,
         static_weights=b.static_weights,
         reference_k=b.reference_k,
+        priors=b.priors,
     )
 
 
