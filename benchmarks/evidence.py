@@ -209,6 +209,53 @@ def _summary(by_setting: dict[str, list[dict]]) -> list[str]:
     return [*out, ""]
 
 
+def recipe_criteria(rows: list[dict]) -> list[dict]:
+    """The recipe's three targets, each with the figures it is judged on.
+
+    1. in_domain: not significantly below ``pairs`` (paired t-test at 95%);
+    2. every ood setting: not significantly below the better (by mean) of ``dsmd`` and ``pairs``;
+    3. ood_stamps: at least half of the teacher's RSUM (the mean over seeds).
+
+    Returns:
+        ``[{"target", "setting", "met": True | False | None (no runs yet), "detail"}]``.
+    """
+    named = {(r["setting"], r["variant"]): r for r in rows}
+    out = []
+
+    def against(setting: str, other: str, target: str) -> None:
+        recipe, ref = named.get((setting, "recipe")), named.get((setting, other))
+        if recipe is None or ref is None:
+            out.append({"target": target, "setting": setting, "met": None, "detail": "runs missing"})
+            return
+        test = paired(_stats_row(recipe, ref["seeds"]), _stats_row(ref, ref["seeds"]))
+        word = significance(test)
+        below = word == "significant" and test["diff_mean"] < 0
+        met = None if word == "not enough seeds" else not below
+        detail = f"recipe − {other}: {_fmt(test['diff_mean'])} ± {_fmt(test['diff_se'])} ({word}, n={test['n']})"
+        out.append({"target": target, "setting": setting, "met": met, "detail": detail})
+
+    against("in_domain", "pairs", "not below pairs in-domain")
+    for setting in SETTINGS[1:]:
+        pair = [named.get((setting, v)) for v in ("dsmd", "pairs")]
+        better = max((r for r in pair if r), key=lambda r: r["rsum_mean"], default=None)
+        against(setting, better["variant"] if better else "pairs", "not below the better of dsmd and pairs")
+    recipe, teacher = named.get(("ood_stamps", "recipe")), named.get(("ood_stamps", "teacher"))
+    if recipe is None or teacher is None:
+        out.append({"target": "half the teacher", "setting": "ood_stamps", "met": None, "detail": "runs missing"})
+    else:
+        share = recipe["rsum_mean"] / teacher["rsum_mean"]
+        detail = f"{recipe['rsum_mean']:.1f} of the teacher's {teacher['rsum_mean']:.1f} ({100 * share:.0f}%)"
+        out.append({"target": "half the teacher", "setting": "ood_stamps", "met": share >= 0.5, "detail": detail})
+    return out
+
+
+def _criteria_table(criteria: list[dict]) -> list[str]:
+    word = {True: "met", False: "**not met**", None: "not yet measured"}
+    out = ["### The recipe's targets", "", "| target | setting | result | figures |", "|---|---|---|---|"]
+    out += [f"| {c['target']} | {c['setting']} | {word[c['met']]} | {c['detail']} |" for c in criteria]
+    return [*out, ""]
+
+
 def markdown(rows: list[dict], notes: dict) -> str:
     """One table per setting, then the summary (see the module docstring)."""
     by_setting = {s: [r for r in rows if r["setting"] == s] for s in SETTINGS}
@@ -227,6 +274,7 @@ def markdown(rows: list[dict], notes: dict) -> str:
     for setting, setting_rows in by_setting.items():
         out += _setting_table(setting, setting_rows, notes)
     out += _summary(by_setting)
+    out += _criteria_table(recipe_criteria(rows))
     if notes["failed"]:
         failed = "; ".join(f"{f['name']} (seed {f['seed']})" for f in notes["failed"])
         out += [f"Failed runs (left out): {failed}.", ""]

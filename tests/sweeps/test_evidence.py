@@ -119,3 +119,30 @@ def test_rows_means_stds_and_verdicts(evidence, sweep_json, tmp_path):
 def test_a_missing_sweep_names_the_command(evidence, tmp_path):
     with pytest.raises(SystemExit, match="dsmd sweep offline_evidence"):
         evidence.evidence(tmp_path / "sweep.json")
+
+
+def test_the_recipe_targets_are_judged_on_the_rows(evidence):
+    def row(setting, variant, rsums, seeds=(0, 1, 2)):
+        mean = sum(rsums) / len(rsums)
+        return {"setting": setting, "variant": variant, "rsum_mean": mean, "rsums": rsums, "seeds": list(seeds)}
+
+    rows = [
+        row("in_domain", "pairs", [100.0, 110.0, 120.0]),
+        row("in_domain", "recipe", [99.0, 108.0, 121.0]),  # -0.67 ± 1.2: not significantly below
+        row("ood_stamps", "teacher", [300.0], seeds=(0,)),
+        row("ood_stamps", "dsmd", [150.0, 160.0, 170.0]),
+        row("ood_stamps", "pairs", [100.0, 110.0, 120.0]),
+        row("ood_stamps", "recipe", [140.0, 149.0, 160.7]),  # below dsmd by 10.1 ± 0.49: significant
+        row("ood_emoji", "pairs", [10.0, 20.0, 30.0]),
+        row("ood_emoji", "recipe", [11.0, 21.0, 31.0]),  # above pairs, the better of the two present
+    ]
+    got = {(c["target"][:9], c["setting"]): c for c in evidence.recipe_criteria(rows)}
+    assert got["not below", "in_domain"]["met"] is True
+    assert (
+        got["not below", "ood_stamps"]["met"] is False
+        and "recipe − dsmd: -10.1 ± 0.5" in got["not below", "ood_stamps"]["detail"]
+    )
+    assert got["not below", "ood_emoji"]["met"] is True
+    assert got["not below", "ood_clipart"]["met"] is None  # no runs
+    assert got["half the ", "ood_stamps"]["met"] is False  # 149.9 of 300 is just short of half
+    assert "149.9 of the teacher's 300.0 (50%)" in got["half the ", "ood_stamps"]["detail"]
