@@ -69,6 +69,15 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
             raise
 
 
+def _unreadable(path: Path, exc: BaseException) -> DsmdError:
+    """One message for a file torch cannot load, whichever exception its bytes led to."""
+    why = " ".join(str(exc).split())[:200]
+    return DsmdError(
+        f"cannot read checkpoint {path}: it is not a PyTorch file, or it is corrupt ({type(exc).__name__}: {why}). "
+        "Is it a dsmd checkpoint?"
+    )
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a dsmd checkpoint on the CPU, refusing anything but tensors and plain containers.
 
@@ -89,14 +98,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 "plain data, and loading it could run code stored in the file. Refused: use a "
                 "checkpoint written by `dsmd train`."
             ) from exc
-        raise DsmdError(
-            f"cannot read checkpoint {path}: it is not a PyTorch file, or it is corrupt. Is it a dsmd checkpoint?"
-        ) from exc
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise DsmdError(
-            f"cannot read checkpoint {path} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}). "
-            "Is it a dsmd checkpoint?"
-        ) from exc
+        raise _unreadable(path, exc) from exc
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file (which depends on its bytes)
+        raise _unreadable(path, exc) from exc
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise DsmdError(
             f"{path} is not a dsmd checkpoint (no config/model inside). Use a file written by `dsmd train`."
