@@ -10,7 +10,7 @@ import pytest
 from format_writers import make_image, write_plain_tar
 from PIL import Image
 
-from dsmd.data import images, transforms
+from dsmd.data import images, transforms, viewing
 from dsmd.data.images import decode_image, load_image, tar_ref
 from dsmd.errors import DsmdError
 
@@ -75,7 +75,7 @@ def test_high_bit_depth_modes_decode_like_the_8_bit_gradient(tmp_path, name, wri
 def test_16_bit_modes_in_memory_and_their_transparent_value():
     for mode, dtype in (("I;16N", "=u2"), ("I;16L", "<u2"), ("I;16B", ">u2")):
         img = Image.frombytes(mode, (256, 4), (GRADIENT.astype(dtype) * 257).tobytes())
-        assert np.array_equal(np.asarray(images._rgb(img))[..., 0], GRADIENT)
+        assert np.array_equal(np.asarray(viewing.as_seen(img))[..., 0], GRADIENT)
     buf = io.BytesIO()
     Image.fromarray(np.array([[0, 1000, 65535]], np.uint16)).save(buf, format="PNG", transparency=1000)
     assert np.asarray(decode_image(buf.getvalue(), "t.png"))[0, :, 0].tolist() == [0, 255, 255]
@@ -144,7 +144,7 @@ def test_every_kind_of_transparency_is_composited_on_white(tmp_path):
     half = Image.new("RGBA", (4, 4), (0, 0, 0, 128))
     assert load_image(_save(half, tmp_path / "half.png")).getpixel((0, 0)) == (127, 127, 127)
     for mode in ("PA", "La", "RGBa"):
-        assert images._rgb(Image.new(mode, (2, 2))).getpixel((0, 0)) == (255, 255, 255), mode
+        assert viewing.as_seen(Image.new(mode, (2, 2))).getpixel((0, 0)) == (255, 255, 255), mode
     assert np.array_equal(
         np.asarray(load_image(_save(make_image(3), tmp_path / "opaque.png"))), np.asarray(make_image(3))
     )

@@ -18,32 +18,32 @@ path or ``CONTAINER::MEMBER``:
 A string is a reference when the part before its first ``::`` ends in ``.tar``, ``.parquet``
 or ``.arrow``; anything else is a file path.
 
-Every image, for every teacher and for the student, is decoded here (:func:`load_image` and
-:func:`decode_image` both go through :func:`_open_rgb`) and returned as 8-bit RGB:
+Every image, for every teacher and for the student, is decoded here (:func:`load_image`,
+:func:`decode_image` and, for PIL images given directly, :func:`to_rgb` all go through
+:func:`~dsmd.data.viewing.as_seen`) and returned as 8-bit RGB, as an image viewer shows it:
 
+- **Upright**: the EXIF orientation tag is applied (a phone photo stored sideways is seen upright).
+- **In sRGB**: an embedded ICC profile (Display P3, Adobe RGB, CMYK, grey) is converted to
+  sRGB; an sRGB profile, or one that cannot be read, is not applied. CMYK, palette, grey and
+  16-bit images are converted to RGB; 16-bit, ``I`` and ``F`` images are scaled to 8 bits.
+- **The first frame** of an animated GIF, WebP or APNG.
 - **Transparency** (RGBA, LA, PA, RGBa, La, a palette or an RGB / L image with a transparent
   colour) is composited onto **white**, so the models see what a person sees. BEiT-3's own
   code drops the alpha channel instead (``convert("RGB")``), exposing whatever colour the
   transparent pixels store; dsmd deliberately composites onto white for BEiT-3 too.
-- **High bit depth** (:func:`_to_8bit`): 16-bit grayscale (modes ``I;16``, ``I;16L``,
-  ``I;16B``, ``I;16N``, e.g. 16-bit PNG and TIFF) is scaled from 0..65535 to 0..255 (PIL's
-  own conversion would clip every value above 255 to white). 32-bit integers (mode ``I``,
-  which PIL uses for 16-bit PGM, scaled to 0..65535) and floats (mode ``F``) have no
-  fixed white: the white level is the smallest of 1 (``F`` only), 255 and 65535 that holds
-  all of the image's values, black is 0; values outside 0..65535 (or negative ones) are
-  stretched linearly from the image's minimum to its maximum (a constant such image is
-  black). NaN or infinite pixels are refused. 16-bit RGB(A) PNGs are reduced to 8 bits by
-  PIL itself.
 - **Size limit**: an image with more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (PIL's
   decompression-bomb limit, about 89.5 million, left as PIL sets it) is refused with a
   :class:`~dsmd.errors.DsmdError` naming it, its pixel count and the limit. PIL itself only warns
   between 1x and 2x that limit; dsmd refuses that range too, so that no image is decoded
   whose size PIL considers suspect. To read larger images, downscale them, or raise
   ``PIL.Image.MAX_IMAGE_PIXELS`` in your own code before loading (dsmd never does).
+
+:mod:`dsmd.data.viewing` details each conversion.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -53,18 +53,15 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from dsmd.data.viewing import as_seen
 from dsmd.errors import DsmdError
 
 SEP = "::"
 TAR_SUFFIXES = (".tar",)
 TABLE_SUFFIXES = (".parquet", ".arrow")
 ROW_GROUP_CACHE = 8  # decoded parquet row groups kept per process
-SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-HIGH_BIT_MODES = SIXTEEN_BIT_MODES + ("I", "F")
-ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 @dataclass(frozen=True)
@@ -115,55 +112,6 @@ def parse_ref(ref: str | Path) -> ImageRef | None:
         ) from None
 
 
-def _white_level(values: np.ndarray, mode: str) -> tuple[float, float]:
-    """``(black, white)``: the values shown as 0 and 255 for a mode ``I`` or ``F`` image.
-
-    Raises:
-        ValueError: NaN or infinite pixels.
-    """
-    if values.size == 0:
-        return 0.0, 255.0
-    if not np.isfinite(values).all():
-        raise ValueError(f"mode {mode} image has NaN or infinite pixels")
-    low, high = float(values.min()), float(values.max())
-    if low >= 0:
-        for white in ((1.0,) if mode == "F" else ()) + (255.0, 65535.0):
-            if high <= white:
-                return 0.0, white
-    return low, max(high, low + 1.0)
-
-
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """An 8-bit ``L`` copy of a 16-bit, ``I`` or ``F`` grayscale image (``LA`` when it has a
-    transparent value); the scaling is described in the module's docstring."""
-    values = np.array(img, dtype=np.float32)  # (a copy, scaled in place below)
-    transparent = img.info.get("transparency")
-    alpha = None
-    if isinstance(transparent, int):
-        alpha = Image.fromarray(np.where(values == transparent, 0, 255).astype(np.uint8))
-    if img.mode in SIXTEEN_BIT_MODES:
-        black, white = 0.0, 65535.0
-    else:
-        black, white = _white_level(values, img.mode)
-    values -= black
-    values *= 255.0 / (white - black)
-    gray = Image.fromarray(np.clip(np.rint(values, out=values), 0, 255, out=values).astype(np.uint8))
-    return gray if alpha is None else Image.merge("LA", (gray, alpha))
-
-
-def _rgb(img: Image.Image) -> Image.Image:
-    """8-bit RGB, high bit depths scaled (:func:`_to_8bit`), transparency composited onto white."""
-    img.load()
-    if img.mode in HIGH_BIT_MODES:
-        img = _to_8bit(img)
-    if img.mode in ALPHA_MODES or "transparency" in img.info:
-        rgba = (img.convert("LA") if img.mode == "La" else img).convert("RGBA")  # (PIL: no La -> RGBA)
-        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        canvas.alpha_composite(rgba)
-        return canvas.convert("RGB")
-    return img.convert("RGB")
-
-
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -179,32 +127,55 @@ def _too_large(name: str, exc: Exception) -> DsmdError:
     )
 
 
-def _open_rgb(source, name: str) -> Image.Image:
-    """Decode an image (an open binary file) to RGB (:func:`_rgb`); ``name`` is used in errors.
+@contextlib.contextmanager
+def _decoding(name: str):
+    """Turn what decoding the image ``name`` raises into a one-line :class:`DsmdError`.
 
     PIL's decompression-bomb warning (between 1x and 2x ``Image.MAX_IMAGE_PIXELS``) is
     raised as an error here, like its error above 2x: both become one :class:`DsmdError`.
     (``warnings.catch_warnings`` is process-wide: images are decoded in the main thread or
     in DataLoader worker processes, never by several threads of one process.)
-
-    Raises:
-        DsmdError: not an image, truncated or corrupt, or too large.
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as img:
-                return _rgb(img)
+            yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _too_large(name, exc) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DsmdError(f"cannot read image {name}: {_one_line(exc)}. Replace or remove it from the dataset.") from exc
 
 
+def _open_rgb(source, name: str) -> Image.Image:
+    """Decode an image (an open binary file) to RGB (:func:`~dsmd.data.viewing.as_seen`); ``name``
+    is used in errors.
+
+    Raises:
+        DsmdError: not an image, truncated or corrupt, or too large.
+    """
+    with _decoding(name), Image.open(source) as img:
+        return as_seen(img)
+
+
+def to_rgb(img: Image.Image, name: str | None = None) -> Image.Image:
+    """A PIL image as 8-bit RGB, exactly as :func:`load_image` decodes its file (module docstring).
+
+    ``img`` itself is not changed; its current frame is used.
+
+    Args:
+        name: how errors name the image (default: its file name, or "a PIL image").
+
+    Raises:
+        DsmdError: its pixel data are truncated or corrupt (a lazily opened file).
+    """
+    with _decoding(name or getattr(img, "filename", "") or "a PIL image"):
+        return as_seen(img)
+
+
 def decode_image(data: bytes, name: str) -> Image.Image:
     """Decode encoded image bytes (PNG, JPEG, WebP...) to 8-bit RGB; ``name`` is used in errors.
 
-    Transparency is composited onto white and high bit depths are scaled (module docstring).
+    Upright, in sRGB, transparency composited onto white, high bit depths scaled (module docstring).
 
     Raises:
         DsmdError: not an image, corrupt, or over ``PIL.Image.MAX_IMAGE_PIXELS``.
@@ -215,8 +186,9 @@ def decode_image(data: bytes, name: str) -> Image.Image:
 def load_image(ref: str | Path) -> Image.Image:
     """Open an image file or container reference as 8-bit RGB.
 
-    Transparency is composited onto white (not dropped as BEiT-3's code does) and 16-bit,
-    ``I`` and ``F`` images are scaled to 8 bits (module docstring).
+    Upright (EXIF orientation), colours converted to sRGB from an embedded ICC profile,
+    transparency composited onto white (not dropped as BEiT-3's code does), 16-bit, ``I`` and
+    ``F`` images scaled to 8 bits, the first frame of an animation (module docstring).
 
     Raises:
         DsmdError: the file, container or member is missing, unreadable or not an image, or

@@ -4,11 +4,12 @@ Every model that sees pixels (a teacher, the student's vision tower) names an
 :class:`ImageTransform`: the side length, the normalisation statistics and the resampling.
 
 Before any transform, every image, for every teacher (BEiT-3 included) and for the student, is
-decoded by :func:`load_image` / :func:`~dsmd.data.images.decode_image` to 8-bit RGB:
-transparency (RGBA, LA, transparent palette images...) is composited onto **white**, and
-16-bit images are scaled to 8 bits (:mod:`dsmd.data.images`). BEiT-3's own code drops the
-alpha channel instead, which shows whatever colour the transparent pixels store; dsmd
-deliberately differs there. (Flickr30k and COCO are opaque JPEGs: the benchmarks are unaffected.)
+decoded by :func:`load_image` / :func:`~dsmd.data.images.decode_image` to 8-bit RGB as an
+image viewer shows it: upright (EXIF orientation), in sRGB (embedded ICC profiles converted),
+transparency (RGBA, LA, transparent palette images...) composited onto **white**, and 16-bit
+images scaled to 8 bits (:mod:`dsmd.data.images`, :mod:`dsmd.data.viewing`). BEiT-3's own
+code drops the alpha channel instead, which shows whatever colour the transparent pixels store;
+dsmd deliberately differs there. (Flickr30k and COCO are opaque JPEGs: the benchmarks are unaffected.)
 """
 
 from __future__ import annotations

@@ -62,7 +62,11 @@ def preprocessing(student: DualEncoder) -> dict[str, Any]:
     """What an ONNX-only user must do to an image before ``image_encoder.onnx``."""
     transform = student.image_transform(train=False).to_dict()
     return {
-        "decode": "RGB, 8 bits per channel; transparency composited onto white; 16-bit images scaled to 8 bits",
+        "decode": (
+            "RGB, 8 bits per channel, as an image viewer shows it: EXIF orientation applied "
+            "(PIL.ImageOps.exif_transpose); an embedded ICC profile other than sRGB converted to sRGB; "
+            "the first frame of an animation; transparency composited onto white; 16-bit images scaled to 8 bits"
+        ),
         "resize": (
             "short side to size with PIL, then center crop size x size"
             if transform["crop"]

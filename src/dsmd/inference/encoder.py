@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dsmd.data.images import load_image
+from dsmd.data.images import load_image, to_rgb
 from dsmd.data.transforms import ImageTransform
 
 
@@ -70,9 +70,8 @@ class Encoder:
         return f"Encoder({self.name!r}, dim={self.dim}, space={self.space}, device={self.device})"
 
     def _pixels(self, image: str | Path | Image.Image) -> torch.Tensor:
-        img = image if isinstance(image, Image.Image) else load_image(str(image))
-        if isinstance(image, Image.Image) and img.mode != "RGB":
-            img = img.convert("RGB")
+        """``(3, H, W)``: a path or a PIL image decoded the same way (:mod:`dsmd.data.images`), transformed."""
+        img = to_rgb(image) if isinstance(image, Image.Image) else load_image(str(image))
         return self.image_transform(img)
 
     @torch.inference_mode()
@@ -80,6 +79,9 @@ class Encoder:
         self, images: Sequence[str | Path | Image.Image], batch_size: int = 32, progress: bool | None = None
     ) -> np.ndarray:
         """Features ``(N, D)`` of images given as paths (files or container references) or PIL images.
+
+        A PIL image is decoded as its file would be (:func:`dsmd.data.images.to_rgb`): upright by
+        its EXIF orientation, converted to sRGB from its ICC profile, transparency on white.
 
         Args:
             progress: show a progress bar (None: for more than 256 images on a terminal).
