@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up dsmd on a fresh machine (Debian, Python >= 3.10): the Debian package of the demo's
+# Set up dsmd on a fresh machine (Debian, Python >= 3.11): the Debian package of the demo's
 # images, a virtual environment in .venv, torch, and dsmd itself.
 #   bash scripts/setup.sh         # to run `dsmd demo`
 #   bash scripts/setup.sh --dev   # also the test tools (and Debian's chromium for the browser test,

@@ -1,6 +1,9 @@
 """The ``dsmd`` command: a thin shell over the library.
 
-Errors the user can fix are printed as one line (no traceback) and exit with status 2.
+Errors the user can fix are printed as one line (no traceback) and exit with status 2; so is a
+command refused because another one is writing its output folder (:mod:`dsmd.runtime.lock`).
+A command stopped by Ctrl-C exits with status 130, by SIGTERM with 143 (128 + the signal), after
+one line saying what is kept and how to continue (:mod:`dsmd.runtime.signals`).
 """
 
 from __future__ import annotations
@@ -123,23 +126,16 @@ def _search(args) -> None:
 def _serve(args) -> None:
     from dsmd.search.index import Index
     from dsmd.search.query import query_model
-    from dsmd.search.server import SearchService, make_server
+    from dsmd.search.server import SearchService, serve
 
     index = Index.open(args.index)
-    server = make_server(
-        SearchService(index, query_model(index, args.model, args.device)), args.host, args.port, quiet=args.quiet
-    )
-    host, port = server.server_address[:2]
-    print(f"serving {index.path} ({len(index)} {index.kind}) on http://{host}:{port}/  (Ctrl-C stops)")
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
+    encoder = query_model(index, args.model, args.device)
+    serve(SearchService(index, encoder, show_paths=args.show_paths), args.host, args.port, quiet=args.quiet)
 
 
 def _sweep(args, progress: bool) -> None:
     from dsmd.sweeps import load_sweep, print_commands, run_sweep, write_table
-    from dsmd.sweeps.runner import distinct_runs, rerun_failed_hint
+    from dsmd.sweeps.runner import distinct_runs, finished, rerun_failed_hint
 
     overrides = [a for a in args.sweep if "=" in a]
     names = [a for a in args.sweep if "=" not in a]
@@ -155,6 +151,15 @@ def _sweep(args, progress: bool) -> None:
         table = write_table(sweep, [r for r in failed if r.sweep == sweep.name])
         print(f"sweep {sweep.name}: {sweep.out_dir / 'sweep.md'} ({len(table['rows'])} variants)")
     print(f"{len(sweeps)} sweep(s) in {time.perf_counter() - t0:.0f} s")
+    busy = [r for r in distinct_runs(sweeps) if not finished(r) and r not in failed]
+    if busy:
+        failures = f"; {len(failed)} failed: {rerun_failed_hint(failed)[:300]}" if failed else ""
+        raise DsmdError(
+            f"{len(busy)} run(s) skipped: another sweep or command is running them "
+            f"({'; '.join(f'{r.variant} (seed {r.seed})' for r in busy)[:600]}){failures}. "
+            f"Run the sweep again once they are finished{' (and the failures fixed)' if failed else ''} "
+            "to complete its tables: finished runs are kept."
+        )
     if failed:
         raise DsmdError(
             f"{len(failed)} of {len(distinct_runs(sweeps))} runs failed: "
@@ -264,20 +269,32 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _after_stop(argv: list[str] | None) -> str:
+    """What a command stopped by a signal keeps, for its line (commands that say it themselves: none)."""
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    if words and words[0] in ("extract", "index"):
+        return "; the chunks finished so far are kept, and the same command continues from them"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> None:
     from dsmd.runtime.files import os_error
+    from dsmd.runtime.signals import Stopped, Terminated, signal_of, sigterm_raises, stopped_word
 
     try:
-        code = run(argv)
+        with sigterm_raises():  # SIGTERM unwinds like Ctrl-C: files being written are dropped
+            code = run(argv)
     except DsmdError as exc:
-        print(f"dsmd: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        code = 2
+        if exc.report:  # (False on the other ranks of a torchrun job whose rank 0 prints it)
+            print(f"dsmd: {'' if isinstance(exc, Stopped) else 'error: '}{' '.join(str(exc).split())}", file=sys.stderr)
+        code = exc.exit_code
     except OSError as exc:  # a full disk, a read-only folder: the environment, not a bug
         print(f"dsmd: error: {os_error(exc)}", file=sys.stderr)
         code = 2
-    except KeyboardInterrupt:
-        print("dsmd: interrupted", file=sys.stderr)
-        code = 130
+    except (KeyboardInterrupt, Terminated) as exc:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun (which passes signals to every rank), rank 0 says it
+            print(f"dsmd: {stopped_word(signal_of(exc))}{_after_stop(argv)}", file=sys.stderr)
+        code = 128 + signal_of(exc)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # A torchrun worker whose work is done and whose process group is destroyed: gloo's
         # threads can still abort the interpreter's teardown ("terminate called without an

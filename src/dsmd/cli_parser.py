@@ -226,4 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     q.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
     q.add_argument("--device", default="cpu")
+    q.add_argument(
+        "--show-paths",
+        action="store_true",
+        help="show the indexed files' paths as stored (default: relative to the indexed folders)",
+    )
     return p

@@ -1,4 +1,4 @@
-"""``dsmd train`` that kills itself (SIGKILL) at a chosen point of the run (used by test_kill_resume.py).
+"""``dsmd train`` that kills itself (SIGKILL, or SIGTERM) at a chosen point of the run (used by test_kill_resume.py).
 
     DSMD_TEST_KILL=POINT python _killable_train.py train ...
 
@@ -13,7 +13,9 @@ The kill lands exactly there, whatever the machine's speed. ``POINT`` is one of:
   ``epochs.jsonl``;
 - ``epoch-line@N``: after that line, before the epoch's checkpoint;
 - ``best@N``: after ``best.pt`` of step ``N`` is written, before ``last.pt`` (the narrowest window);
-- ``result``: after the last checkpoint, before ``result.json``.
+- ``result``: after the last checkpoint, before ``result.json``;
+- ``term@N``: SIGTERM instead of SIGKILL, right after the record of step ``N`` is in
+  ``steps.jsonl`` (the run then stops by itself, after writing a checkpoint of step ``N``).
 
 Nothing of this exists in dsmd itself: it patches from outside.
 """
@@ -30,7 +32,7 @@ import dsmd.training.run_files as run_files
 POINT = os.environ["DSMD_TEST_KILL"]
 WHERE, _, AT = POINT.partition("@")
 AT_STEP = int(AT) if AT else None
-KNOWN = {"setup", "step", "checkpoint-tmp", "validation", "epoch-line", "best", "result"}
+KNOWN = {"setup", "step", "checkpoint-tmp", "validation", "epoch-line", "best", "result", "term"}
 if WHERE not in KNOWN or (AT_STEP is None) != (WHERE in {"setup", "result"}):
     sys.exit(f"_killable_train.py: unknown kill point {POINT!r}")
 
@@ -39,7 +41,7 @@ last_step = [0]  # the last step logged, and the step of the checkpoint being wr
 
 def die(where: str) -> None:
     if where == WHERE and (AT_STEP is None or AT_STEP == last_step[0]):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGTERM if where == "term" else signal.SIGKILL)
 
 
 def wrap(owner, name: str, before=None, after=None) -> None:
@@ -60,6 +62,7 @@ def _logged(files_, record):
     last_step[0] = record["step"]
     files_.flush()
     die("step")
+    die("term")
 
 
 def _saving(path, state):

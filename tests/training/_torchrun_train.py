@@ -11,6 +11,8 @@ Options (none of this exists in dsmd itself; it patches from outside):
 - ``--kill-after-checkpoint K``: right after rank 0 writes a mid-epoch checkpoint at step K,
   every process of the run (all ranks and the torchrun agent) is killed with SIGKILL.
 - ``--pid-dir DIR``: where each rank writes its pid (needed by ``--kill-after-checkpoint``).
+- ``--term-agent-after K``: after optimiser step K, rank 0 sends SIGTERM to the torchrun agent
+  and waits until the agent has passed it on to rank 0 itself (the other ranks get it too).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("--fault-rank", type=int, default=1)
     parser.add_argument("--kill-after-checkpoint", type=int)
     parser.add_argument("--pid-dir")
+    parser.add_argument("--term-agent-after", type=int)
     args, rest = parser.parse_known_args()
     if rest and rest[0] == "--":
         rest = rest[1:]
@@ -52,6 +55,10 @@ def main() -> None:
         if rank == args.fault_rank and calls[0] == args.die_after:
             os._exit(17)
         if rank == args.fault_rank and calls[0] == args.hang_after:
+            # Hung as in a collective that never returns, where Python's deferred SIGTERM handler
+            # cannot run and torchrun ends the rank with SIGKILL after its shutdown timeout (30 s):
+            # dying at torchrun's SIGTERM spares the test that wait.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             time.sleep(3600)
         return out
 
@@ -71,6 +78,19 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     loop.save_checkpoint = save
+
+    import dsmd.training.recipe as recipe
+
+    real_stop_requested = recipe.stop_requested
+
+    def stop_requested(run):
+        if rank == 0 and run.stepper.steps == args.term_agent_after and not run.stop.requested:
+            os.kill(os.getppid(), signal.SIGTERM)  # the agent passes SIGTERM on to every rank
+            while not run.stop.requested:
+                time.sleep(0.01)
+        return real_stop_requested(run)
+
+    recipe.stop_requested = stop_requested
 
     from dsmd.cli import main as dsmd_main
 

@@ -268,6 +268,35 @@ def test_killed_mid_epoch_resumes_on_two_or_one_processes(setup, one_process, tw
     _assert_same_run(load_checkpoint(setup["root"] / "killed_copy" / "checkpoints" / "last.pt"), one_process["state"])
 
 
+def test_sigterm_stops_every_rank_after_the_same_step_and_resumes_exactly(setup, two_processes):
+    out = setup["root"] / "terminated"
+    args = ["train", "--quiet", *setup["overrides"], f"out_dir={out}"]
+    code, log = _finish(_launch(args, helper=["--term-agent-after", "3"]))
+    assert code != 0, log[-3000:]
+    # each rank exits 143 after the same step; rank 0 alone says so
+    assert log.count("dsmd: terminated (SIGTERM) after step 3:") == 1 and "dsmd: error" not in log, log[-3000:]
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["epoch_pairs"], state["step"]) == (0, 24, 3)  # 3 of epoch 1's 4 steps
+    assert not list(out.rglob("*.tmp"))
+    _run(["train", "--quiet", "--resume", f"out_dir={out}"])
+    _assert_same_run(load_checkpoint(out / "checkpoints" / "last.pt"), two_processes["state"], exact=True)
+    assert [r["step"] for r in _steps(out)] == list(range(1, 9))
+
+
+def test_a_run_folder_in_use_stops_every_rank_with_one_line(setup):
+    from dsmd.runtime.lock import acquire_folder
+
+    out = setup["root"] / "in_use"
+    out.mkdir()
+    (out / "notes.txt").write_text("the other command's\n")
+    with acquire_folder(out, "out_dir"):
+        code, log = _finish(_launch(["train", "--quiet", *setup["overrides"], f"out_dir={out}"]))
+    assert code != 0
+    lines = [line for line in log.splitlines() if line.startswith("dsmd: ")]
+    assert len(lines) == 1 and f"out_dir={out} is in use by another dsmd command (pid {os.getpid()}" in lines[0], log
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
 def test_interrupted_mid_epoch_resumes_in_one_process(setup, one_process, monkeypatch):
     import dsmd.training.run_files as loop
 

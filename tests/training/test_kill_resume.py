@@ -189,3 +189,23 @@ def test_a_run_killed_before_its_first_checkpoint_starts_its_logs_again(tiny_ove
     assert _end(_train(overrides, out)) == 0
     steps = [json.loads(line)["step"] for line in (out / "steps.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 19))
+
+
+def test_sigterm_checkpoints_the_step_in_progress_and_resumes_to_the_uninterrupted_run(uninterrupted):
+    overrides, out = uninterrupted["overrides"], uninterrupted["out"]
+    shutil.rmtree(out, ignore_errors=True)
+    # step 3 falls between two mid-epoch checkpoints; step 6 ends an epoch, before its validation
+    for at_step, expected in [(3, {"epochs.jsonl": None}), (6, {"epochs.jsonl": None, "best.pt": None})]:
+        proc = _train(overrides, out, kill=f"term@{at_step}")
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 143, err[-2000:]  # 128 + SIGTERM, from the run itself (not the signal's default)
+        assert err.splitlines() == [
+            f"dsmd: terminated (SIGTERM) after step {at_step}: checkpoint {out / 'checkpoints' / 'last.pt'} "
+            f"written; continue with `dsmd train --resume out_dir={out}`."
+        ]
+        state = _state(out)
+        assert state["last.pt"] == state["steps.jsonl"] == at_step and not state["last.pt.tmp"], state
+        assert {k: state[k] for k in expected} == expected, state
+        assert not list(out.rglob("*.tmp")) and not (out.parent / ".run.lock.json").exists()
+    assert _end(_train(overrides, out)) == 0
+    _assert_same_files(out, uninterrupted["expected"])

@@ -25,6 +25,13 @@ chunk ``t`` to rank ``t % WORLD_SIZE``; each rank runs the teacher on ``cuda:LOC
 the store and writes the one manifest while the other ranks wait, then all return the store.
 Processes talk only through barriers (gloo). A killed rank stops the whole run (torchrun);
 running the same command again (with any number of processes) resumes from the chunks saved.
+
+One writer per store: an extraction that will write (no finished store yet, or ``--overwrite``)
+holds the lock of ``STORE`` (:mod:`dsmd.runtime.lock`, taken by rank 0 for all ranks and nodes)
+from before it touches ``STORE.partial/`` until the store is in place; a second one is refused at
+once and changes nothing. One that finds the store complete only reads it and takes no lock, so
+runs and sweeps reusing a store never wait. Ctrl-C and SIGTERM stop it at once: what is on disk is
+always whole chunks, and the same command continues from them (:mod:`dsmd.runtime.signals`).
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from dsmd.extraction.chunks import (
 )
 from dsmd.runtime.distributed import Distributed, init_distributed
 from dsmd.runtime.files import check_writable, write_json_atomic
+from dsmd.runtime.lock import FolderInUse, exclusive_folder
 from dsmd.store import FeatureStore, StoreWriter
 from dsmd.store.manifest import FORMAT_VERSION, MANIFEST, describe_mismatch, read_manifest
 from dsmd.teachers import Teacher, build_teacher
@@ -163,16 +171,41 @@ def extract(
 
     Raises:
         DsmdError: the store exists for another teacher or dataset (and ``overwrite`` is off).
+        FolderInUse: another process is writing the store (a :class:`DsmdError`).
     """
     out = Path(cfg.store)
     if cfg.teacher.kind == "imported":
         return _imported_store(cfg, out, log)
-    if not (out / MANIFEST).is_file():  # (a finished store is reused as it is, even read-only)
+    writes = overwrite or not (out / MANIFEST).is_file()  # (a finished store is reused as it is, even read-only)
+    if writes:
         check_writable(out.parent, "store")
     ctx = init_distributed(cfg.teacher.device, "gloo", BARRIER_TIMEOUT_S)
     ok = False
     try:
-        store = _extract(
+        with exclusive_folder(out, "store", ctx, needed=writes):  # before STORE.partial is touched
+            store = _extract_or_clean(cfg, out, ctx, overwrite, progress, log, overwrite_hint, owns_partial=writes)
+        ok = True
+        return store
+    except FolderInUse:
+        ok = True  # every rank was refused together
+        raise
+    finally:
+        ctx.shutdown(clean=ok)
+
+
+def _extract_or_clean(
+    cfg: RunConfig,
+    out: Path,
+    ctx: Distributed,
+    overwrite: bool,
+    progress: bool,
+    log,
+    overwrite_hint: str | None,
+    owns_partial: bool,
+) -> FeatureStore:
+    """:func:`_extract`, removing after a user error a ``.partial`` folder left empty (when it holds the lock)."""
+    try:
+        return _extract(
             cfg,
             out,
             ctx,
@@ -181,14 +214,10 @@ def extract(
             log if ctx.is_main else (lambda *_: None),
             overwrite_hint,
         )
-        ok = True
-        return store
     except DsmdError:
-        if ctx.is_main:
+        if ctx.is_main and owns_partial:
             _drop_empty_partial(Path(str(out) + ".partial"))
         raise
-    finally:
-        ctx.shutdown(clean=ok)
 
 
 def _drop_empty_partial(partial: Path) -> None:

@@ -47,6 +47,9 @@ Splits: ``train`` and ``val`` are required (training checks both) unless the dat
 is empty; ``test`` is imported when present. Features are checked (2-D, float, finite, the
 image and text widths agree across splits, row counts match the dataset) and L2-normalised
 unless ``teacher.normalize=false``; the manifest records whether the input already was.
+
+An import that will write (no store yet, or ``overwrite``) holds the store's lock, as
+``dsmd extract`` does (:mod:`dsmd.runtime.lock`): a second writer of the store is refused at once.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from dsmd.errors import DsmdError
 from dsmd.extraction.feature_files import SourceArray, read_entries
 from dsmd.extraction.feature_locations import pick_entry, resolve_files
 from dsmd.runtime.files import check_writable
+from dsmd.runtime.lock import exclusive_folder
 from dsmd.store import FeatureStore, SplitFeatures, StoreWriter
 from dsmd.store.manifest import FORMAT_VERSION, MANIFEST, describe_mismatch, read_manifest
 from dsmd.store.safetensors_mmap import file_sha256
@@ -264,7 +268,8 @@ def import_features(
     Raises:
         DsmdError: a file is missing, unreadable or ambiguous; shapes, row counts or widths do
             not match the dataset; a value is NaN or inf; repeated image rows disagree; the
-            store exists for something else (without ``overwrite``).
+            store exists for something else (without ``overwrite``); another process is
+            writing the store (:class:`~dsmd.runtime.lock.FolderInUse`).
     """
     if cfg.teacher.kind != "imported":
         raise DsmdError(
@@ -279,6 +284,25 @@ def import_features(
         )
     if not tolerance >= 0:
         raise DsmdError(f"tolerance must be >= 0, got {tolerance}.")
+    out = Path(cfg.store)
+    writes = overwrite or not (out / MANIFEST).is_file()  # a store that is there may hold these features
+    if writes:
+        check_writable(out.parent, "store")
+    with exclusive_folder(out, "store", needed=writes):  # one writer per store, before anything is read
+        return _import(cfg, files, image_key, text_key, tolerance, trust_pickle, overwrite, log)
+
+
+def _import(
+    cfg: RunConfig,
+    files: dict[str, list[str | Path]] | None,
+    image_key: str | None,
+    text_key: str | None,
+    tolerance: float,
+    trust_pickle: bool,
+    overwrite: bool,
+    log,
+) -> FeatureStore:
+    """The work of :func:`import_features`, its arguments checked and the store's lock held."""
     t0 = time.perf_counter()
     if files:
         paths = [Path(p) for ps in files.values() for p in ps]

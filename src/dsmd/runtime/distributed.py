@@ -25,6 +25,7 @@ import gc
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -135,6 +136,24 @@ class Distributed:
             return [(rows, real)]
         counts = self.gather_rows(torch.tensor([[rows, real]], device=self.device))
         return [(int(a), int(b)) for a, b in counts.tolist()]
+
+    def broadcast_object(self, obj: Any, what: str) -> Any:
+        """Rank 0's ``obj`` (any picklable value) on every rank; ``obj`` itself alone."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        with self.guard(what):
+            dist.broadcast_object_list(box, src=0, device=self.device if self.backend == "nccl" else None)
+        return box[0]
+
+    def any_rank(self, flag: bool, what: str) -> bool:
+        """Whether ``flag`` is true on any rank (one all-reduce of a single number); ``flag`` alone."""
+        if not self.enabled:
+            return flag
+        value = torch.tensor([int(flag)], device=self.device)
+        with self.guard(what):
+            dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
 
     def shutdown(self, clean: bool = True) -> None:
         """Leave the process group: after a barrier when ``clean`` (without it gloo sometimes

@@ -1,11 +1,19 @@
-"""``dsmd index``: build or extend an index from images, captions, or a store's teacher features."""
+"""``dsmd index``: build or extend an index from images, captions, or a store's teacher features.
+
+One writer per index: each function holds the lock of ``--out`` (:mod:`dsmd.runtime.lock`) from
+its start, before anything is read or written, so a second ``dsmd index`` on the same folder is
+refused at once and changes nothing; ``dsmd search`` and ``dsmd serve`` read without a lock.
+Ctrl-C and SIGTERM stop a build at once: the chunks saved so far are whole, and the same command
+continues from them.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +25,7 @@ from dsmd.data.datasets import load_split
 from dsmd.errors import DsmdError
 from dsmd.inference import Encoder
 from dsmd.runtime.files import check_writable, write_json_atomic
+from dsmd.runtime.lock import exclusive_folder
 from dsmd.search.index import CHUNK, META, SKIPPED, Index, recover, swap_into_place, write_index
 from dsmd.search.listing import list_images, list_texts
 from dsmd.store import FeatureStore
@@ -114,6 +123,14 @@ def _build(
     return Index.open(out)
 
 
+@contextlib.contextmanager
+def _writing(out: str | Path) -> Iterator[None]:
+    """Hold the lock of the index folder ``out`` (checked writable first, for a clear message)."""
+    check_writable(Path(out).parent, "--out")
+    with exclusive_folder(out, "--out"):
+        yield
+
+
 def index_images(
     out: str | Path, encoder: Encoder, sources: list[str], approximate: bool = False, progress: bool = True, log=print
 ) -> Index:
@@ -122,24 +139,26 @@ def index_images(
     Unreadable images are skipped and named in ``skipped.txt``; images already in the index are
     not encoded again.
     """
-    items = [{"path": path} for path in list_images(sources)]
+    with _writing(out):
+        items = [{"path": path} for path in list_images(sources)]
 
-    def encode(chunk):
-        return encoder.encode_image_files([item["path"] for item in chunk])
+        def encode(chunk):
+            return encoder.encode_image_files([item["path"] for item in chunk])
 
-    return _build(Path(out), "images", encoder.describe(), items, encode, approximate, progress, log)
+        return _build(Path(out), "images", encoder.describe(), items, encode, approximate, progress, log)
 
 
 def index_texts(
     out: str | Path, encoder: Encoder, file: str, approximate: bool = False, progress: bool = True, log=print
 ) -> Index:
     """Index the captions of ``file`` (one a line) with ``encoder``."""
-    items = [{"text": text} for text in list_texts(file)]
+    with _writing(out):
+        items = [{"text": text} for text in list_texts(file)]
 
-    def encode(chunk):
-        return encoder.encode_texts([item["text"] for item in chunk], progress=False), list(range(len(chunk))), []
+        def encode(chunk):
+            return encoder.encode_texts([item["text"] for item in chunk], progress=False), list(range(len(chunk))), []
 
-    return _build(Path(out), "texts", encoder.describe(), items, encode, approximate, progress, log)
+        return _build(Path(out), "texts", encoder.describe(), items, encode, approximate, progress, log)
 
 
 def index_teacher_store(
@@ -150,6 +169,12 @@ def index_teacher_store(
     The images are listed from the store's own data config (they must still be where they
     were); the store is verified first.
     """
+    with _writing(out):
+        return _index_teacher_store(out, store_path, split, approximate, progress, log)
+
+
+def _index_teacher_store(out: str | Path, store_path: str, split: str, approximate: bool, progress: bool, log) -> Index:
+    """The work of :func:`index_teacher_store`, the index's lock held."""
     store = FeatureStore.open(store_path)
     data_cfg = from_dict(DataConfig, store.manifest.get("data") or {}, "data.")
     data = load_split(data_cfg, split)

@@ -6,12 +6,28 @@ run with ``test.json`` is finished and skipped, one with a checkpoint is resumed
 interrupted sweep continues where it stopped. Runs go in separate processes: ``jobs`` at a time,
 the CPU threads shared between them (or one GPU each, when there are GPUs). A failed run is
 reported by name (its error in ``RUN/error.txt``) and the others go on.
+
+Two sweeps sharing a runs folder never run the same run: before starting a run, a sweep claims
+it (the run folder's lock with ``role="sweep"``, :mod:`dsmd.runtime.lock`) and holds the claim
+through training and evaluation; its ``dsmd train`` holds the folder's own lock. A run claimed by
+another sweep, or being trained by another command, is skipped (not waited for): the sweep says
+so, goes on with its other runs, writes its table from the runs finished, and the command ends
+with exit status 2 naming the skipped runs; running it again once they are finished completes
+the table. (Waiting instead could hold a sweep for as long as another's longest run.) A store
+that another command is still extracting stops the sweep at once with that command's line: its
+runs need the finished store.
+
+Ctrl-C or SIGTERM: the runs start in their own process sessions, so the sweep alone receives a
+terminal's Ctrl-C and passes the signal on to each run once; it waits for them (a training run
+stopped by SIGTERM first writes a checkpoint of its current step), then stops with one line. A
+second signal while it waits kills the runs outright. The same ``dsmd sweep`` continues them.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +38,8 @@ from dsmd.config import config_to_dict, save_config
 from dsmd.errors import DsmdError
 from dsmd.extraction import extract
 from dsmd.runtime.files import write_text_atomic
+from dsmd.runtime.lock import FolderInUse, FolderLock, acquire_folder, describe_holder, holder_of
+from dsmd.runtime.signals import Stopped, Terminated, signal_of, stopped_word
 from dsmd.sweeps.spec import Run, Sweep
 
 STORE_KEYS = ("data", "teacher", "store", "store_dtype", "store_views", "store_shard_rows")
@@ -117,24 +135,44 @@ def print_commands(sweeps: Sweep | list[Sweep]) -> list[str]:
     return lines
 
 
-class _Job:
-    """One run in a child process: training, then evaluation."""
+def claim(run: Run) -> tuple[FolderLock | None, str]:
+    """Claim ``run`` for this sweep: ``(the claim, "")``, or ``(None, who has it)`` when another
+    sweep claimed it or another command is training it."""
+    try:
+        held = acquire_folder(run.folder, "run", role="sweep")
+    except FolderInUse as exc:
+        return None, f"another sweep is running it ({describe_holder(exc.holder)})"
+    holder = holder_of(run.folder)
+    if holder is not None:
+        held.release()
+        return None, f"another command is training it ({describe_holder(holder)})"
+    return held, ""
 
-    def __init__(self, run: Run, env: dict[str, str]):
-        self.run, self.env = run, env
+
+class _Job:
+    """One run in a child process: training, then evaluation, under the sweep's claim of the run."""
+
+    def __init__(self, run: Run, env: dict[str, str], claim: FolderLock):
+        self.run, self.env, self.claim = run, env, claim
         self.train_cmd, self.eval_cmd = commands(run)
         self.stage = "train"
         self.proc = self._start(self.train_cmd)
 
     def _start(self, cmd: list[str]) -> subprocess.Popen:
-        return subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # A session of its own: a terminal's Ctrl-C reaches the sweep alone, which passes it on once.
+        return subprocess.Popen(
+            cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
 
     def poll(self) -> str | None:
-        """None while running; ``done`` or ``failed`` at the end."""
+        """None while running; ``done``, ``failed``, or ``busy`` (refused: another command took
+        the run folder since it was claimed) at the end."""
         if self.proc.poll() is None:
             return None
         out, err = self.proc.communicate()
         if self.proc.returncode != 0:
+            if self.stage == "train" and self.proc.returncode == 2 and holder_of(self.run.folder) is not None:
+                return "busy"
             write_text_atomic(self.run.folder / "error.txt", f"{' '.join(self.proc.args)}\n{err[-5000:]}")
             return "failed"
         if self.stage == "train":
@@ -143,6 +181,15 @@ class _Job:
         write_text_atomic(self.run.folder / "test.json", out.strip().splitlines()[-1] + "\n")
         (self.run.folder / "error.txt").unlink(missing_ok=True)
         return "done"
+
+    def stop(self, signum: int) -> None:
+        """Pass ``signum`` on to the run's process (it stops on its own; :meth:`wait` for it)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def wait(self) -> None:
+        """Wait for the run's process to end (reading its output, so a full pipe cannot block it)."""
+        self.proc.communicate()
 
     def error(self) -> str:
         text = (self.run.folder / "error.txt").read_text() if (self.run.folder / "error.txt").is_file() else ""
@@ -175,7 +222,12 @@ def run_sweep(
 ) -> list[Run]:
     """Run every unfinished run of ``sweep`` (see the module docstring); returns the failed runs.
 
-    Several sweeps run as one pool: a run they share (same folder) runs once.
+    Several sweeps run as one pool: a run they share (same folder) runs once. A run that another
+    sweep or command holds is skipped with a log line; it stays unfinished (neither finished nor
+    failed: how the caller tells).
+
+    Raises:
+        Stopped: Ctrl-C or SIGTERM stopped the sweep (and, first, the runs in progress).
     """
     if jobs < 1:
         raise DsmdError(f"--jobs must be at least 1, got {jobs}.")
@@ -185,29 +237,76 @@ def run_sweep(
     for s in sweeps:
         log(f"sweep {s.name}: {len(s.runs)} runs ({len(s.variants)} variants x {len(s.seeds)} seeds)")
     log(f"{len(unique)} distinct runs, {len(unique) - len(todo)} finished before, {len(todo)} to run, {jobs} at a time")
-    if todo:
-        extract_stores(todo, log, progress)
-    pending, running, failed = list(todo), {}, []
+    running: dict[int, _Job] = {}
+    try:
+        if todo:
+            extract_stores(todo, log, progress)
+        return _run_pool(list(todo), jobs, running, log)
+    except (KeyboardInterrupt, Terminated) as exc:
+        signum = signal_of(exc)
+        stop_jobs(list(running.values()), signum)
+        kept = (
+            "each wrote a checkpoint of its current step"
+            if signum == signal.SIGTERM
+            else "each keeps its last checkpoint"
+        )
+        raise Stopped(
+            f"{stopped_word(signum)}: {len(running)} run(s) in progress stopped ({kept}); run the same "
+            "`dsmd sweep` again to continue: finished runs are kept.",
+            signum,
+        ) from None
+    finally:
+        for job in running.values():
+            job.claim.release()
+
+
+def _run_pool(pending: list[Run], jobs: int, running: dict[int, _Job], log: Callable[[str], None]) -> list[Run]:
+    """Start the ``pending`` runs ``jobs`` at a time (in ``running``, by slot) until all have ended."""
+    failed: list[Run] = []
     t0 = time.perf_counter()
     while pending or running:
         free = [slot for slot in range(jobs) if slot not in running]
         while pending and free:
             run = pending.pop(0)
+            held, busy = claim(run)
+            if held is None:
+                log(f"  skipped {run.variant}, seed {run.seed}: {busy}")
+                continue
+            if finished(run):  # another sweep finished it since this one looked
+                held.release()
+                continue
             prepare(run)
             slot = free.pop(0)
-            running[slot] = _Job(run, _env(slot, jobs))
+            running[slot] = _Job(run, _env(slot, jobs), held)
         time.sleep(0.2)
         for slot, job in list(running.items()):
             state = job.poll()
             if state is None:
                 continue
             del running[slot]
+            job.claim.release()
             if state == "failed":
                 failed.append(job.run)
                 log(f"  FAILED {job.run.variant}, seed {job.run.seed}: {job.error()}")
+            elif state == "busy":
+                log(f"  skipped {job.run.variant}, seed {job.run.seed}: another command took it before its training")
             else:
                 log(f"  done {job.run.variant}, seed {job.run.seed} ({time.perf_counter() - t0:.0f} s)")
     return failed
+
+
+def stop_jobs(jobs: list[_Job], signum: int) -> None:
+    """Pass ``signum`` on to every job and wait for them; a second signal meanwhile kills them."""
+    for job in jobs:
+        job.stop(signum)
+    try:
+        for job in jobs:
+            job.wait()
+    except (KeyboardInterrupt, Terminated):
+        for job in jobs:
+            job.stop(signal.SIGKILL)
+        for job in jobs:
+            job.wait()
 
 
 def rerun_failed_hint(failed: list[Run]) -> str:

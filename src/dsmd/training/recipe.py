@@ -17,6 +17,14 @@ float rounding, with two exceptions: dropout masks are drawn per rank, and Batch
 (EfficientNet) normalise with each rank's own batch statistics, as in any DDP run. With
 ``data.streaming`` each rank reads its own shards (not batch-exact with one process).
 
+Only one process writes a run folder: ``train`` holds its lock (:mod:`dsmd.runtime.lock`; rank 0
+under torchrun) from before it writes anything to the end, and a second ``dsmd train`` on the
+folder is refused at once. SIGTERM (:mod:`dsmd.runtime.signals`) lets the optimiser step in
+progress complete, writes a checkpoint of that step, and stops with :class:`Stopped` (exit status
+143) and the ``--resume`` command; under torchrun the ranks agree on that step (one all-reduce of
+a "stop" flag per step), so they all stop after the same one. Ctrl-C stops at once (exit status
+130), keeping the last checkpoint. Either way ``--resume`` ends with the uninterrupted run's files.
+
 Resuming restores model, optimiser, queue, balancer and gradient scaler, and the position in
 the epoch as a number of pairs of that epoch's order already trained on: nothing in the
 checkpoint depends on the number of processes, so a run may resume on another world size.
@@ -27,6 +35,7 @@ rank), so a run resumed on the same world size repeats an uninterrupted one bit 
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +45,10 @@ from tqdm.auto import tqdm
 from dsmd.config import RunConfig, config_to_dict, with_overrides
 from dsmd.errors import DsmdError
 from dsmd.evaluation.student_eval import evaluate_student
-from dsmd.runtime.distributed import init_distributed
+from dsmd.runtime.distributed import Distributed, init_distributed
 from dsmd.runtime.files import check_writable
+from dsmd.runtime.lock import FolderInUse, exclusive_folder
+from dsmd.runtime.signals import Stopped, Terminated, deferred_sigterm, signal_of, stopped_word
 from dsmd.training.batches import epoch_micro_batches, optimizer_steps, spare_batch, synchronised
 from dsmd.training.checkpoint import checkpoint_config, load_checkpoint
 from dsmd.training.schedule import learning_rate
@@ -97,22 +108,53 @@ def train(
             written, the store does not match the data or teacher (or is corrupt), a
             checkpoint does not match, ``batch_size`` does not divide over the processes, the
             precision is not supported, training diverged, a rank died.
+        FolderInUse: another process is writing the run folder (a :class:`DsmdError`).
+        Stopped: SIGTERM (a checkpoint of the current step written) or Ctrl-C stopped the run.
     """
     cfg, state = resolve_run(cfg, resume, resume_overrides)
     ctx = init_distributed(cfg.train.device, cfg.train.dist_backend, cfg.train.dist_timeout_s)
     ok = False
     try:
-        run = setup(cfg, state, ctx, progress and ctx.is_main, log if ctx.is_main else (lambda *_: None))
-        result = fit(run, progress and ctx.is_main)
+        with exclusive_folder(cfg.out_dir, "out_dir", ctx):  # before anything is written
+            run = setup(cfg, state, ctx, progress and ctx.is_main, log if ctx.is_main else (lambda *_: None))
+            result = fit(run, progress and ctx.is_main)
         ok = True
         return result
-    except KeyboardInterrupt:
-        raise DsmdError(
-            f"interrupted. The last checkpoint is {Path(cfg.out_dir) / 'checkpoints' / 'last.pt'}; "
-            f"continue with `dsmd train --resume out_dir={cfg.out_dir}`."
-        ) from None
+    except (Stopped, FolderInUse):
+        ok = True  # every rank stops at the same point (refused, or after the same step): they leave together
+        raise
+    except (KeyboardInterrupt, Terminated) as exc:
+        raise stopped_outside_loop(cfg, ctx, signal_of(exc)) from None
     finally:
         ctx.shutdown(clean=ok)
+
+
+def stopped_outside_loop(cfg: RunConfig, ctx: Distributed, signum: int) -> Stopped:
+    """The stop of a run by Ctrl-C, or by SIGTERM before its loop: the last checkpoint stays as it was."""
+    out, last = cfg.out_dir, Path(cfg.out_dir) / "checkpoints" / "last.pt"
+    if last.is_file():
+        then = f"The last checkpoint is {last}; continue with `dsmd train --resume out_dir={out}`."
+    else:
+        then = "No checkpoint was written yet: run the same command again to start the run."
+    error = Stopped(f"{stopped_word(signum)}. {then}", signum)
+    error.report = ctx.is_main
+    return error
+
+
+def stop_requested(run: Run) -> bool:
+    """Whether SIGTERM arrived (on any rank: the ranks agree, so they all stop after the same step)."""
+    return run.ctx.any_rank(run.stop.requested, "agreeing whether to stop")
+
+
+def terminated(run: Run) -> Stopped:
+    """The stop after SIGTERM, once ``last.pt`` holds the run's current step."""
+    error = Stopped(
+        f"{stopped_word(signal.SIGTERM)} after step {run.stepper.steps}: checkpoint {run.files.last} written; "
+        f"continue with `dsmd train --resume out_dir={run.cfg.out_dir}`.",
+        signal.SIGTERM,
+    )
+    error.report = run.ctx.is_main
+    return error
 
 
 def fit(run: Run, progress: bool = True) -> TrainResult:
@@ -121,12 +163,13 @@ def fit(run: Run, progress: bool = True) -> TrainResult:
     total = min(run.steps_per_epoch * tc.epochs, tc.max_steps or 10**18)
     bar = tqdm(total=total, initial=min(run.stepper.steps, total), desc="train", disable=not progress)
     try:
-        for epoch in range(run.position.epoch, tc.epochs):
-            if reached_max_steps(run):
-                break
-            lr = set_learning_rate(run, epoch)
-            done, complete = train_epoch(run, epoch, lr, bar)
-            end_epoch(run, epoch, done, complete, lr, t0)
+        with deferred_sigterm(run.stop):  # SIGTERM: stop after the step in progress, with a checkpoint
+            for epoch in range(run.position.epoch, tc.epochs):
+                if reached_max_steps(run):
+                    break
+                lr = set_learning_rate(run, epoch)
+                done, complete = train_epoch(run, epoch, lr, bar)
+                end_epoch(run, epoch, done, complete, lr, t0)
     finally:
         bar.close()
         run.files.close()
@@ -149,7 +192,11 @@ def train_epoch(run: Run, epoch: int, lr: float, bar: tqdm) -> tuple[int, bool]:
         bar.update(1)
         bar.set_postfix(loss=f"{record['total']:.4f}", epoch=epoch, refresh=False)
         if reached_max_steps(run):
-            return done, done >= run.steps_per_epoch
+            return done, done >= run.steps_per_epoch  # (a stop is honoured after end_epoch's checkpoint)
+        if stop_requested(run):
+            run.files.checkpoint(run.state(Position(epoch, done)), best=False)
+            run.ctx.barrier("waiting for rank 0's checkpoint")
+            raise terminated(run)
         if tc.checkpoint_every and run.stepper.steps % tc.checkpoint_every == 0 and done < run.steps_per_epoch:
             run.files.checkpoint(run.state(Position(epoch, done)), best=False)
             run.ctx.barrier("waiting for rank 0's checkpoint")
@@ -206,6 +253,8 @@ def end_epoch(run: Run, epoch: int, done: int, complete: bool, lr: float, t0: fl
             f" (best {run.best.rsum:.1f} @ {run.best.epoch}), {time.perf_counter() - t0:.0f}s"
         )
     run.ctx.barrier("waiting for rank 0's validation and checkpoint")
+    if stop_requested(run):
+        raise terminated(run)
 
 
 def finish(run: Run, seconds: float) -> TrainResult:

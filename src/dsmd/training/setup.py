@@ -29,6 +29,7 @@ from dsmd.errors import DsmdError
 from dsmd.losses import MultiscaleDistillationLoss
 from dsmd.models import DualEncoder, build_student
 from dsmd.runtime.distributed import Distributed
+from dsmd.runtime.signals import StopRequest
 from dsmd.store import FeatureStore
 from dsmd.training.checkpoint import load_weights
 from dsmd.training.run_files import RunFiles
@@ -76,6 +77,7 @@ class Run:
     position: Position = field(default_factory=Position)
     best: Best = field(default_factory=Best)
     val_metrics: dict | None = None
+    stop: StopRequest = field(default_factory=StopRequest)
 
     @property
     def steps_per_epoch(self) -> int:
