@@ -70,6 +70,8 @@ def _hold_at(step: int) -> None:
         real(self, record)
         if record["step"] == step:
             self.flush()
+            if self._board is not None:  # TensorBoard writes from a thread of its own: finish that too,
+                self._board.flush()  # so the held folder's bytes stay as they are while it waits
             print("holding", flush=True)
             sys.stdin.read()
 
