@@ -21,7 +21,7 @@ from dsmd.cli import main
 from dsmd.config import load_config
 from dsmd.extraction import extract
 from dsmd.runtime.lock import acquire_folder, lock_path
-from tiny_runs import tiny_run_overrides
+from tiny_runs import tiny_run_overrides, write_base_config
 
 pytestmark = pytest.mark.e2e
 SIGNAL_SELF = Path(__file__).with_name("_signal_self.py")
@@ -196,15 +196,7 @@ def _an_image(index: Path) -> str:
 
 
 def _sweep_file(tmp_path: Path, overrides: list[str]) -> Path:
-    base = {}
-    for override in [*overrides, "train.epochs=1"]:
-        key, value = override.split("=", 1)
-        node = base
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    write_base_config(tmp_path / "base.yaml", [*overrides, "train.epochs=1"])
     sweep = {
         "base": str(tmp_path / "base.yaml"),
         "out_dir": str(tmp_path / "sweep"),

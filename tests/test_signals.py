@@ -19,7 +19,7 @@ from dsmd.extraction import extract
 from dsmd.runtime.lock import lock_path
 from dsmd.search.index import Index
 from dsmd.store import FeatureStore
-from tiny_runs import tiny_run_overrides
+from tiny_runs import tiny_run_overrides, write_base_config
 
 pytestmark = pytest.mark.e2e
 SIGNAL_SELF = Path(__file__).with_name("_signal_self.py")
@@ -88,15 +88,7 @@ def test_ctrl_c_stops_an_evaluation(prepared):
 
 
 def test_sigterm_stops_a_sweep_and_its_run_writes_a_checkpoint_first(prepared, tmp_path):
-    base = {}
-    for override in [*prepared["overrides"], "train.epochs=2", "train.log_every=1"]:
-        key, value = override.split("=", 1)
-        node = base
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    write_base_config(tmp_path / "base.yaml", [*prepared["overrides"], "train.epochs=2", "train.log_every=1"])
     sweep = tmp_path / "sweep.yaml"
     body = {"base": str(tmp_path / "base.yaml"), "out_dir": str(tmp_path / "sweep"), "variants": {"tiny": []}}
     sweep.write_text(yaml.safe_dump(body))

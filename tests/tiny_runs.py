@@ -33,3 +33,19 @@ def tiny_run_overrides(tiny_models: dict[str, str], manifest: str, root: Path) -
         f"store={root / 'store'}",
         f"out_dir={root / 'run'}",
     ]
+
+
+def write_base_config(path: Path, overrides: list[str]) -> Path:
+    """A YAML config at ``path`` holding ``key=value`` overrides as nested sections (a sweep's base)."""
+    import yaml
+
+    base: dict = {}
+    for override in overrides:
+        key, value = override.split("=", 1)
+        node = base
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    path.write_text(yaml.safe_dump(base))
+    return path

@@ -14,21 +14,14 @@ from dsmd.cli import main, run
 from dsmd.errors import DsmdError
 from dsmd.sweeps import load_sweep, print_commands, run_sweep, write_table
 from dsmd.sweeps.spec import SWEEP_DIR
+from tiny_runs import write_base_config
 
 pytestmark = pytest.mark.e2e
 
 
 def _write(tmp_path: Path, tiny_overrides: list[str], body: dict) -> Path:
     """A base config of the tiny run (1 epoch) and a sweep file over it."""
-    base = {}
-    for override in [*tiny_overrides, "train.epochs=1"]:
-        key, value = override.split("=", 1)
-        node = base
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    write_base_config(tmp_path / "base.yaml", [*tiny_overrides, "train.epochs=1"])
     sweep = {"base": str(tmp_path / "base.yaml"), "out_dir": str(tmp_path / "sweep"), **body}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
