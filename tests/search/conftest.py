@@ -5,6 +5,18 @@ from dsmd.export.writer import export_student
 from students import train_tiny
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_faiss_thread():
+    """faiss on one thread: its OpenMP threads spin-wait, which costs many times the work on a
+    machine whose cores are busy (the search tests' indexes are small)."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def searchable(tiny_models, synthetic_manifest, tmp_path_factory):
     """A tiny trained student, exported, and its store (for the teacher's gallery)."""
@@ -39,3 +51,42 @@ def served(gallery):
 
     with running(SearchService(gallery["index"], gallery["encoder"])) as server:
         yield {**gallery, **server}
+
+
+def many_captions(count: int) -> list[str]:
+    """``count`` distinct captions in the tiny tokenizer's words (up to 8,192)."""
+    from dsmd.data.synthetic import COLOURS, SHAPES
+
+    colours = list(COLOURS)
+    captions = [
+        f"a {c1} {s1} and a {c2} {s2} on a {c3} background"
+        for c1 in colours
+        for s1 in SHAPES
+        for c2 in colours
+        for s2 in SHAPES
+        for c3 in colours
+    ]
+    return captions[:: len(captions) // count][:count]
+
+
+@pytest.fixture(scope="session")
+def compressed(searchable, tmp_path_factory):
+    """An ivfpq index of 1,200 captions in the tiny student's feature space.
+
+    Its vectors are spread around 40 centres rather than the tiny student's own features (which
+    are nearly one vector for every caption), so that its recall means something.
+    """
+    import numpy as np
+
+    import dsmd
+    from dsmd.search.index import Index, write_index
+
+    encoder = dsmd.load_student(searchable["export"])
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, encoder.dim))
+    vectors = (centres[rng.integers(0, 40, 1200)] + 0.6 * rng.normal(size=(1200, encoder.dim))).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    items = [{"id": i, "text": text} for i, text in enumerate(many_captions(1200))]
+    root = tmp_path_factory.mktemp("compressed")
+    write_index(root / "index", {"kind": "texts", "model": encoder.describe()}, items, vectors, [], "ivfpq")
+    return {"root": root, "index": Index.open(root / "index"), "encoder": encoder}

@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 
 import dsmd
+import dsmd.search.assemble as assemble_module
 import dsmd.search.index as index_module
+from conftest import many_captions
 from dsmd.cli import main
 from dsmd.errors import DsmdError
 from dsmd.search.build import index_images, index_teacher_store, index_texts
@@ -89,6 +91,27 @@ def test_an_interrupted_build_resumes_from_its_finished_chunks(searchable, tmp_p
     assert calls == [2] and len(index) == 10 and not (tmp_path / "index.partial").exists()
 
 
+def test_a_build_stopped_while_writing_the_index_resumes(searchable, tmp_path, monkeypatch):
+    encoder = dsmd.load_student(searchable["export"])
+    gallery = _gallery(tmp_path / "photos", 6)
+    real = assemble_module.write_index
+
+    def written_then_stopped(folder, *args, **kwargs):
+        real(folder, *args, **kwargs)
+        (folder / "meta.json").unlink()  # as if stopped before its last file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(assemble_module, "write_index", written_then_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        index_images(tmp_path / "index", encoder, [str(gallery)], **QUIET)
+    assert not (tmp_path / "index").exists() and (tmp_path / "index.partial" / "chunk-00000.npz").is_file()
+    monkeypatch.setattr(assemble_module, "write_index", real)
+    encoded = []
+    monkeypatch.setattr(encoder, "encode_image_files", lambda paths: encoded.append(paths))  # nothing to encode
+    index = index_images(tmp_path / "index", encoder, [str(gallery)], **QUIET)
+    assert len(index) == 6 and not encoded and not (tmp_path / "index.partial").exists()
+
+
 def test_asymmetric_search_of_the_teachers_gallery(searchable, tmp_path):
     index = index_teacher_store(tmp_path / "teacher", str(searchable["store"]), "test", **QUIET)
     assert index.meta["model"]["store"] and len(index) == 6
@@ -157,10 +180,72 @@ def test_the_commands(searchable, tmp_path, capsys):
     assert code == 0 and "of 4 images" in out
 
 
+def test_a_compressed_index_through_the_commands(searchable, tmp_path, capsys):
+    captions = many_captions(1210)
+    (tmp_path / "captions.txt").write_text("\n".join(captions[:1200]) + "\n")
+    index = str(tmp_path / "index")
+    build = ["index", "--quiet", "--model", str(searchable["export"]), "--texts", str(tmp_path / "captions.txt")]
+    code, out, err = _cli([*build, "--index-kind", "ivfpq", "--out", index], capsys)
+    assert code == 0 and "1200 new texts added" in out and "ivfpq index" in out and "recall@10" in out, err
+    meta = json.loads((tmp_path / "index" / "meta.json").read_text())
+    # (the tiny test student maps every caption to nearly one vector, so its recall says nothing:
+    # recall is checked on real neighbourhoods in test_index_kinds.py)
+    assert meta["index"]["kind"] == "ivfpq" and 0 <= meta["index"]["recall_at_10"] <= 1
+    code, out, _ = _cli(["search", "--index", index, "--text", captions[5], "-k", "3", "--json"], capsys)
+    result = json.loads(out)
+    assert code == 0 and set(result) == {"query", "results", "ms"} and len(result["results"]) == 3
+    assert all(set(hit) == {"id", "text", "score"} for hit in result["results"])
+    code, out, _ = _cli(["search", "--index", index, "--text", captions[5], "-k", "3"], capsys)
+    assert code == 0 and "of 1200 texts" in out and "ivfpq index" in out
+    (tmp_path / "captions.txt").write_text("\n".join(captions) + "\n")  # 10 more: the index keeps its kind
+    code, out, _ = _cli([*build, "--out", index], capsys)
+    assert code == 0 and "10 new texts added" in out and Index.open(index).index_kind == "ivfpq"
+
+
+def test_shards_built_apart_answer_as_the_whole_gallery(searchable, tmp_path, capsys):
+    gallery = _gallery(tmp_path / "photos", 12)
+    build = ["index", "--quiet", "--model", str(searchable["export"]), "--images", str(gallery)]
+    assert _cli([*build, "--out", str(tmp_path / "whole")], capsys)[0] == 0
+    for k in range(2):
+        code, out, _ = _cli([*build, "--shard", f"{k}/2", "--out", str(tmp_path / f"shard{k}")], capsys)
+        assert code == 0 and Index.open(tmp_path / f"shard{k}").meta["shard"] == {"index": k, "of": 2}
+    query = ["search", "--text", "a red circle", "-k", "12", "--json", "--index"]
+    whole = json.loads(_cli([*query, str(tmp_path / "whole")], capsys)[1])["results"]
+    sharded = json.loads(_cli([*query, str(tmp_path / "shard0"), str(tmp_path / "shard1")], capsys)[1])["results"]
+    assert [(r["path"], r["score"]) for r in sharded] == [(r["path"], r["score"]) for r in whole]
+    code, _, err = _cli([*build, "--shard", "1/2", "--out", str(tmp_path / "shard0")], capsys)
+    assert code == 2 and "index " in err and "is shard 0/2; this build is shard 1/2" in err
+
+
 @pytest.mark.parametrize(
     "argv, fragment",
     [
         (["index", "--model", "EXPORT", "--images", "EMPTY", "--out", "OUT/i"], "no images found in"),
+        (
+            ["index", "--model", "EXPORT", "--images", "PHOTOS", "--index-kind", "ivfpq", "--out", "OUT/i"],
+            "at least 1,000",
+        ),
+        (
+            [
+                "index",
+                "--model",
+                "EXPORT",
+                "--images",
+                "PHOTOS",
+                "--approximate",
+                "--index-kind",
+                "flat",
+                "--out",
+                "OUT/i",
+            ],
+            "--approximate means --index-kind hnsw",
+        ),
+        (["index", "--model", "EXPORT", "--images", "PHOTOS", "--shard", "2/2", "--out", "OUT/i"], "--shard takes K/N"),
+        (
+            ["index", "--model", "EXPORT", "--images", "PHOTOS", "--nprobe", "0", "--out", "OUT/i"],
+            "--nprobe must be at least 1",
+        ),
+        (["search", "--index", "INDEX", "INDEX", "--text", "x"], "given twice"),
         (["index", "--model", "EXPORT", "--images", "OUT/none", "--out", "OUT/i"], "does not exist"),
         (["index", "--images", "EMPTY", "--out", "OUT/i"], "give the model that encodes the items"),
         (["search", "--index", "OUT/none", "--text", "x"], "no index at"),
@@ -172,7 +257,12 @@ def test_bad_index_and_search_inputs(searchable, tmp_path, capsys, argv, fragmen
     encoder = dsmd.load_student(searchable["export"])
     index_images(tmp_path / "index", encoder, [str(_gallery(tmp_path / "photos", 2))], **QUIET)
     (tmp_path / "empty").mkdir()
-    names = {"EXPORT": str(searchable["export"]), "EMPTY": str(tmp_path / "empty"), "INDEX": str(tmp_path / "index")}
+    names = {
+        "EXPORT": str(searchable["export"]),
+        "EMPTY": str(tmp_path / "empty"),
+        "INDEX": str(tmp_path / "index"),
+        "PHOTOS": str(tmp_path / "photos"),
+    }
     argv = [names.get(a, a.replace("OUT", str(tmp_path))) for a in argv]
     before = {p for p in tmp_path.rglob("*")}
     code, _, err = _cli(argv, capsys)

@@ -27,6 +27,17 @@ def test_the_api_answers_with_the_search_fields(served):
     status, info = get_json(f"{served['url']}/api/info")
     assert status == 200 and info["count"] == 3 and info["kind"] == "images"
     assert info["limits"] == {"max_query_chars": 1000, "max_k": 100}
+    assert info["index_kind"] == "flat" and info["recall_at_10"] == 1.0
+
+
+def test_a_compressed_index_answers_in_the_same_shape(compressed):
+    with running(SearchService(compressed["index"], compressed["encoder"])) as server:
+        status, body = get_json(f"{server['url']}/api/search?q=a+red+circle+and+a+blue+square&k=5")
+        _, info = get_json(f"{server['url']}/api/info")
+    assert status == 200 and set(body) == {"query", "results", "ms"} and len(body["results"]) == 5
+    assert all(set(hit) == {"id", "text", "score"} for hit in body["results"])
+    assert [hit["score"] for hit in body["results"]] == sorted((hit["score"] for hit in body["results"]), reverse=True)
+    assert info["index_kind"] == "ivfpq" and info["recall_at_10"] >= 0.95 and info["count"] == 1200
 
 
 @pytest.mark.parametrize(

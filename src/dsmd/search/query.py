@@ -8,10 +8,10 @@ from typing import Any
 
 from dsmd.errors import DsmdError
 from dsmd.inference import Encoder, load_student
-from dsmd.search.index import Index
+from dsmd.search.shards import Searchable
 
 
-def check_space(index: Index, encoder: Encoder) -> None:
+def check_space(index: Searchable, encoder: Encoder) -> None:
     """Refuse a model whose features do not live in the index's feature space.
 
     A student distilled from teacher T shares T's space, so it may query an index of T's stored
@@ -26,7 +26,7 @@ def check_space(index: Index, encoder: Encoder) -> None:
         )
 
 
-def query_model(index: Index, model: str | None, device: str = "cpu") -> Encoder:
+def query_model(index: Searchable, model: str | None, device: str = "cpu") -> Encoder:
     """The query encoder: ``model`` when given, else the one recorded in the index."""
     if model is None:
         recorded = index.meta["model"].get("name", "")
@@ -42,7 +42,7 @@ def query_model(index: Index, model: str | None, device: str = "cpu") -> Encoder
 
 
 def run_query(
-    index: Index, encoder: Encoder, text: str | None = None, image: str | None = None, k: int = 10
+    index: Searchable, encoder: Encoder, text: str | None = None, image: str | None = None, k: int = 10
 ) -> dict[str, Any]:
     """``{"query", "results": [{"id", "path" | "text", "score"}], "ms"}`` for one query.
 

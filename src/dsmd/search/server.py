@@ -284,7 +284,9 @@ def serve(
     host, port = server.server_address
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
     index = service.index
-    log(f"serving {index.path} ({len(index)} {index.kind}) on {url}  (Ctrl-C or SIGTERM stops)")
+    log(
+        f"serving {index.path} ({len(index)} {index.kind}; {index.describe_search()}) on {url}  (Ctrl-C or SIGTERM stops)"
+    )
     stopped_by = server.serve_forever()
     log(f"dsmd serve: stopped by {stopped_by or 'request'} after answering {server.requests} requests")
     return stopped_by
