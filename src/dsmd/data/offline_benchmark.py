@@ -24,6 +24,9 @@ Out-of-domain settings: for each source S, ``OUT/manifest_ood_S.jsonl`` (same li
 the test split of S alone for test. S's train and val images and the other sources' test images
 are left out, so the test images come from a source the student never saw in training; the
 images of each split are those of ``manifest.jsonl`` (:func:`ood_records`).
+
+With ``unpaired``, ``OUT/unpaired/`` also gets pools of images without captions and captions
+without images from what the benchmark does not use (:mod:`dsmd.data.offline_unpaired`).
 """
 
 from __future__ import annotations
@@ -270,9 +273,12 @@ def write_ood_manifests(out: str | Path, records: list[dict]) -> dict[str, dict[
 
 
 def build_offline_benchmark(
-    out: str | Path, test_images: int = 1000, val_images: int = 300, seed: int = 0, log=print
+    out: str | Path, test_images: int = 1000, val_images: int = 300, seed: int = 0, log=print, unpaired: bool = False
 ) -> Path:
     """Build the benchmark into ``out`` (see the module docstring); returns the manifest's path.
+
+    Args:
+        unpaired: also write the pools of unpaired data (:func:`~dsmd.data.offline_unpaired.build_unpaired_pools`).
 
     Raises:
         DsmdError: a package is missing, or there are too few images for the splits.
@@ -297,6 +303,10 @@ def build_offline_benchmark(
         + f"; test {sum(c['test'] for c in counts.values())} images; out of domain: "
         + ", ".join(f"manifest_ood_{s}.jsonl (test {c['test']})" for s, c in ood.items())
     )
+    if unpaired:
+        from dsmd.data.offline_unpaired import build_unpaired_pools
+
+        build_unpaired_pools(out, items, log)
     return manifest
 
 

@@ -11,6 +11,11 @@ Extraction goes into ``STORE.partial/``, split by split, and within a split in c
     STORE.partial/SPLIT-00000-of-0000N.safetensors   its shards (``store_shard_rows``)
     STORE.partial/SPLIT.files.json                   written last: the split's file records
 
+Pools of unpaired images and captions (``data.unpaired_images`` / ``data.unpaired_texts``) are
+encoded the same way, as the tables ``unpaired_image`` / ``unpaired_text`` after the splits; a
+finished store that lacks only some of the config's pools is extended with them
+(:mod:`dsmd.extraction.unpaired_tables`).
+
 Each chunk is written atomically, so an interrupted extraction (with the same teacher and
 data) resumes at the first missing chunk. Batches start at chunk boundaries, so a chunk's
 features do not depend on which chunks ran before it, and a resumed extraction writes a store
@@ -55,11 +60,12 @@ from dsmd.extraction.chunks import (
     _spans,
     teacher_features,
 )
+from dsmd.extraction.unpaired_tables import drop_stale_pools, lacks_pools, pool_records, pool_tables, seed_from_store
 from dsmd.runtime.distributed import Distributed, init_distributed
 from dsmd.runtime.files import check_writable, write_json_atomic
 from dsmd.runtime.lock import FolderInUse, exclusive_folder
 from dsmd.store import FeatureStore, StoreWriter
-from dsmd.store.manifest import FORMAT_VERSION, MANIFEST, describe_mismatch, read_manifest
+from dsmd.store.manifest import FORMAT_VERSION, MANIFEST, describe_mismatch, pools_mismatch, read_manifest
 from dsmd.teachers import Teacher, build_teacher
 
 # Ranks wait at barriers while the others finish their chunks (and while rank 0 merges a large
@@ -67,10 +73,12 @@ from dsmd.teachers import Teacher, build_teacher
 BARRIER_TIMEOUT_S = int(datetime.timedelta(hours=48).total_seconds())
 
 
-def _expected_manifest(cfg: RunConfig, teacher: Teacher, dataset: dict[str, CaptionedImages]) -> dict:
+def _expected_manifest(
+    cfg: RunConfig, teacher: Teacher, dataset: dict[str, CaptionedImages], pools: dict[str, CaptionedImages]
+) -> dict:
     identity = dict(teacher.identity())
     identity["source"] = cfg.teacher.name_or_path
-    return {
+    manifest = {
         "format_version": FORMAT_VERSION,
         "teacher": identity,
         "normalized": cfg.teacher.normalize,
@@ -83,6 +91,9 @@ def _expected_manifest(cfg: RunConfig, teacher: Teacher, dataset: dict[str, Capt
             for split, d in dataset.items()
         },
     }
+    if pools:
+        manifest["unpaired"] = pool_records(pools)
+    return manifest
 
 
 def _imported_store(cfg: RunConfig, out: Path, log) -> FeatureStore:
@@ -176,7 +187,8 @@ def extract(
     out = Path(cfg.store)
     if cfg.teacher.kind == "imported":
         return _imported_store(cfg, out, log)
-    writes = overwrite or not (out / MANIFEST).is_file()  # (a finished store is reused as it is, even read-only)
+    # (a finished store is reused as it is, even read-only; one that lacks a pool is extended)
+    writes = overwrite or not (out / MANIFEST).is_file() or lacks_pools(cfg, out)
     if writes:
         check_writable(out.parent, "store")
     ctx = init_distributed(cfg.teacher.device, "gloo", BARRIER_TIMEOUT_S)
@@ -229,24 +241,29 @@ def _drop_empty_partial(partial: Path) -> None:
 
 def _existing(
     out: Path, expected: dict, cfg: RunConfig, overwrite: bool, log, overwrite_hint: str | None
-) -> FeatureStore | None:
-    """The store at ``out`` when it is this one; None when there is none or it will be replaced."""
+) -> tuple[FeatureStore | None, dict | None]:
+    """``(the store at out, None)`` when it is this one; ``(None, its manifest)`` when it is this
+    one but lacks some of the pools (to extend); ``(None, None)`` when there is none or it will be
+    replaced."""
     if not (out / MANIFEST).is_file():
-        return None
+        return None, None
     found = read_manifest(out / MANIFEST, f"Delete {out} and run `dsmd extract` again.")
-    diff = describe_mismatch(found, expected)
-    if not diff:
+    missing, different = pools_mismatch(found, expected.get("unpaired", {}))
+    diff = describe_mismatch(found, expected) + different
+    if not diff and missing and not overwrite:
+        return None, found
+    if not diff and not missing:
         log(f"feature store {out} is up to date; nothing to extract")
         if (found.get("shard_rows") or None) != (cfg.store_shard_rows or None):
             log(f"(it was written with store_shard_rows={found.get('shard_rows')}; the setting applies to new stores)")
-        return FeatureStore.open(out)
+        return FeatureStore.open(out), None
     if not overwrite:
         hint = overwrite_hint or (
             f"To rebuild it, delete {out} (or run `dsmd extract --overwrite` with this "
             "config); or choose another store=PATH."
         )
         raise DsmdError(f"feature store {out} exists but was built differently ({'; '.join(diff)[:400]}). {hint}")
-    return None
+    return None, None
 
 
 def _start_partial(writer: StoreWriter, expected: dict) -> None:
@@ -258,6 +275,8 @@ def _start_partial(writer: StoreWriter, expected: dict) -> None:
         writer.partial.mkdir(parents=True)
     elif pending.get("chunk_size") != CHUNK_SIZE and (writer.partial / "chunks").exists():
         shutil.rmtree(writer.partial / "chunks")  # chunks of another size do not line up
+    else:
+        drop_stale_pools(writer.partial, pending, expected)
     write_json_atomic(pending_file, {**expected, "chunk_size": CHUNK_SIZE})
 
 
@@ -265,45 +284,53 @@ def _extract(
     cfg: RunConfig, out: Path, ctx: Distributed, overwrite: bool, progress: bool, log, overwrite_hint: str | None
 ) -> FeatureStore:
     dataset = load_dataset(cfg.data)
+    pools = pool_tables(cfg, dataset)
     t0 = time.perf_counter()
     teacher = build_teacher(cfg.teacher, ctx.device)
-    expected = _expected_manifest(cfg, teacher, dataset)
-    store = _existing(out, expected, cfg, overwrite, log, overwrite_hint)
+    expected = _expected_manifest(cfg, teacher, dataset, pools)
+    store, extend = _existing(out, expected, cfg, overwrite, log, overwrite_hint)
     if store is not None:
         return store
+    if extend is not None:  # keep the pools the store has besides the config's
+        expected["unpaired"] = {**extend.get("unpaired", {}), **expected["unpaired"]}
+    names = [*SPLITS, *expected.get("unpaired", {})]
     ctx.barrier("looking at the store folders")  # before rank 0 changes them
     writer = StoreWriter(out, fresh=False) if ctx.is_main else None
     if writer is not None:
         _start_partial(writer, expected)
+        if extend is not None:
+            seed_from_store(out, writer.partial, log)
     ctx.barrier("preparing the store folder")
     partial = Path(str(out) + ".partial")
-    views = {split: cfg.store_views if split == "train" else 0 for split in SPLITS}
-    todo = _unfinished(partial, log)
+    tables = {**dataset, **pools}
+    views = {name: cfg.store_views if name == "train" else 0 for name in names}
+    todo = _unfinished(partial, names, log)
     if ctx.world_size > 1:
-        tasks = _chunk_tasks(dataset, todo, views, CHUNK_SIZE)
+        tasks = _chunk_tasks(tables, todo, views, CHUNK_SIZE)
         mine = tasks[ctx.rank :: ctx.world_size]
         log(f"{ctx.world_size} processes share {len(tasks)} chunks")
         t_share = time.perf_counter()
-        _compute_share(cfg, teacher, dataset, partial, mine, ctx.device, CHUNK_SIZE, progress)
+        _compute_share(cfg, teacher, tables, partial, mine, ctx.device, CHUNK_SIZE, progress)
         log(
             f"rank 0 finished its {len(mine)} chunks in {time.perf_counter() - t_share:.1f} s; waiting for the other ranks"
         )
         ctx.barrier("waiting for every rank's chunks")
     if writer is not None:
         for split in todo:
-            _finish_split(cfg, teacher, dataset[split], split, views[split], writer, ctx, progress, log)
+            _finish_split(cfg, teacher, tables[split], split, views[split], writer, ctx, progress, log)
         shutil.rmtree(partial / "chunks", ignore_errors=True)
+        shard_rows = extend.get("shard_rows") if extend is not None else cfg.store_shard_rows or None
         writer.finish(
-            {**expected, "shard_rows": cfg.store_shard_rows or None}, list(SPLITS), replace=overwrite, started=t0
+            {**expected, "shard_rows": shard_rows}, names, replace=overwrite or extend is not None, started=t0
         )
     ctx.barrier("waiting for rank 0 to write the store")
     return FeatureStore.open(out)
 
 
-def _unfinished(partial: Path, log) -> list[str]:
-    """The splits an interrupted extraction did not finish (saying what it resumes)."""
+def _unfinished(partial: Path, names: list[str], log) -> list[str]:
+    """The splits and pool tables (``names``) an interrupted extraction did not finish (saying what it resumes)."""
     todo = []
-    for split in SPLITS:
+    for split in names:
         if (partial / f"{split}.files.json").is_file():
             log(f"{split}: already extracted (resuming)")
             continue

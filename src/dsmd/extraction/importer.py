@@ -256,7 +256,8 @@ def import_features(
             ``teacher.normalize`` whether to L2-normalise, ``store_dtype`` the stored dtype.
         files: per split, ``[IMAGE_FILE, TEXT_FILE]`` or ``[FILE]``, instead of a file or
             folder in ``teacher.name_or_path``.
-        image_key, text_key: entry names of the image and text features.
+        image_key: the entry name of the image features.
+        text_key: the entry name of the text features.
         tolerance: how far the repeated rows of one image may differ (relative L2).
         trust_pickle: allow reading pickles (which can run code).
         overwrite: replace an existing store built differently.

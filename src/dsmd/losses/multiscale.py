@@ -1,4 +1,5 @@
-"""The enabled losses together (DSMD's four and the baselines), with the contrastive queue CD needs."""
+"""The enabled losses together (DSMD's four, the baselines and the unpaired losses), with the
+contrastive queues CD and ``u_cd`` need."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from dsmd.losses.feature import check_features, feature_distillation_loss
 from dsmd.losses.hard_negative import hard_negative_distillation_loss
 from dsmd.losses.queue import FeatureQueue
 from dsmd.losses.similarity import similarity_distillation_loss
+from dsmd.losses.unpaired import UNPAIRED_LOSS_NAMES, UnpairedFeatures, unpaired_loss
+from dsmd.losses.unpaired_queue import UnpairedQueues
 
 LOSS_NAMES = ("cd", "fd", "sd", "hnd")
 BASELINE_LOSS_NAMES = ("kd", "hint", "rkd", "icl", "clip", "dcd")
-ALL_LOSS_NAMES = LOSS_NAMES + BASELINE_LOSS_NAMES
+ALL_LOSS_NAMES = LOSS_NAMES + BASELINE_LOSS_NAMES + UNPAIRED_LOSS_NAMES
 
 
 BASELINE_DEFAULTS: dict[str, float] = {
@@ -33,13 +36,16 @@ class MultiscaleDistillationLoss(nn.Module):
     """Computes the enabled losses (docs/method.md) and owns the contrastive queue.
 
     The losses are returned raw and by name; weighting them is the loss balancer's job.
-    The queue exists only when ``"cd"`` is enabled; it is part of this module's
-    ``state_dict()``, so checkpoints carry it.
+    The queue exists only when ``"cd"`` is enabled, the unpaired items' queues
+    (:class:`~dsmd.losses.unpaired_queue.UnpairedQueues`, of ``queue_size`` each) only when
+    ``"u_cd"`` is; they are part of this module's ``state_dict()``, so checkpoints carry them.
 
     Args:
         dim: feature width D of teacher and (projected) student features.
         losses: the enabled losses, a non-empty subset of ``ALL_LOSS_NAMES``: DSMD's
-            ``cd fd sd hnd`` and the baselines ``kd hint rkd icl clip dcd``.
+            ``cd fd sd hnd``, the baselines ``kd hint rkd icl clip dcd`` and the unpaired losses
+            ``u_cd u_fd u_sd u_hnd`` (docs/method.md "Unpaired data"; ``temperature``, ``margin``,
+            ``hardest`` and ``mask_same_image`` apply to them too).
         temperature: tau of CD (paper: 0.05).
         queue_size: K, the number of queued teacher pairs for CD (paper: 8192; 0 leaves CD
             without negatives, so it is identically 0).
@@ -102,6 +108,7 @@ class MultiscaleDistillationLoss(nn.Module):
         self.cross_modal = bool(cross_modal)
         self.options = options
         self.queue = FeatureQueue(queue_size, dim) if "cd" in losses else None
+        self.unpaired_queues = UnpairedQueues(queue_size, dim) if "u_cd" in losses else None
 
     @classmethod
     def from_config(cls, cfg: Any, dim: int) -> MultiscaleDistillationLoss:
@@ -125,8 +132,9 @@ class MultiscaleDistillationLoss(nn.Module):
         teacher_image: Tensor,
         teacher_text: Tensor,
         image_ids: Tensor,
+        unpaired: UnpairedFeatures | None = None,
     ) -> dict[str, Tensor]:
-        """The enabled losses of one batch. CD uses the queue as it is before this batch.
+        """The enabled losses of one batch. CD (and ``u_cd``) use the queues as they are before this batch.
 
         Args:
             student_image: ``(B, D)`` student image features.
@@ -134,6 +142,7 @@ class MultiscaleDistillationLoss(nn.Module):
             teacher_image: ``(B, D)`` teacher image features (no gradient).
             teacher_text: ``(B, D)`` teacher text features (no gradient).
             image_ids: ``(B,)`` image id of each pair.
+            unpaired: the step's unpaired images and captions (needed by the ``u_*`` losses).
 
         Returns:
             Scalar losses keyed by name (``"cd"``, ``"fd"``, ...), in the order of ``self.losses``.
@@ -148,7 +157,20 @@ class MultiscaleDistillationLoss(nn.Module):
         if dim != self.dim:
             raise ValueError(f"features are {dim}-dimensional but the loss was built for {self.dim}")
         features = (student_image, student_text, teacher_image, teacher_text)
-        return {name: self._loss(name, features, image_ids) for name in self.losses}
+        return {
+            name: self._unpaired(name, unpaired)
+            if name in UNPAIRED_LOSS_NAMES
+            else self._loss(name, features, image_ids)
+            for name in self.losses
+        }
+
+    def _unpaired(self, name: str, unpaired: UnpairedFeatures | None) -> Tensor:
+        """One ``u_*`` loss of the step's unpaired batches (:func:`~dsmd.losses.unpaired.unpaired_loss`)."""
+        if unpaired is None:
+            raise ValueError(f"{name} needs the step's unpaired images or captions (unpaired=...)")
+        return unpaired_loss(
+            name, unpaired, self.unpaired_queues, self.temperature, self.margin, self.hardest, self.mask_same_image
+        )
 
     def _loss(self, name: str, features: tuple[Tensor, Tensor, Tensor, Tensor], image_ids: Tensor) -> Tensor:
         """One loss by name; ``features`` is ``(S^v, S^t, T^v, T^t)``, each ``(B, D)``."""
@@ -206,6 +228,14 @@ class MultiscaleDistillationLoss(nn.Module):
         """
         if self.queue is not None:
             self.queue.enqueue(teacher_image, teacher_text, image_ids)
+
+    def update_unpaired_queues(self, unpaired: UnpairedFeatures) -> None:
+        """Enqueue the teacher features of a step's unpaired items, each modality into its own
+        queue, once the losses are computed (no-op without ``u_cd``; gathered from all ranks under
+        data parallelism, like :meth:`update_queue`)."""
+        if self.unpaired_queues is not None:
+            for modality, rows in unpaired.present():
+                self.unpaired_queues.of(modality).enqueue(rows.teacher, rows.ids)
 
     def extra_repr(self) -> str:
         return (

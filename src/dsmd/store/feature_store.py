@@ -11,6 +11,13 @@ Layout of a store folder::
                              image_views (N_i, V, D) when store_views = V > 0
     val.safetensors
     test.safetensors
+    unpaired_image.safetensors   a pool of images without captions (docs/method.md "Unpaired
+                                 data"): image (N, D), no captions
+    unpaired_text.safetensors    a pool of captions without images: text (N, D),
+                                 caption_image (N,) all -1 (no image)
+
+The pool tables are read like splits (:meth:`FeatureStore.split` by table name, sharded the
+same way) and listed under the manifest's ``unpaired``; a store without pools has neither.
 
 With ``store_shard_rows = S`` each split is instead written as shards of at most ``S`` rows,
 images and captions sharded independently::
@@ -63,7 +70,7 @@ from tqdm.auto import tqdm
 
 from dsmd.errors import DsmdError
 from dsmd.store.integrity import verify_files
-from dsmd.store.manifest import FORMAT_VERSION, MANIFEST, read_manifest
+from dsmd.store.manifest import FORMAT_VERSION, MANIFEST, UNPAIRED_TABLES, read_manifest
 from dsmd.store.safetensors_mmap import NUMPY_DTYPES, Block, StoredRows, data_end, read_header
 from dsmd.store.split_features import SplitFeatures
 
@@ -114,9 +121,16 @@ class FeatureStore:
             )
         manifest = read_manifest(manifest_path, f"Delete {path} and build it again with `dsmd extract`.")
         store = cls(path, manifest)
-        for split in manifest["splits"]:
+        for split in store.tables():
             store._check_files(split)
         return store
+
+    def tables(self) -> list[str]:
+        """The splits, then the pool tables the store holds (``unpaired_image``, ``unpaired_text``)."""
+        return [*self.manifest["splits"], *self.manifest.get("unpaired", {})]
+
+    def _info(self, name: str) -> dict:
+        return self.manifest["splits"].get(name) or self.manifest.get("unpaired", {})[name]
 
     @property
     def dim(self) -> int:
@@ -140,7 +154,7 @@ class FeatureStore:
         records = self.manifest.get("files", {}).get(split)
         if records is not None:
             return records
-        info = self.manifest["splits"][split]
+        info = self._info(split)
         return [
             {"file": f"{split}.safetensors", "images": [0, info["num_images"]], "captions": [0, info["num_captions"]]}
         ]
@@ -173,7 +187,7 @@ class FeatureStore:
     def verify(
         self, splits: list[str] | None = None, force: bool = False, allow_hashing: bool = True, progress: bool = False
     ) -> int:
-        """Check the files of ``splits`` (default: all) against their sha256 and for finite values.
+        """Check the files of ``splits`` (default: all, pool tables too) against their sha256 and for finite values.
 
         Files verified before at this location are skipped unless ``force`` (see
         :mod:`dsmd.store.integrity` for what that costs and guarantees).
@@ -185,7 +199,7 @@ class FeatureStore:
             DsmdError: a corrupt file, values that are not finite, or (``allow_hashing=False``)
                 a file not verified on this machine yet.
         """
-        splits = list(self.manifest["splits"]) if splits is None else splits
+        splits = self.tables() if splits is None else splits
         records = [r for split in splits for r in self.files(split)]
         for split in splits:
             self._check_files(split)
@@ -198,18 +212,16 @@ class FeatureStore:
             )
 
     def split(self, name: str) -> SplitFeatures:
-        """One split, memory-mapped (cached): nothing but the file headers is read now; rows
-        are read when asked for (see :class:`SplitFeatures`)."""
+        """One split or pool table, memory-mapped (cached): nothing but the file headers is read
+        now; rows are read when asked for (see :class:`SplitFeatures`)."""
         if name not in self._cache:
-            if name not in self.manifest["splits"]:
-                raise DsmdError(
-                    f"feature store {self.path} has no split '{name}' (it has {', '.join(self.manifest['splits'])})."
-                )
+            if name not in self.tables():
+                raise DsmdError(f"feature store {self.path} has no split '{name}' (it has {', '.join(self.tables())}).")
             self._cache[name] = self._open_split(name)
         return self._cache[name]
 
     def _open_split(self, name: str) -> SplitFeatures:
-        info = self.manifest["splits"][name]
+        info = self._info(name)
         n_i, n_t, dim = info["num_images"], info["num_captions"], self.dim
         blocks: dict[str, list[tuple[int, np.ndarray]]] = {k: [] for k in (*_IMAGE_KEYS, *_TEXT_KEYS)}
         row_shapes: dict[str, tuple[int, ...]] = {}
@@ -270,6 +282,24 @@ class FeatureStore:
                 f"feature store {self.path} was built for another dataset: the '{split}' split's "
                 f"fingerprint differs (store {info['fingerprint'][:12]}, data {fingerprint[:12]}). "
                 "Point `store=` at the store of this dataset, or run `dsmd extract` into a new folder."
+            )
+
+    def check_pool(self, modality: str, fingerprint: str) -> None:
+        """Refuse a store that lacks the pool of ``modality`` (``image`` or ``text``) at hand, or
+        holds another one."""
+        table = UNPAIRED_TABLES[modality]
+        info = self.manifest.get("unpaired", {}).get(table)
+        key = "data.unpaired_images" if modality == "image" else "data.unpaired_texts"
+        if info is None:
+            raise DsmdError(
+                f"feature store {self.path} holds no pool of unpaired {modality}s ({key}). Run `dsmd extract` with "
+                "this config: it adds the pool's table to the store."
+            )
+        if info["fingerprint"] != fingerprint:
+            raise DsmdError(
+                f"feature store {self.path} was built for another pool of unpaired {modality}s ({key}): its "
+                f"fingerprint differs (store {info['fingerprint'][:12]}, pool {fingerprint[:12]}). Point `store=` at "
+                "the store of this pool, or run `dsmd extract --overwrite` to rebuild it."
             )
 
     def check_teacher(self, kind: str, name: str | None) -> None:

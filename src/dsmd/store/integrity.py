@@ -1,6 +1,6 @@
 """Checking that a store's files are the bytes that were written, without slowing down opening.
 
-What is checked, and when (see also the README's guarantees):
+What is checked, and when (see also docs/guarantees.md):
 
 - **opening** (:meth:`~dsmd.store.feature_store.FeatureStore.open`): the manifest (fields,
   checksum) and every file's presence, size and header. Costs one ``stat`` and one header read

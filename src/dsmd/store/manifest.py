@@ -2,7 +2,9 @@
 
 A manifest records the teacher's identity, whether the features are L2-normalised, their dtype
 and width, each split's dataset fingerprint and counts, and every file with its row ranges,
-size and sha256 (layout in :mod:`dsmd.store.feature_store`). It ends with ``checksum``, the
+size and sha256 (layout in :mod:`dsmd.store.feature_store`), and, when the store holds pools of
+unpaired data, under ``unpaired`` each pool's table (:data:`UNPAIRED_TABLES`) with its fingerprint
+and counts. It ends with ``checksum``, the
 sha256 of the rest of the manifest (keys sorted, compact JSON), so an edited manifest (say
 ``normalized`` switched to false, which would train an unnormalised student) is refused when
 the store is opened. :func:`check_manifest` checks every field's type before anything uses it.
@@ -21,7 +23,11 @@ from dsmd.errors import DsmdError
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SPLIT_NAMES = ("train", "val", "test")
-# What two stores must share to be the same store (extraction resumes, imports are reused).
+# The tables of the pools of unpaired data (docs/method.md "Unpaired data"), by modality: images
+# without captions, captions without images. A store without pools has no ``unpaired`` entry.
+UNPAIRED_TABLES = {"image": "unpaired_image", "text": "unpaired_text"}
+# What two stores must share to be the same store (extraction resumes, imports are reused); the
+# pools are compared apart (:func:`pools_mismatch`): a store may hold pools a config does not use.
 COMPARED = ("format_version", "teacher", "normalized", "dtype", "dim", "views", "splits")
 _FILE_NAME = re.compile(r"[A-Za-z0-9_.-]+\.safetensors")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -54,6 +60,24 @@ def describe_mismatch(found: dict, expected: dict, keys: tuple[str, ...] = COMPA
         for key in keys
         if key in expected and found.get(key) != expected[key]
     ]
+
+
+def pools_mismatch(found: dict, expected: dict) -> tuple[list[str], list[str]]:
+    """How a store's pools differ from the pools a config expects (``expected``: table -> info).
+
+    Returns:
+        ``(missing, different)``: the expected tables the store lacks, and messages for those it
+        holds with another fingerprint or other counts. Tables the store holds and the config does
+        not name are neither.
+    """
+    have = found.get("unpaired") or {}
+    missing = [table for table in expected if table not in have]
+    different = [
+        f"{table}: store has {have[table]!r}, expected {info!r}"
+        for table, info in expected.items()
+        if table in have and have[table] != info
+    ]
+    return missing, different
 
 
 def _is_int(value: Any, low: int = 0) -> bool:
@@ -96,9 +120,14 @@ def _problem(m: Any) -> str | None:
             return f"it has no '{key}'"
         if not ok(m[key]):
             return f"'{key}' must be {what}, got {m[key]!r}"
-    for split, info in m["splits"].items():
-        if split not in SPLIT_NAMES:
-            return f"unknown split {split!r}"
+    unpaired = m.get("unpaired", {})
+    if not isinstance(unpaired, dict):
+        return "'unpaired' must map pool tables to their fingerprints and counts"
+    unknown = [f"split {s!r}" for s in m["splits"] if s not in SPLIT_NAMES]
+    unknown += [f"pool table {t!r}" for t in unpaired if t not in UNPAIRED_TABLES.values()]
+    if unknown:
+        return f"unknown {unknown[0]}"
+    for split, info in [*m["splits"].items(), *unpaired.items()]:
         if (
             not isinstance(info, dict)
             or not isinstance(info.get("fingerprint"), str)
@@ -110,7 +139,7 @@ def _problem(m: Any) -> str | None:
     if not isinstance(files, dict) or any(not isinstance(v, list) for v in files.values()):
         return "'files' must map each split to a list of file records"
     for split, records in files.items():
-        if split not in m["splits"]:
+        if split not in m["splits"] and split not in unpaired:
             return f"'files' lists split {split!r}, which 'splits' does not"
         for record in records:
             if (problem := _record_problem(record)) is not None:

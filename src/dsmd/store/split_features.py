@@ -15,7 +15,8 @@ class SplitFeatures:
     Attributes (each read in full, as float32, on first access when memory-mapped):
         image: ``(N_i, D)`` float32.
         text: ``(N_t, D)`` float32.
-        caption_image: ``(N_t,)`` int64, row in ``image`` of each caption's image.
+        caption_image: ``(N_t,)`` int64, row in ``image`` of each caption's image (-1 in a pool
+            of captions without images).
         image_views: ``(N_i, V, D)`` float32 features of ``V`` fixed augmented views of each
             image (:func:`dsmd.data.transforms.view_of`), or None.
 
@@ -24,8 +25,10 @@ class SplitFeatures:
     :attr:`num_views` read nothing.
 
     Args:
-        image, text, image_views: tensors, or :class:`StoredRows` (lazy).
+        image: ``(N_i, D)`` tensor, or :class:`StoredRows` (lazy).
+        text: ``(N_t, D)`` tensor, or :class:`StoredRows` (lazy).
         caption_image: ``(N_t,)`` integer tensor, or :class:`StoredRows` (int64, lazy).
+        image_views: ``(N_i, V, D)`` tensor, :class:`StoredRows` (lazy), or None.
     """
 
     def __init__(
@@ -74,6 +77,8 @@ class SplitFeatures:
         if isinstance(self._caption_image, StoredRows):
             owners = self._caption_image.read_all()
             bad = (owners < 0) | (owners >= self.num_images)
+            if self.num_images == 0:  # a pool of captions without images: each has -1, no image
+                bad = owners != -1
             if bool(bad.any()):
                 j = int(bad.nonzero()[0, 0])
                 raise DsmdError(

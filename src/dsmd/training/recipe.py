@@ -53,6 +53,7 @@ from dsmd.training.batches import epoch_micro_batches, optimizer_steps, spare_ba
 from dsmd.training.checkpoint import checkpoint_config, load_checkpoint
 from dsmd.training.schedule import learning_rate
 from dsmd.training.setup import Position, Run, setup
+from dsmd.training.unpaired import with_unpaired
 
 
 @dataclass
@@ -217,13 +218,17 @@ def set_learning_rate(run: Run, epoch: int) -> float:
 
 
 def epoch_batches(run: Run, epoch: int, done: int):
-    """This rank's micro-batches of ``epoch`` after ``done`` optimiser steps, padded across ranks."""
+    """This rank's micro-batches of ``epoch`` after ``done`` optimiser steps, padded across ranks
+    (each with its unpaired items, with ``u_*`` losses)."""
     tc = run.cfg.train
     micro_batches = epoch_micro_batches(
         run.pairs, run.collate, run.micro, tc.seed, epoch, done * tc.grad_accum_steps, run.ctx, run.cfg.data.num_workers
     )
     run.student.train()
-    return synchronised(micro_batches, run.ctx, spare_batch(run.pairs, run.collate, tc.seed, epoch))
+    batches = synchronised(micro_batches, run.ctx, spare_batch(run.pairs, run.collate, tc.seed, epoch))
+    if run.unpaired is None:
+        return batches
+    return with_unpaired(batches, run.unpaired.epoch_batches(epoch, done * tc.grad_accum_steps, run.ctx))
 
 
 def end_epoch(run: Run, epoch: int, done: int, complete: bool, lr: float, t0: float) -> None:

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 import dsmd
 from dsmd.balancer import LossBalancer
 from dsmd.config import RunConfig, config_to_dict
+from dsmd.config.unpaired import uses_unpaired
 from dsmd.data.batches import PairCollator
 from dsmd.data.datasets import CaptionedImages, load_dataset
 from dsmd.data.loader import ImageCache, PairDataset
@@ -35,6 +36,7 @@ from dsmd.training.checkpoint import load_weights
 from dsmd.training.run_files import RunFiles
 from dsmd.training.sampling import micro_batch_size
 from dsmd.training.step import DistillationStep, autocast_dtype
+from dsmd.training.unpaired import UnpairedStream, build_unpaired, open_pools
 
 HEADS = ("vision_proj.", "text_proj.")
 
@@ -78,6 +80,7 @@ class Run:
     best: Best = field(default_factory=Best)
     val_metrics: dict | None = None
     stop: StopRequest = field(default_factory=StopRequest)
+    unpaired: UnpairedStream | None = None  # the pools' items of each micro-batch, with u_* losses
 
     @property
     def steps_per_epoch(self) -> int:
@@ -134,7 +137,9 @@ def open_store(cfg: RunConfig, ctx: Distributed, progress: bool) -> tuple[Featur
 
     The store's train and val files are verified (sha256, finite values) unless they were at
     this location before; under torchrun an unverified store is refused with the command that
-    verifies it. With ``data.teacher_in_shards`` the store is read for its manifest only.
+    verifies it. With ``data.teacher_in_shards`` the store is read for its manifest only. With
+    ``u_*`` losses the data also holds the pools by table name (``unpaired_image``,
+    ``unpaired_text``), checked and verified the same way (:func:`~dsmd.training.unpaired.open_pools`).
     """
     store = FeatureStore.open(cfg.store)
     store.check_teacher(cfg.teacher.kind, cfg.teacher.name_or_path)
@@ -152,7 +157,10 @@ def open_store(cfg: RunConfig, ctx: Distributed, progress: bool) -> tuple[Featur
             f"store_views={cfg.store_views}, but {cfg.store} holds {train_views} views of each "
             f"training image. Extract with store_views={cfg.store_views} into a new store, or lower it."
         )
-    return store, {"train": dataset["train"], "val": dataset["val"]}
+    data = {"train": dataset["train"], "val": dataset["val"]}
+    if uses_unpaired(cfg):
+        data.update(open_pools(cfg, store, dataset, ctx, progress))
+    return store, data
 
 
 def vision_proj_init(cfg: RunConfig) -> torch.Tensor | None:
@@ -325,6 +333,8 @@ def setup(cfg: RunConfig, state: dict[str, Any] | None, ctx: Distributed, progre
         log,
         validation_cache(cfg),
     )
+    if uses_unpaired(cfg):
+        run.unpaired = build_unpaired(cfg, store, data, student, run.steps_per_epoch, ctx)
     if state is not None:
         restore(run, state, files.last)
         log(

@@ -19,6 +19,12 @@ batches, queue and balancer states as one with ``(B/N, 1)``; only the optimiser 
 less often, on averaged gradients. A short last step of an epoch (k < N micro-batches) is
 the mean of its k gradients.
 
+Unpaired data (a :class:`~dsmd.data.unpaired_batches.MixedBatch`, with ``u_*`` losses): the
+micro-batch's unpaired images and captions go through the student in the same forward pass as
+the pairs (appended to the pairs' images and captions), are gathered like them, and their
+losses join the balancer's; their teacher features enter the unpaired queues. A plain
+:class:`~dsmd.data.batches.PairBatch` runs exactly as without unpaired data.
+
 :meth:`DistillationStep.optimizer_step` unscales (fp16), clips the gradient norm
 (``clip_grad_norm``) and steps.
 """
@@ -35,7 +41,9 @@ from torch import nn
 
 from dsmd.config import TrainConfig
 from dsmd.data.batches import PairBatch
+from dsmd.data.unpaired_batches import MixedBatch, UnpairedBatch, concat_tokens
 from dsmd.errors import DsmdError
+from dsmd.losses import UnpairedFeatures, UnpairedRows
 from dsmd.runtime.distributed import Distributed
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -106,7 +114,7 @@ class DistillationStep:
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.steps = steps
 
-    def __call__(self, micro_batches: Iterable[tuple[PairBatch, bool]]) -> dict[str, float]:
+    def __call__(self, micro_batches: Iterable[tuple[PairBatch | MixedBatch, bool]]) -> dict[str, float]:
         """Run one optimiser step over ``(micro-batch, last)`` pairs; returns its log record."""
         sums: dict[str, float] = {}
         count = 0
@@ -150,11 +158,51 @@ class DistillationStep:
             student, teacher, ints = student[keep], teacher[keep], ints[keep]
         return student, teacher, ints[:, 0]
 
-    def micro_batch(self, batch: PairBatch, sync: bool = True) -> dict[str, float]:
+    def _encode(
+        self, batch: PairBatch, unpaired: UnpairedBatch | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The student's ``(image (m, D), text (m, D))`` of the pairs and, with ``unpaired``, of
+        its images ``(B_v, D)`` and captions ``(B_t, D)`` (None without), in one forward pass."""
+        if unpaired is None:
+            student_image, student_text = self.model(batch.pixel_values, batch.input_ids, batch.attention_mask)
+            return student_image, student_text, None, None
+        pixels = batch.pixel_values
+        if unpaired.pixel_values is not None:
+            pixels = torch.cat([pixels, unpaired.pixel_values])
+        tokens = (batch.input_ids, batch.attention_mask)
+        if unpaired.input_ids is not None:
+            tokens = concat_tokens(tokens, (unpaired.input_ids, unpaired.attention_mask), unpaired.pad_id)
+        image, text = self.model(pixels, *tokens)
+        m = len(batch)
+        extra_image = image[m:] if unpaired.pixel_values is not None else None
+        extra_text = text[m:] if unpaired.input_ids is not None else None
+        return image[:m], text[:m], extra_image, extra_text
+
+    def _gather_unpaired(
+        self, unpaired: UnpairedBatch, image: torch.Tensor | None, text: torch.Tensor | None
+    ) -> UnpairedFeatures:
+        """The micro-batch's unpaired rows from all ranks, in rank order (each rank holds as many)."""
+
+        def rows(student, teacher, index) -> UnpairedRows | None:
+            if student is None:
+                return None
+            student = student.float()
+            if self.ctx.enabled:
+                student = self.ctx.gather_rows(student, with_grad=True)
+                teacher, index = self.ctx.gather_rows(teacher), self.ctx.gather_rows(index)
+            return UnpairedRows(student, teacher, index)
+
+        return UnpairedFeatures(
+            rows(image, unpaired.teacher_image, unpaired.image_index),
+            rows(text, unpaired.teacher_text, unpaired.text_index),
+        )
+
+    def micro_batch(self, batch: PairBatch | MixedBatch, sync: bool = True) -> dict[str, float]:
         """Forward, losses and backward of one micro-batch; its teacher features enter the queue.
 
         Args:
-            batch: this rank's part of the micro-batch, carrying its teacher targets.
+            batch: this rank's part of the micro-batch, carrying its teacher targets (with its
+                unpaired items: a :class:`~dsmd.data.unpaired_batches.MixedBatch`).
             sync: all-reduce gradients in this backward (False: DDP's ``no_sync``, for all but
                 the last micro-batch of a step).
 
@@ -164,15 +212,19 @@ class DistillationStep:
         Raises:
             DsmdError: a loss is NaN or inf.
         """
-        batch = batch.to(self.ctx.device, non_blocking=self.ctx.device.type == "cuda")
+        batch, unpaired = (batch.pairs, batch.unpaired) if isinstance(batch, MixedBatch) else (batch, None)
+        non_blocking = self.ctx.device.type == "cuda"
+        batch = batch.to(self.ctx.device, non_blocking=non_blocking)
+        unpaired = unpaired.to(self.ctx.device, non_blocking=non_blocking) if unpaired is not None else None
         no_sync = getattr(self.model, "no_sync", None)
         with self.ctx.guard("a training step"), contextlib.nullcontext() if sync or no_sync is None else no_sync():
             with self._autocast():
-                student_image, student_text = self.model(batch.pixel_values, batch.input_ids, batch.attention_mask)
+                student_image, student_text, extra_image, extra_text = self._encode(batch, unpaired)
             local_student = torch.stack([student_image.float(), student_text.float()], dim=1)
             local_teacher = torch.stack([batch.teacher_image, batch.teacher_text], dim=1)
             student, teacher, image_ids = self._gather(local_student, local_teacher, batch.image_index, batch.real)
-            losses = self.objective(student[:, 0], student[:, 1], teacher[:, 0], teacher[:, 1], image_ids)
+            extra = {} if unpaired is None else {"unpaired": self._gather_unpaired(unpaired, extra_image, extra_text)}
+            losses = self.objective(student[:, 0], student[:, 1], teacher[:, 0], teacher[:, 1], image_ids, **extra)
             raw = {name: float(value.detach()) for name, value in losses.items()}
             if not all(math.isfinite(v) for v in raw.values()):
                 raise DsmdError(
@@ -183,6 +235,8 @@ class DistillationStep:
             values = {"total": float(total.detach()), **raw}
             self.scaler.scale(total / self.accum).backward()
         self.objective.update_queue(teacher[:, 0], teacher[:, 1], image_ids)
+        if extra:
+            self.objective.update_unpaired_queues(extra["unpaired"])
         return values
 
     def optimizer_step(self, micro_batches: int) -> dict[str, float]:
