@@ -15,7 +15,8 @@ states). The exact rewrite used here:
   ``W_t (CLS_t + c_t)`` whenever ``|CLS_t + c_t| < 4096`` (hidden states are far smaller).
 
 Students this cannot represent exactly get no transformers copy (the reason is logged): an
-EfficientNet vision tower, mean pooling of the text tower (the class pools token 0), a teacher
+EfficientNet vision tower, mean pooling of the text tower (the class pools token 0), factorised
+word embeddings (``student.text_embedding_rank``: a BERT has one table), a teacher
 width above a tower's width (the bias cannot be folded), an image size other than the ViT's
 own (plain transformers would not interpolate its positions). ``dsmd.load_student`` and the
 ONNX files work for every student.
@@ -51,6 +52,11 @@ def dual_encoder_problem(student: DualEncoder) -> str | None:
         return f"its vision tower ({type(vision).__name__}) is not a ViT / DeiT"
     if not isinstance(text, TextTower) or text.model.config.model_type not in _TANH_POOLERS:
         return f"its text tower ({text.model.config.model_type}) is not BERT-family"
+    if text.embedding_rank is not None:
+        return (
+            f"its text tower's word embeddings are factorised (rank {text.embedding_rank}); a transformers "
+            "BERT holds one full table"
+        )
     if text.pooling != "cls":
         return "its text tower mean-pools (the transformers class pools the first token)"
     if tuple(vision._native_size) != (student.image_size, student.image_size):

@@ -2,8 +2,10 @@
 
 :func:`student_blueprint` records what :func:`~dsmd.models.student.build_student` made: each
 tower's kind and, for a transformers tower, its whole model config (``config.to_dict()``,
-truncation included), the image preprocessing, the text pooling, the output width and whether
-outputs are L2-normalised. :func:`student_from_blueprint` builds the same architecture with
+truncation included: ``text_positions`` is its ``max_position_embeddings``), the factorised layers'
+ranks (``embedding_rank`` of the text tower, ``head_rank`` of an EfficientNet's classifier; absent
+when whole), the image preprocessing, the text pooling, the output width and whether outputs are
+L2-normalised. :func:`student_from_blueprint` builds the same architecture with
 random weights (no hub, no packaged weights needed; EfficientNet-Lite0 is built by name), ready
 for a state dict. Exported students (:mod:`dsmd.export`) carry a blueprint, their weights and
 their tokenizer, and nothing else.
@@ -16,6 +18,7 @@ from typing import Any
 from dsmd.errors import DsmdError
 from dsmd.models.student import DualEncoder
 from dsmd.models.text import TextTower
+from dsmd.models.text_compact import factorize_word_embeddings
 from dsmd.models.vision import EfficientNetLite0Tower, HFVisionTower
 from dsmd.runtime.pretrained import load_hf_model
 
@@ -44,6 +47,9 @@ def student_blueprint(student: DualEncoder) -> dict[str, Any]:
         }
     else:
         raise DsmdError(f"cannot describe a vision tower of type {type(vision).__name__}")
+    text_bp = {"kind": "transformers", "config": _tower_config(student.text.model), "pooling": student.text.pooling}
+    if student.text.embedding_rank is not None:
+        text_bp["embedding_rank"] = student.text.embedding_rank
     return {
         "version": BLUEPRINT_VERSION,
         "dim": student.dim,
@@ -51,7 +57,7 @@ def student_blueprint(student: DualEncoder) -> dict[str, Any]:
         "image_size": student.image_size,
         "max_text_length": student.max_text_length,
         "vision": vision_bp,
-        "text": {"kind": "transformers", "config": _tower_config(student.text.model), "pooling": student.text.pooling},
+        "text": text_bp,
         "image_transform": student.image_transform(train=False).to_dict(),
     }
 
@@ -87,7 +93,14 @@ def student_from_blueprint(blueprint: dict[str, Any], tokenizer: Any) -> DualEnc
         )
     v = blueprint["vision"]
     if v["kind"] == "efficientnet_lite0":
-        vision = EfficientNetLite0Tower(pretrained=False, blocks=v["blocks"], overrides=v["overrides"], head=v["head"])
+        vision = EfficientNetLite0Tower(
+            pretrained=False,
+            blocks=v["blocks"],
+            overrides=v["overrides"],
+            head=v["head"],
+            head_rank=v.get("head_rank"),
+            head_from_weights=False,
+        )
     elif v["kind"] == "transformers":
         vision = HFVisionTower(
             _hf_model(v["config"], "vision tower"), tuple(v["mean"]), tuple(v["std"]), v["resample"], v["crop"]
@@ -97,7 +110,10 @@ def student_from_blueprint(blueprint: dict[str, Any], tokenizer: Any) -> DualEnc
     t = blueprint["text"]
     if t["kind"] != "transformers":
         raise DsmdError(f"unknown text tower kind {t['kind']!r} in the student blueprint.")
-    text = TextTower(_hf_model(t["config"], "text tower"), tokenizer, t["pooling"])
+    model = _hf_model(t["config"], "text tower")
+    if t.get("embedding_rank") is not None:
+        factorize_word_embeddings(model, t["embedding_rank"], from_weights=False)
+    text = TextTower(model, tokenizer, t["pooling"])
     return DualEncoder(
         vision,
         text,

@@ -103,8 +103,14 @@ class DualEncoder(nn.Module):
         return self.vision.image_transform(train, self.image_size)
 
     def num_parameters(self) -> int:
-        """All parameters: both towers and both projections."""
+        """All parameters: both towers and both projections (factorised layers count their factors)."""
         return sum(p.numel() for p in self.parameters())
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per part: ``vision``, ``vision_proj``, ``text``, ``text_proj`` and their ``total``."""
+        parts = {name: getattr(self, name) for name in ("vision", "vision_proj", "text", "text_proj")}
+        counts = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items()}
+        return {**counts, "total": self.num_parameters()}
 
 
 def build_student(
@@ -136,6 +142,7 @@ def build_student(
         blocks=cfg.vision_blocks,
         image_size=cfg.image_size,
         head=cfg.vision_head,
+        head_rank=cfg.vision_head_rank,
     )
     text = build_text_tower(
         cfg.text,
@@ -143,6 +150,8 @@ def build_student(
         config_overrides=cfg.text_config,
         layers=cfg.text_layers,
         pooling=cfg.text_pooling,
+        positions=cfg.text_positions,
+        embedding_rank=cfg.text_embedding_rank,
     )
     if text.max_positions is not None and cfg.max_text_length > text.max_positions:
         raise DsmdError(

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from dsmd.errors import DsmdError
+from dsmd.models.text_compact import embedding_rank, factorize_word_embeddings, keep_first_positions
 from dsmd.models.text_pooling import mean_pool
 from dsmd.runtime.pretrained import (
     MINILM,
@@ -108,6 +109,11 @@ class TextTower(nn.Module):
         self.width: int = model.config.hidden_size
         self.max_positions: int | None = getattr(model.config, "max_position_embeddings", None)
 
+    @property
+    def embedding_rank(self) -> int | None:
+        """The rank of the factorised word embeddings (``student.text_embedding_rank``; None: one table)."""
+        return embedding_rank(self.model)
+
     def tokenize(self, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
         """Tokenize a batch, padded to its longest caption and cut at ``max_length`` tokens.
 
@@ -131,6 +137,8 @@ def build_text_tower(
     config_overrides: dict[str, Any] | None = None,
     layers: int | None = None,
     pooling: str = "mean",
+    positions: int | None = None,
+    embedding_rank: int | None = None,
 ) -> TextTower:
     """Build a text tower.
 
@@ -140,10 +148,15 @@ def build_text_tower(
         config_overrides: fields of the model's config to replace before building.
         layers: keep only the first ``layers`` transformer layers (``None``: all).
         pooling: ``"mean"`` or ``"cls"``.
+        positions: keep only the first ``positions`` position embeddings (``None``: all).
+        embedding_rank: factorise the word embeddings at this rank, from their truncated SVD
+            (``None``: keep the table).
 
     Raises:
         DsmdError: see :func:`resolve_hf_source`, :func:`load_hf_config`,
-            :func:`load_hf_model`, :func:`keep_first_layers`; or no tokenizer in the folder.
+            :func:`load_hf_model`, :func:`keep_first_layers`,
+            :func:`~dsmd.models.text_compact.keep_first_positions`,
+            :func:`~dsmd.models.text_compact.factorize_word_embeddings`; or no tokenizer in the folder.
     """
     key = "student.text"
     if pooling not in TEXT_POOLINGS:
@@ -155,6 +168,10 @@ def build_text_tower(
     model = load_hf_model(source, config, pretrained, key)
     if layers is not None:
         keep_first_layers(model, layers)
+    if positions is not None:
+        keep_first_positions(model, positions)
+    if embedding_rank is not None:
+        factorize_word_embeddings(model, embedding_rank)
     tokenizer = load_hf_tokenizer(source, key)
     if len(tokenizer) > config.vocab_size:
         raise DsmdError(

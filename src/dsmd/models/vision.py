@@ -28,6 +28,7 @@ from torch import nn
 
 from dsmd.data.transforms import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, ImageTransform
 from dsmd.errors import DsmdError
+from dsmd.models.low_rank import LowRankLinear, check_rank
 from dsmd.runtime.pretrained import (
     EFFICIENTNET_LITE0,
     load_efficientnet_lite0,
@@ -81,9 +82,16 @@ class EfficientNetLite0Tower(VisionTower):
         pretrained: load the packaged ImageNet weights; ``False``: random init.
         blocks: number of MBConv blocks to keep, 1..16 (``None``: all 16 and the conv head).
         overrides: GlobalParams to replace, from :data:`EFFICIENTNET_OVERRIDES`.
+        head: ``features`` (pooled, 1280) or ``imagenet_probs`` (the classifier's softmax, 1000).
+        head_rank: with ``imagenet_probs``: the 1280 x 1000 classifier becomes ``1280 -> r -> 1000``
+            (:class:`~dsmd.models.low_rank.LowRankLinear`), from its truncated SVD
+            (``None``: kept whole).
+        head_from_weights: start the factorised classifier from the SVD (False: PyTorch's init,
+            for a state dict loaded next).
 
     Raises:
-        DsmdError: ``blocks`` out of range, an unknown override, the weights package missing.
+        DsmdError: ``blocks`` out of range, an unknown override, the weights package missing,
+            ``head_rank`` without ``imagenet_probs`` or outside 1..1000.
     """
 
     def __init__(
@@ -92,6 +100,8 @@ class EfficientNetLite0Tower(VisionTower):
         blocks: int | None = None,
         overrides: dict | None = None,
         head: str = "features",
+        head_rank: int | None = None,
+        head_from_weights: bool = True,
     ) -> None:
         super().__init__()
         net = _efficientnet_lite0(pretrained, dict(overrides or {}))
@@ -100,12 +110,18 @@ class EfficientNetLite0Tower(VisionTower):
             raise DsmdError(f"student.vision_head must be 'features' or 'imagenet_probs', got {head!r}")
         if head == "imagenet_probs" and blocks not in (None, total):
             raise DsmdError("student.vision_head=imagenet_probs needs the whole network: set vision_blocks=null.")
+        if head_rank is not None and head != "imagenet_probs":
+            raise DsmdError(
+                "student.vision_head_rank factorises the ImageNet classifier: it needs vision_head=imagenet_probs."
+            )
         blocks = total if blocks is None else blocks
         if not 1 <= blocks <= total:
             raise DsmdError(
                 f"student.vision_blocks={blocks}: efficientnet_lite0 has {total} blocks; give 1..{total} or null."
             )
         self.spec = {"blocks": blocks, "head": head, "overrides": dict(overrides or {})}
+        if head_rank is not None:
+            self.spec["head_rank"] = head_rank
         self.conv_stem, self.bn_stem = net._conv_stem, net._bn0
         self.blocks = nn.ModuleList(list(net._blocks)[:blocks])
         self.act = net._swish  # ReLU6 for the Lite models
@@ -117,6 +133,8 @@ class EfficientNetLite0Tower(VisionTower):
             self.width = self.blocks[-1]._block_args.output_filters
         # imagenet_probs: the pretrained classifier's class probabilities, shape (B, 1000).
         self.classifier = net._fc if head == "imagenet_probs" else None
+        if self.classifier is not None and head_rank is not None:
+            self.classifier = _factorized(self.classifier, head_rank, head_from_weights)
         if self.classifier is not None:
             self.width = self.classifier.out_features
         # Stochastic depth as in the full model: block i drops with rate * i / 16.
@@ -140,6 +158,14 @@ class EfficientNetLite0Tower(VisionTower):
         if self.classifier is not None:
             x = torch.softmax(self.classifier(x), dim=-1)
         return x
+
+
+def _factorized(classifier: nn.Linear, rank: int, from_weights: bool) -> LowRankLinear:
+    """``classifier`` ``(1000, 1280)`` as ``1280 -> rank -> 1000`` (see :mod:`dsmd.models.low_rank`)."""
+    check_rank(rank, tuple(classifier.weight.shape), "student.vision_head_rank", "the ImageNet classifier")
+    if from_weights:
+        return LowRankLinear.from_linear(classifier, rank)
+    return LowRankLinear(classifier.in_features, rank, classifier.out_features)
 
 
 def _efficientnet_lite0(pretrained: bool, overrides: dict[str, Any]) -> nn.Module:
@@ -243,6 +269,7 @@ def build_vision_tower(
     blocks: int | None = None,
     image_size: int = 224,
     head: str = "features",
+    head_rank: int | None = None,
 ) -> VisionTower:
     """Build a vision tower.
 
@@ -253,6 +280,8 @@ def build_vision_tower(
         blocks: efficientnet_lite0 only: keep the first ``blocks`` MBConv blocks.
         head: efficientnet_lite0 only: ``features`` (pooled, 1280) or ``imagenet_probs``
             (the pretrained classifier's softmax, 1000).
+        head_rank: efficientnet_lite0 with ``imagenet_probs`` only: factorise the classifier at
+            this rank, from its truncated SVD (``None``: keep it whole).
         image_size: the side the tower will see. A randomly initialised ViT is built for it
             (unless ``config_overrides`` sets ``image_size``); a pretrained one interpolates
             its position embeddings when it differs from the checkpoint's.
@@ -263,10 +292,14 @@ def build_vision_tower(
     """
     overrides = dict(config_overrides or {})
     if name == EFFICIENTNET_LITE0:
-        return EfficientNetLite0Tower(pretrained=pretrained, blocks=blocks, overrides=overrides, head=head)
+        return EfficientNetLite0Tower(
+            pretrained=pretrained, blocks=blocks, overrides=overrides, head=head, head_rank=head_rank
+        )
     key = "student.vision"
     if name == "minilm":
         raise DsmdError(f"{key}: 'minilm' is a text tower; use 'efficientnet_lite0' or a ViT.")
+    if head_rank is not None:
+        raise DsmdError("student.vision_head_rank applies to efficientnet_lite0 only; leave it null for a ViT.")
     if head != "features":
         raise DsmdError("student.vision_head applies to efficientnet_lite0 only; leave it 'features' for a ViT.")
     if blocks is not None:
