@@ -2,8 +2,9 @@
 # Set up dsmd on a fresh machine (Debian, Python >= 3.11): the Debian package of the demo's
 # images, a virtual environment in .venv, torch, and dsmd itself.
 #   bash scripts/setup.sh         # to run `dsmd demo`
-#   bash scripts/setup.sh --dev   # also the test tools (and Debian's chromium for the browser test,
-#                                 # and the offline benchmark's emoji and clip art packages)
+#   bash scripts/setup.sh --dev   # also the test tools, the documentation site's tools (mkdocs),
+#                                 # Debian's chromium for the browser test, and the offline
+#                                 # benchmark's emoji and clip art packages
 #   bash scripts/setup.sh --benchmark   # the offline benchmark's Debian packages, without the test tools
 # torch is installed first and pinned (TORCH_SPEC, default torch==2.13.0: the local CPU wheel
 # on our machines) so that nothing pulls a multi-GB CUDA build; GPU users set TORCH_SPEC,
@@ -28,6 +29,7 @@ if [ -n "$benchmark" ]; then  # the offline benchmark's emoji and clip art (dsmd
   [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || debs+=(fonts-noto-color-emoji)
   [ -d /usr/share/openclipart/png ] || debs+=(openclipart-png)
   [ -d /usr/share/openclipart/svg ] || debs+=(openclipart-svg)
+  command -v rsvg-convert >/dev/null || debs+=(librsvg2-bin)   # build-benchmark --unpaired renders SVG stamps
 fi
 if [ ${#debs[@]} -gt 0 ]; then
   echo "setup: installing Debian packages ${debs[*]}"

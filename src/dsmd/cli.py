@@ -93,42 +93,46 @@ def _verify(args, progress: bool) -> None:
 
 def _index(args, progress: bool) -> None:
     from dsmd.inference import load_student
-    from dsmd.search.build import index_images, index_teacher_store, index_texts
+    from dsmd.search.build import index_images, index_processes, index_teacher_store, index_texts
+    from dsmd.search.kinds import IndexOptions
+    from dsmd.search.shards import parse_shard
 
-    if args.teacher_store:
-        if args.model:
-            raise DsmdError("--teacher-store takes the teacher's stored features: it needs no --model.")
-        index_teacher_store(args.out, args.teacher_store, args.split, args.approximate, progress)
-        return
-    if not args.model:
+    options = IndexOptions(args.index_kind, args.nlist, args.pq_m, args.pq_bits, args.nprobe)
+    common = {"approximate": args.approximate, "progress": progress, "options": options}
+    common["shard"] = parse_shard(args.shard) if args.shard else None
+    if args.teacher_store and args.model:
+        raise DsmdError("--teacher-store takes the teacher's stored features: it needs no --model.")
+    if not args.teacher_store and not args.model:
         raise DsmdError("give the model that encodes the items: --model EXPORT_DIR (or a checkpoint).")
-    encoder = load_student(args.model, args.device)
-    if args.images:
-        index_images(args.out, encoder, args.images, args.approximate, progress)
-    else:
-        index_texts(args.out, encoder, args.texts, args.approximate, progress)
+    with index_processes(args.device) as ctx:  # (under torchrun: the ranks share the encoding)
+        if args.teacher_store:
+            index_teacher_store(args.out, args.teacher_store, args.split, ctx=ctx, **common)
+        elif args.images:
+            index_images(args.out, load_student(args.model, ctx.device), args.images, ctx=ctx, **common)
+        else:
+            index_texts(args.out, load_student(args.model, ctx.device), args.texts, ctx=ctx, **common)
 
 
 def _search(args) -> None:
-    from dsmd.search.index import Index
     from dsmd.search.query import query_model, run_query
+    from dsmd.search.shards import open_index
 
-    index = Index.open(args.index)
+    index = open_index(args.index)
     result = run_query(index, query_model(index, args.model, args.device), args.text, args.image, args.k)
     if args.json:
         print(json.dumps(result))
         return
     for rank, hit in enumerate(result["results"], start=1):
         print(f"{rank:3d}  {hit['score']:.4f}  {hit.get('path', hit.get('text'))}")
-    print(f"({len(result['results'])} of {len(index)} {index.kind}, {result['ms']:.1f} ms)")
+    print(f"({len(result['results'])} of {len(index)} {index.kind}, {result['ms']:.1f} ms; {index.describe_search()})")
 
 
 def _serve(args) -> None:
-    from dsmd.search.index import Index
     from dsmd.search.query import query_model
     from dsmd.search.server import SearchService, serve
+    from dsmd.search.shards import open_index
 
-    index = Index.open(args.index)
+    index = open_index(args.index)
     encoder = query_model(index, args.model, args.device)
     serve(SearchService(index, encoder, show_paths=args.show_paths), args.host, args.port, quiet=args.quiet)
 
@@ -254,7 +258,7 @@ def run(argv: list[str] | None = None) -> int:
     elif args.command == "build-benchmark":
         from dsmd.data.offline_benchmark import build_offline_benchmark
 
-        build_offline_benchmark(args.out)
+        build_offline_benchmark(args.out, unpaired=args.unpaired)
     elif args.command == "sweep":
         _sweep(args, progress)
     elif args.command == "report":

@@ -19,7 +19,9 @@ EXAMPLES = {
     "verify": "dsmd verify runs/store",
     "export": "dsmd export --checkpoint demo_out/train/checkpoints/best.pt --out demo_out/export --onnx",
     "index": "dsmd index --model demo_out/export --images /usr/share/tuxpaint/stamps/animals --out demo_out/index\n"
-    "  dsmd index --teacher-store demo_out/store --split test --out demo_out/teacher_index",
+    "  dsmd index --teacher-store demo_out/store --split test --out demo_out/teacher_index\n"
+    "  torchrun --nproc_per_node 8 -m dsmd index --model EXPORT --images LIST.txt --device cuda "
+    "--index-kind ivfpq --out big_index",
     "search": 'dsmd search --index demo_out/index --text "a red kangaroo" -k 5\n'
     '  dsmd search --index demo_out/teacher_index --model demo_out/export --text "a kangaroo" --json',
     "serve": "dsmd serve --index demo_out/index --port 8000",
@@ -37,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dsmd",
         description="Distil a large image-text model into a small dual encoder (DSMD).",
-        epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()),
+        epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()) + "\n\n"
+        "Documentation: docs/ in the repository (start at docs/index.md), or as a local site:\n"
+        "  bash scripts/setup.sh --dev && .venv/bin/mkdocs serve    # in the repository; then open http://127.0.0.1:8000/",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"dsmd {dsmd.__version__}")
@@ -154,11 +158,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="take the teacher's stored image features of --split (nothing is encoded)",
     )
     q.add_argument("--split", default="test", help="with --teacher-store: train, val or test (default: test)")
-    q.add_argument("--approximate", action="store_true", help="HNSW instead of exact search (for millions)")
-    q.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    q.add_argument(
+        "--index-kind",
+        choices=("flat", "hnsw", "ivfpq", "auto"),
+        help="flat (exact), hnsw (approximate, ~1.8 KB an item at D=384), ivfpq (compressed, ~110 B an item, "
+        "re-ranked from float16 vectors on disk), auto (flat up to 250,000 items, ivfpq above); default: "
+        "the existing index's kind, auto for a new one",
+    )
+    q.add_argument("--approximate", action="store_true", help="the same as --index-kind hnsw")
+    q.add_argument("--nlist", type=int, help="ivfpq: inverted lists (default: the power of 2 nearest 4 sqrt(N))")
+    q.add_argument("--pq-m", type=int, help="ivfpq: bytes per code, a divisor of D (default: the largest up to D/4)")
+    q.add_argument("--pq-bits", type=int, help="ivfpq: bits per sub-quantiser index (default: 8)")
+    q.add_argument(
+        "--nprobe",
+        type=int,
+        help="ivfpq: lists a query scans (default: the smallest from max(8, nlist/64), doubling, whose "
+        "recall@10 measured at build time is at least 0.95)",
+    )
+    q.add_argument(
+        "--shard", metavar="K/N", help="keep only shard K of N (counted from 0) of the items, by a hash of each"
+    )
+    q.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu; under torchrun: each rank's GPU)")
 
     q = add("search", "Search an index with a caption or an image.")
-    q.add_argument("--index", required=True, help="an index folder (dsmd index)")
+    q.add_argument("--index", required=True, nargs="+", help="an index folder (dsmd index), or every shard of one")
     query = q.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", help="a caption to search for")
     query.add_argument("--image", help="an image to search with")
@@ -174,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(manifest_ood_SOURCE.jsonl).",
     )
     q.add_argument("--out", default="benchmark_data", help="the folder to write (default: benchmark_data)")
+    q.add_argument(
+        "--unpaired",
+        action="store_true",
+        help="also write OUT/unpaired/: images without captions and captions without images from what the "
+        "benchmark does not use (no benchmark image, no Tux Paint stamp), for data.unpaired_images / "
+        "data.unpaired_texts",
+    )
 
     q = add("sweep", "Run a sweep (a grid or named variants, times seeds) and write its mean ± std table and plots.")
     q.add_argument(
@@ -221,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     q = add("serve", "Serve a search page and a JSON API over an index.")
-    q.add_argument("--index", required=True, help="an index folder (dsmd index)")
+    q.add_argument("--index", required=True, nargs="+", help="an index folder (dsmd index), or every shard of one")
     q.add_argument("--model", help="the query model (default: the one that built the index)")
     q.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     q.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")

@@ -3,7 +3,7 @@
 ``dsmd extract/train/eval --config paper_f30k_beit3_base`` with the paths overridden to a
 Karpathy JSON of generated images (5 captions each), a tiny BEiT-3 in the official checkpoint
 layout with its sentencepiece tokenizer, and tiny ViT / BERT towers: the commands of the
-README's GPU walkthrough, on CPU. Then the bad inputs a user meets: a split that does not
+GPU walkthrough of docs/paper.md, on CPU. Then the bad inputs a user meets: a split that does not
 exist, an image listed but missing, a store built by another teacher.
 """
 

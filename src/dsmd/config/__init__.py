@@ -29,12 +29,14 @@ from dsmd.config.schema import (
     TeacherConfig,
     TrainConfig,
 )
+from dsmd.config.unpaired import UNPAIRED_LOSS_NAMES, UnpairedImagesConfig, UnpairedTextsConfig
 
 __all__ = [
     "CONFIG_DIR",
     "BASELINE_LOSS_NAMES",
     "LOSS_NAMES",
     "TUXPAINT_ROOT",
+    "UNPAIRED_LOSS_NAMES",
     "BalancerConfig",
     "DataConfig",
     "LossConfig",
@@ -42,6 +44,8 @@ __all__ = [
     "StudentConfig",
     "TeacherConfig",
     "TrainConfig",
+    "UnpairedImagesConfig",
+    "UnpairedTextsConfig",
     "apply_override",
     "config_to_dict",
     "from_dict",

@@ -30,8 +30,27 @@ def _one_line(exc: Exception) -> str:
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A plain, YAML/JSON-serialisable dict of a config dataclass."""
-    return dataclasses.asdict(cfg)
+    """A plain, YAML/JSON-serialisable dict of a config dataclass.
+
+    Fields declared with :data:`~dsmd.config.unpaired.OMITTED_AT_DEFAULT` are left out while they
+    hold their default (:func:`from_dict` puts the default back), so a config that does not use
+    a later key is written, saved and hashed exactly as before that key existed.
+    """
+    data = dataclasses.asdict(cfg)
+    _drop_defaults(cfg, data)
+    return data
+
+
+def _drop_defaults(cfg: Any, data: dict[str, Any]) -> None:
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.metadata.get("omit_at_default"):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            if value == default:
+                del data[f.name]
+                continue
+        if dataclasses.is_dataclass(value):
+            _drop_defaults(value, data[f.name])
 
 
 def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
