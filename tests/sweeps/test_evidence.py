@@ -146,3 +146,22 @@ def test_the_recipe_targets_are_judged_on_the_rows(evidence):
     assert got["not below", "ood_clipart"]["met"] is None  # no runs
     assert got["half the ", "ood_stamps"]["met"] is False  # 149.9 of 300 is just short of half
     assert "149.9 of the teacher's 300.0 (50%)" in got["half the ", "ood_stamps"]["detail"]
+
+
+def test_the_packaged_recipe_is_the_runs_that_tested_it():
+    """offline_recipe trains exactly the runs of offline_evidence's recipe variants and of the chosen prior."""
+    from dsmd.config import config_to_dict, load_config
+    from dsmd.sweeps.spec import load_sweep
+
+    def without_out_dir(cfg):
+        return {k: v for k, v in config_to_dict(cfg).items() if k != "out_dir"}
+
+    recipe = without_out_dir(load_config("offline_recipe"))
+    evidence, search = load_sweep("offline_evidence"), load_sweep("offline_recipe_search")
+    in_domain = [run for run in evidence.runs if run.variant == "in_domain / recipe" and run.seed == 0]
+    chosen = [run for run in search.runs if run.variant == "in_domain / clip prior 4" and run.seed == 0]
+    assert len(in_domain) == len(chosen) == 1
+    assert in_domain[0].folder == chosen[0].folder
+    assert without_out_dir(in_domain[0].cfg) == recipe
+    ood = {run.variant for run in evidence.runs if run.variant.endswith("/ recipe")}
+    assert ood == {f"{s} / recipe" for s in ("in_domain", "ood_stamps", "ood_emoji", "ood_clipart")}
