@@ -10,7 +10,10 @@ per-seed RSUM difference, its standard error and a paired two-sided t-test at 95
 one-sample test). Verdicts: **wins** or **loses** (significant, that sign), **cannot tell**,
 **identical runs**, **not enough seeds**.
 
-    .venv/bin/python benchmarks/evidence.py [--sweep sweeps/offline/evidence/sweep.json]
+    .venv/bin/python benchmarks/evidence.py [--sweep sweeps/offline/evidence/sweep.json sweeps/offline/unpaired/sweep.json]
+
+Reads offline_unpaired's table too (variants ``recipe_unpaired``, ``recipe_unpaired_half``: the
+recipe with unpaired pools), when that sweep has run.
 
 Writes the rows as JSON (``--json``, default docs/results/evidence.json): one per setting and
 variant with finished runs, ``{"setting", "variant", "n", "rsum_mean", "rsum_std", "rsums",
@@ -38,9 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paired_stats import paired, significance  # noqa: E402
 
 SETTINGS = ("in_domain", "ood_stamps", "ood_emoji", "ood_clipart")
-VARIANTS = ("teacher", "dsmd", "pairs", "dsmd_pairs", "recipe", "dcd", "kd")
+VARIANTS = ("teacher", "dsmd", "pairs", "dsmd_pairs", "recipe", "dcd", "kd", "recipe_unpaired", "recipe_unpaired_half")
 # the methods that learn from the teacher: the summary's "best distiller" is one of them
-DISTILLERS = ("dsmd", "dsmd_pairs", "recipe", "dcd", "kd")
+DISTILLERS = ("dsmd", "dsmd_pairs", "recipe", "dcd", "kd", "recipe_unpaired", "recipe_unpaired_half")
+# the sweeps read by default: offline_evidence (required) and offline_unpaired (when it has run)
+SWEEPS = ("sweeps/offline/evidence/sweep.json", "sweeps/offline/unpaired/sweep.json")
 REFERENCE = "pairs"
 DEFAULT_STORE = "runs/offline/store"
 HELD_OUT = {"in_domain": "none: all three sources", **{f"ood_{s}": s for s in ("stamps", "emoji", "clipart")}}
@@ -126,14 +131,30 @@ def compare(rows: list[dict]) -> None:
         row["vs_pairs"] = {**test, "verdict": verdict(test)}
 
 
-def evidence(sweep_json: Path) -> tuple[list[dict], dict]:
+def evidence(sweep_jsons: list[Path]) -> tuple[list[dict], dict]:
     """The rows (see the module docstring), in setting then variant order, and notes for the markdown:
-    ``{"sweep", "seeds", "failed", "test_images": {setting: n}, "no_teacher": {setting: reason}}``."""
-    if not sweep_json.is_file():
-        raise SystemExit(f"{sweep_json} not found: run `dsmd sweep offline_evidence` first (or give --sweep).")
-    table = json.loads(sweep_json.read_text())
-    rows, stores = run_rows(table)
-    notes = {"sweep": str(sweep_json), "seeds": table.get("seeds"), "failed": table.get("failed", [])}
+    ``{"sweep", "seeds", "failed", "test_images": {setting: n}, "no_teacher": {setting: reason}}``.
+
+    The first sweep must exist (offline_evidence); a later one that has not run is left out with a
+    note. A variant that two sweeps share (``recipe`` of offline_unpaired) is taken from the first.
+    """
+    first, *more = sweep_jsons
+    if not first.is_file():
+        raise SystemExit(f"{first} not found: run `dsmd sweep offline_evidence` first (or give --sweep).")
+    rows, stores, read, seeds, failed = [], {}, [], [], []
+    for path in [first, *more]:
+        if not path.is_file():
+            print(f"evidence: {path} not found (its sweep has not run); left out", file=sys.stderr)
+            continue
+        table = json.loads(path.read_text())
+        new_rows, new_stores = run_rows(table)
+        have = {(r["setting"], r["variant"]) for r in rows}
+        rows += [r for r in new_rows if (r["setting"], r["variant"]) not in have]
+        stores = {**new_stores, **stores}
+        read.append(str(path))
+        seeds += [s for s in table.get("seeds") or [] if s not in seeds]
+        failed += table.get("failed", [])
+    notes = {"sweep": "`, `".join(read), "seeds": seeds, "failed": failed}
     notes["test_images"], notes["no_teacher"] = {}, {}
     for setting, store in stores.items():
         try:
@@ -185,6 +206,8 @@ def best_distiller(rows: list[dict]) -> dict | None:
 
 def _summary(by_setting: dict[str, list[dict]]) -> list[str]:
     cols = ["teacher", "pairs", "dsmd", "dsmd_pairs", "recipe"]
+    if any(r["variant"] == "recipe_unpaired" for rows in by_setting.values() for r in rows):
+        cols.append("recipe_unpaired")
     out = [
         "### Where the distilled student wins and loses against training without a teacher",
         "",
@@ -283,11 +306,16 @@ def markdown(rows: list[dict], notes: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep", default="sweeps/offline/evidence/sweep.json", help="the sweep's sweep.json")
+    parser.add_argument(
+        "--sweep",
+        nargs="+",
+        default=list(SWEEPS),
+        help="the sweeps' sweep.json: offline_evidence's first (default: it and offline_unpaired's)",
+    )
     parser.add_argument("--json", default="docs/results/evidence.json", help="where to write the rows")
     parser.add_argument("--md", default="docs/results/evidence.md", help="where to write the markdown")
     args = parser.parse_args(argv)
-    rows, notes = evidence(Path(args.sweep))
+    rows, notes = evidence([Path(p) for p in args.sweep])
     text = markdown(rows, notes)
     for path in (args.json, args.md):
         Path(path).parent.mkdir(parents=True, exist_ok=True)

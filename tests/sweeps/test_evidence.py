@@ -118,7 +118,23 @@ def test_rows_means_stds_and_verdicts(evidence, sweep_json, tmp_path):
 
 def test_a_missing_sweep_names_the_command(evidence, tmp_path):
     with pytest.raises(SystemExit, match="dsmd sweep offline_evidence"):
-        evidence.evidence(tmp_path / "sweep.json")
+        evidence.evidence([tmp_path / "sweep.json"])
+
+
+def test_a_second_sweep_adds_its_variants_and_may_be_missing(evidence, sweep_json, tmp_path, capsys):
+    rows, notes = evidence.evidence([sweep_json, tmp_path / "not_run" / "sweep.json"])
+    assert "not_run/sweep.json not found" in capsys.readouterr().err
+    assert notes["sweep"] == str(sweep_json) and len(rows) == 8  # as from offline_evidence alone
+    store = tmp_path / "store"
+    unpaired = tmp_path / "unpaired" / "sweep.json"
+    unpaired.parent.mkdir()
+    shared = _row("in_domain / dsmd", [0, 1, 2], [1.0, 2.0, 3.0], store)  # shared with the first: not taken
+    extra = _row("in_domain / recipe_unpaired", [0, 1, 2], [111.0, 121.0, 131.0], store)
+    unpaired.write_text(json.dumps({"seeds": [0, 1, 2], "rows": [shared, extra], "failed": []}))
+    rows = {(r["setting"], r["variant"]): r for r in evidence.evidence([sweep_json, unpaired])[0]}
+    assert rows["in_domain", "dsmd"]["rsums"] == [80.0, 85.0, 95.0]
+    assert rows["in_domain", "recipe_unpaired"]["vs_pairs"]["verdict"] == "wins"  # +11 at every seed
+    assert evidence.parse_variant("ood_emoji / recipe_unpaired_half") == ("ood_emoji", "recipe_unpaired_half")
 
 
 def test_the_recipe_targets_are_judged_on_the_rows(evidence):
