@@ -28,7 +28,12 @@ def test_demo_reports_teacher_and_student_and_resumes(tiny_overrides, tmp_path):
     assert saved["meta"]["split"] == "test (6 images, 12 captions)"
     assert saved["meta"]["student_rsum_over_teacher"] == round(saved["student"]["rsum"] / saved["teacher"]["rsum"], 4)
     assert (out / "store" / "manifest.json").is_file() and (out / "train" / "checkpoints" / "best.pt").is_file()
-    assert "RSUM" in (out / "report.md").read_text()
+    shares = saved["meta"]["student_share_of_teacher"]
+    assert shares["params"] == round(saved["student"]["params"] / saved["teacher"]["params"], 4)
+    assert set(shares) == {"rsum", "latency", "params"} and shares["rsum"] == saved["meta"]["student_rsum_over_teacher"]
+    assert (
+        "RSUM" in (out / "report.md").read_text() and "**student / teacher**: RSUM" in (out / "report.md").read_text()
+    )
     # run again: nothing is recomputed, the scores are the same
     messages = []
     again = run_demo(out, overrides, progress=False, log=messages.append)

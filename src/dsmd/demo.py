@@ -15,7 +15,7 @@ import torch
 from dsmd.config import load_config, packaged_config
 from dsmd.data.datasets import load_dataset
 from dsmd.extraction import extract
-from dsmd.reports import format_table, write_report
+from dsmd.reports import format_shares, format_table, student_shares, write_report
 from dsmd.reports.compare import student_rows, teacher_row
 from dsmd.reports.run_plots import plot_run
 from dsmd.runtime.device import resolve_device
@@ -60,10 +60,12 @@ def run_demo(
 
     log("4/4 report")
     ratio = rows["student"]["rsum"] / rows["teacher"]["rsum"] if rows["teacher"]["rsum"] else float("nan")
+    shares = student_shares(rows["student"], rows["teacher"])
     asymmetric = rows["asymmetric"]["rsum"] / rows["student"]["rsum"] if rows["student"]["rsum"] else float("nan")
     meta = {
         "split": f"test ({test.num_images} images, {len(test)} captions)",
         "student_rsum_over_teacher": round(ratio, 4),
+        "student_share_of_teacher": {k: round(v, 4) for k, v in shares.items()},
         "asymmetric": "the student's queries against the teacher's stored features of the test split",
         "asymmetric_rsum_over_student": round(asymmetric, 4),
         "best_epoch": result.best_epoch,
@@ -79,7 +81,8 @@ def run_demo(
     }
     plots = plot_run(out / "train")
     meta["plots"] = ", ".join(str(p.relative_to(out)) for p in plots)
-    write_report(out, rows, meta, pictures=[p.relative_to(out) for p in plots])
-    log("\n" + format_table(rows))
-    log(f"\nstudent RSUM / teacher RSUM = {ratio:.3f}; report: {out / 'report.json'}, {out / 'report.md'}")
+    summary = format_shares(shares)
+    write_report(out, rows, meta, pictures=[p.relative_to(out) for p in plots], summary=summary)
+    log("\n" + format_table(rows) + "\n\n" + summary)
+    log(f"\nreport: {out / 'report.json'}, {out / 'report.md'}")
     return {**rows, "meta": meta}

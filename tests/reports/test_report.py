@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from dsmd.reports import format_table, write_report
+from dsmd.reports import format_shares, format_table, student_shares, write_report
 
 ROWS = {
     "teacher": {"i2t_r1": 39.53, "rsum": 376.74, "params": 27_365_224, "image_latency_ms": 17.149},
@@ -28,3 +28,17 @@ def test_report_files_hold_the_rows_and_explain_the_columns(tmp_path):
     assert "- **seconds**: extract: 12.5, train: 200" in md
     assert "{" not in md and "[" not in md  # no raw Python structures
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_shares_of_the_teacher_and_their_line_under_the_table(tmp_path):
+    teacher = {"rsum": 400.0, "params": 20_000_000, "image_latency_ms": 18.0, "text_latency_ms": 2.0}
+    student = {"rsum": 380.0, "params": 4_000_000, "image_latency_ms": 1.5, "text_latency_ms": 0.5}
+    shares = student_shares(student, teacher)
+    assert shares == {"rsum": 0.95, "latency": 0.1, "params": 0.2}  # latency: (1.5 + 0.5) / (18 + 2)
+    line = format_shares(shares)
+    assert line == (
+        "**student / teacher**: RSUM 95.0%, latency 10.0% (ms per image + ms per caption), parameters 20.0%"
+    )
+    _, md_path = write_report(tmp_path, ROWS, summary=line)
+    md = md_path.read_text()
+    assert md.index(format_table(ROWS)) < md.index(line) < md.index("image→text")

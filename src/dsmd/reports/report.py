@@ -53,6 +53,34 @@ LEGEND = (
 )
 
 
+def student_shares(student: dict, teacher: dict) -> dict[str, float]:
+    """The student's RSUM, latency and parameters as shares of the teacher's (NaN where the teacher's is 0).
+
+    Latency is per image plus per caption: what encoding one image-caption pair costs.
+    """
+
+    def share(mine: float, theirs: float) -> float:
+        return mine / theirs if theirs else float("nan")
+
+    latency = (
+        student["image_latency_ms"] + student["text_latency_ms"],
+        teacher["image_latency_ms"] + teacher["text_latency_ms"],
+    )
+    return {
+        "rsum": share(student["rsum"], teacher["rsum"]),
+        "latency": share(*latency),
+        "params": share(student["params"], teacher["params"]),
+    }
+
+
+def format_shares(shares: dict[str, float]) -> str:
+    """One line for people: ``student / teacher: RSUM 105.0%, latency 10.5% (...), parameters 24.9%``."""
+    return (
+        f"**student / teacher**: RSUM {100 * shares['rsum']:.1f}%, latency {100 * shares['latency']:.1f}% "
+        f"(ms per image + ms per caption), parameters {100 * shares['params']:.1f}%"
+    )
+
+
 def _plain(value) -> str:
     """A value for people: nested mappings as ``key: value`` lists, lists comma-separated."""
     if isinstance(value, dict):
@@ -65,10 +93,15 @@ def _plain(value) -> str:
 
 
 def write_report(
-    out_dir: str | Path, rows: dict[str, dict], notes: dict | None = None, pictures: list | None = None
+    out_dir: str | Path,
+    rows: dict[str, dict],
+    notes: dict | None = None,
+    pictures: list | None = None,
+    summary: str | None = None,
 ) -> tuple[Path, Path]:
     """Write ``report.json`` (``rows`` plus ``notes`` under ``"meta"``) and ``report.md`` (with
-    ``pictures``, paths relative to ``out_dir``, shown after the table)."""
+    ``summary``, a line of Markdown, under the table, and ``pictures``, paths relative to
+    ``out_dir``, after it)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = dict(rows)
@@ -76,7 +109,7 @@ def write_report(
         payload["meta"] = notes
     json_path, md_path = out_dir / "report.json", out_dir / "report.md"
     write_json_atomic(json_path, payload)
-    md = ["# dsmd report", "", format_table(rows), "", LEGEND, ""]
+    md = ["# dsmd report", "", format_table(rows), "", *([summary, ""] if summary else []), LEGEND, ""]
     if pictures:
         md += ["## Training", ""] + [f"![{Path(p).stem}]({p})" for p in pictures] + [""]
     if notes:
