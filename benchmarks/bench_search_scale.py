@@ -11,7 +11,8 @@ the student's text tower; the truth is exact search over the float32 gallery.
 For each kind (``--kinds``), measured:
 
 - ``build_s``: :func:`dsmd.search.index.write_index` (training, adding, the recall measured at
-  build time, writing), and the recall@10 the build measured on 200 items' own vectors;
+  build time, writing), and the recall@10 the build measured (200 sampled items, each pushed off
+  the gallery by noise: stand-ins for real queries);
 - bytes per item on disk (the index folder, and its faiss file alone);
 - in a fresh process that serves it as ``dsmd serve`` would (torch on one thread): time to
   open, bytes per item in RAM (the growth of the resident set from before opening to after all
