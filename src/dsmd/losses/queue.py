@@ -6,6 +6,28 @@ import torch
 from torch import Tensor, nn
 
 
+def check_queue_shape(size: int, dim: int) -> None:
+    """Refuse a capacity that is not an integer >= 0 or a width that is not an integer >= 1."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ValueError(f"queue size must be an integer >= 0, got {size!r}")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"feature dim must be an integer >= 1, got {dim!r}")
+
+
+def ring_slots(ptr: Tensor, count: Tensor, batch: int, size: int) -> tuple[Tensor, int]:
+    """Where a batch of ``batch`` rows goes in a ring of ``size`` slots, as if pushed one at a time.
+
+    Only the last ``kept = min(batch, size)`` rows survive; returns their slots ``(kept,)`` and
+    ``kept``, and advances ``ptr`` and ``count`` (long scalars) in place. ``batch, size >= 1``.
+    """
+    start = int(ptr)
+    kept = min(batch, size)
+    slots = (start + torch.arange(batch - kept, batch, device=ptr.device)) % size
+    ptr.fill_((start + batch) % size)
+    count.fill_(min(int(count) + batch, size))
+    return slots, kept
+
+
 class FeatureQueue(nn.Module):
     """The most recent ``size`` teacher image/text features and their image ids.
 
@@ -37,10 +59,7 @@ class FeatureQueue(nn.Module):
 
     def __init__(self, size: int, dim: int) -> None:
         super().__init__()
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise ValueError(f"queue size must be an integer >= 0, got {size!r}")
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"feature dim must be an integer >= 1, got {dim!r}")
+        check_queue_shape(size, dim)
         self.size = size
         self.dim = dim
         self.register_buffer("image", torch.zeros(size, dim))
@@ -74,16 +93,10 @@ class FeatureQueue(nn.Module):
             )
         if self.size == 0 or batch == 0:
             return
-        start = int(self.ptr)
-        # Only the last `size` rows survive; their slots are where a row-by-row push puts them.
-        kept = min(batch, self.size)
-        offsets = torch.arange(batch - kept, batch, device=self.image.device)
-        slots = (start + offsets) % self.size
+        slots, kept = ring_slots(self.ptr, self.count, batch, self.size)
         self.image[slots] = teacher_image[-kept:].detach().to(self.image)
         self.text[slots] = teacher_text[-kept:].detach().to(self.text)
         self.image_ids[slots] = image_ids[-kept:].to(self.image_ids)
-        self.ptr.fill_((start + batch) % self.size)
-        self.count.fill_(min(int(self.count) + batch, self.size))
 
     def valid(self) -> tuple[Tensor, Tensor, Tensor]:
         """The written entries, in slot order (order carries no meaning).

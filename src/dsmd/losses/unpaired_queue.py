@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dsmd.losses.queue import check_queue_shape, ring_slots
+
 
 class ItemQueue(nn.Module):
     """The teacher features and pool rows of the most recent ``size`` unpaired items of one
@@ -29,10 +31,7 @@ class ItemQueue(nn.Module):
 
     def __init__(self, size: int, dim: int) -> None:
         super().__init__()
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise ValueError(f"queue size must be an integer >= 0, got {size!r}")
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"feature dim must be an integer >= 1, got {dim!r}")
+        check_queue_shape(size, dim)
         self.size, self.dim = size, dim
         self.register_buffer("features", torch.zeros(size, dim))
         self.register_buffer("ids", torch.full((size,), -1, dtype=torch.long))
@@ -52,13 +51,9 @@ class ItemQueue(nn.Module):
             )
         if self.size == 0 or batch == 0:
             return
-        start = int(self.ptr)
-        kept = min(batch, self.size)
-        slots = (start + torch.arange(batch - kept, batch, device=self.features.device)) % self.size
+        slots, kept = ring_slots(self.ptr, self.count, batch, self.size)
         self.features[slots] = features[-kept:].detach().to(self.features)
         self.ids[slots] = ids[-kept:].to(self.ids)
-        self.ptr.fill_((start + batch) % self.size)
-        self.count.fill_(min(int(self.count) + batch, self.size))
 
     def valid(self) -> tuple[Tensor, Tensor]:
         """The written entries ``(features (K, D), ids (K,))``, copies, in slot order."""
