@@ -1,4 +1,4 @@
-"""A compact student (factorised word embeddings and ImageNet head, fewer positions) through the
+"""A compact student (factorised word embeddings and ImageNet head, fewer positions, no text layer) through the
 whole pipeline: training, export with ONNX, loading, resuming, asymmetric evaluation; and which
 compact students the transformers copy can hold."""
 
@@ -29,6 +29,7 @@ COMPACT = [
     "student.text_embedding_rank=8",
     "student.text_positions=16",
     "student.text_pooling=cls",
+    "student.text_layers=0",
 ]
 
 

@@ -158,6 +158,21 @@ def test_a_compact_student_rebuilds_from_its_blueprint_and_trains_everywhere(com
     assert not [n for n, p in student.named_parameters() if p.grad is None]  # data parallelism needs all
 
 
+def test_a_bag_of_word_embeddings_student_rebuilds_from_its_blueprint(compact_cfg):
+    """``text_layers=0``: the text tower is its (factorised) word and position embeddings, mean-pooled."""
+    student = build_student(dataclasses.replace(compact_cfg, text_layers=0), dim=24).eval()
+    assert len(student.text.model.encoder.layer) == student.text.model.config.num_hidden_layers == 0
+    blueprint = json.loads(json.dumps(student_blueprint(student)))
+    rebuilt = student_from_blueprint(blueprint, student.text.tokenizer).eval()
+    load_weights(rebuilt, student.state_dict(), "the bag-of-embeddings student")
+    tokens = student.tokenize(CAPTIONS)
+    with torch.no_grad():
+        embedded = student.text.model.embeddings(input_ids=tokens["input_ids"])  # (B, L, H)
+        mask = tokens["attention_mask"].unsqueeze(-1).float()
+        torch.testing.assert_close(student.text(**tokens), (embedded * mask).sum(1) / mask.sum(1))
+        torch.testing.assert_close(rebuilt.encode_texts(**tokens), student.encode_texts(**tokens))
+
+
 def test_parameter_counts_are_true_and_add_up(compact_cfg):
     compact = build_student(compact_cfg, dim=24)
     whole_cfg = dataclasses.replace(compact_cfg, vision_head_rank=None, text_embedding_rank=None, text_positions=None)

@@ -243,7 +243,7 @@ def test_gradient_reaches_every_parameter_of_both_towers(folders):
 # ------------------------------------------------------------------------------- text tower
 
 
-@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("n", [0, 1, 2])
 def test_text_layers_keeps_the_first_layers(folders, n):
     full = build_text_tower(folders["bert"]).eval()
     cut = build_text_tower(folders["bert"], layers=n).eval()
@@ -345,7 +345,7 @@ def test_default_student_is_the_packaged_pair():
         (dict(image_size=0), "image_size"),
         (dict(max_text_length=1), "max_text_length"),
         (dict(max_text_length=100), "max_text_length"),
-        (dict(text_layers=0), "text_layers"),
+        (dict(text_layers=-1), "text_layers"),
         (dict(text_layers=4), "text_layers=4"),
         (dict(vision_blocks=2), "vision_blocks"),
         (dict(vision="efficientnet_lite0", vision_blocks=17), "vision_blocks=17"),

@@ -192,7 +192,8 @@ class StudentConfig:
             folder.
         text_pretrained: false builds the text tower from its config with random weights.
         text_config: overrides fields of the text tower's config.
-        text_layers: keep the first layers of the text tower (null: all).
+        text_layers: keep the first layers of the text tower (null: all; 0: none, the tower is its word and
+            position embeddings mean-pooled, a bag of words that spends the parameters on the embeddings).
         text_embedding_rank: the word-embedding table (V x H) becomes a V x r table and an r -> H linear
             started from its truncated SVD (r <= min(V, H); null: kept whole).
         text_positions: keep the first N position embeddings, N >= ``max_text_length`` (null: all).
@@ -213,7 +214,7 @@ class StudentConfig:
     text: str = "minilm"
     text_pretrained: bool = True
     text_config: dict[str, Any] = field(default_factory=dict)
-    text_layers: int | None = at_least(1, None)
+    text_layers: int | None = at_least(0, None)
     text_embedding_rank: int | None = compact_field()
     text_positions: int | None = compact_field()
     text_pooling: Literal["mean", "cls"] = "mean"

@@ -57,8 +57,8 @@ def keep_first_layers(model: nn.Module, n: int, key: str = "student.text_layers"
     """
     config = model.config
     total = config.num_hidden_layers
-    if not 1 <= n <= total:
-        raise DsmdError(f"{key}={n}: the text model has {total} layers; give 1..{total} or null.")
+    if not 0 <= n <= total:
+        raise DsmdError(f"{key}={n}: the text model has {total} layers; give 0..{total} or null.")
     owner = getattr(model, "encoder", None)
     if owner is None:
         owner = getattr(model, "transformer", None)  # DistilBERT
