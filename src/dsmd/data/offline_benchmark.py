@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -170,8 +171,10 @@ def _usable_size(png: Path) -> bool:
     """Whether the PNG's header says at most ``MAX_PIXELS`` pixels (a few drawings are huge) and a
     longer side of at least ``MIN_SIDE`` (a few are a handful of pixels)."""
     try:
-        with Image.open(png) as img:
-            return img.width * img.height <= MAX_PIXELS and max(img.size) >= MIN_SIDE
+        with warnings.catch_warnings():  # the header of a huge drawing is what this check rejects
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(png) as img:
+                return img.width * img.height <= MAX_PIXELS and max(img.size) >= MIN_SIDE
     except (OSError, Image.DecompressionBombError):
         return False
 
