@@ -1,17 +1,26 @@
 """The compression curve: students of decreasing size, their RSUM and latency as shares of the teacher's.
 
 Trains each student below on the offline benchmark (``dsmd build-benchmark``, config
-``offline_benchmark``; one seed, ``--epochs`` epochs), scores its best checkpoint on the test
-split (``dsmd eval``), measures it and the teacher with :func:`dsmd.reports.efficiency.measure_efficiency`
-(per-item latency at batch 32, images and captions, median of repeated runs after warm-up, in
-the same process, so the ratio is taken under the same load), and draws the RSUM share
-against the latency share (image + caption) as one PNG, with the paper's point and the
-target (at most 30% of the teacher's latency, at least 90% of its RSUM). Finished students
-are skipped when run again.
+``offline_benchmark``; ``--epochs`` epochs) once per seed of ``--seeds`` (``train.seed``, default
+0 1 2), scores each run's best checkpoint on the test split (``dsmd eval``) and keeps the mean and
+the sample standard deviation of the test RSUM over the seeds. It measures each student once
+(its first seed's checkpoint: parameters and latency do not depend on the seed) and the teacher
+with :func:`dsmd.reports.efficiency.measure_efficiency` (per-item latency at batch 32, images and
+captions, median of repeated runs after warm-up, in the same process, so the ratio is taken under
+the same load), and draws the mean RSUM share, with the standard deviation as error bars, against
+the latency share (image + caption) as one PNG, with the paper's point and the target (at most
+30% of the teacher's latency, at least 90% of its RSUM). The students run from the largest (A:
+192 px, 3 text layers) to the demo's smallest (E: 64 px) and G (96 px, a bag-of-words text tower
+with a rank-88 embedding table and a rank-64 ImageNet head), then F, the sweeps' student.
 
-    .venv/bin/python benchmarks/compression_curve.py --out runs/compression --png docs/compression.png
+Each run has its folder ``OUT/<student>/seed<S>`` (``<student>`` is the part of the name before
+':'); a finished run (its ``result.json``) and a finished measurement (``OUT/<student>/efficiency.json``)
+are skipped when run again, so adding a seed trains only that seed.
 
-Writes ``OUT/curve.json`` (one row per student) and ``OUT/curve.md``, and prints the table.
+    .venv/bin/python benchmarks/compression_curve.py --out runs/compression --png docs/compression.png --seeds 0 1 2
+
+Writes ``OUT/curve.json`` (one row per student: ``rsums``, ``rsum_mean``, ``rsum_std``, ``seeds``,
+``rsum_share`` of the mean, the latencies) and ``OUT/curve.md``, and prints the table.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -39,14 +49,23 @@ _PROMPT_HEAD = [
     "student.vision_proj_init=imagenet_prompts",
     "student.max_text_length=32",
 ]
-# name -> overrides of the offline_benchmark config, largest first: resolution and text depth; the
-# last one is the sweeps' student (8 Lite0 blocks at 64 px, fresh projections: depth and width).
+# name -> overrides of the offline_benchmark config, largest first: resolution and text depth; G
+# drops the text layers (a bag of words) and factorises the word embeddings and the ImageNet head;
+# the last one is the sweeps' student (8 Lite0 blocks at 64 px, fresh projections: depth and width).
 STUDENTS = {
     "A: 192 px + 3 text layers": [*_PROMPT_HEAD, "student.image_size=192", "student.text_layers=3"],
     "B: 160 px + 2 text layers": [*_PROMPT_HEAD, "student.image_size=160", "student.text_layers=2"],
     "C: 128 px + 2 text layers": [*_PROMPT_HEAD, "student.image_size=128", "student.text_layers=2"],
     "D: 96 px + 1 text layer": [*_PROMPT_HEAD, "student.image_size=96", "student.text_layers=1"],
     "E: 64 px + 1 text layer": [*_PROMPT_HEAD, "student.image_size=64", "student.text_layers=1"],
+    "G: 96 px + bag-of-words text (rank 88), image head rank 64": [
+        *_PROMPT_HEAD,
+        "student.image_size=96",
+        "student.text_layers=0",
+        "student.text_embedding_rank=88",
+        "student.vision_head_rank=64",
+        "student.text_positions=32",
+    ],
     "F: 8 blocks at 64 px, fresh head + 2 text layers (the sweeps' student)": [],
 }
 PAPER = {"latency_share": 2.1 / 16.5, "rsum_share": 528.8 / 586.5}
@@ -59,26 +78,52 @@ def _dsmd(*args: str) -> str:
     return done.stdout
 
 
-def _student(name: str, overrides: list[str], out: Path, epochs: int, repeats: int) -> dict:
-    folder = out / name.split(":")[0]
-    row_path = folder / "row.json"
-    if row_path.is_file():
-        return json.loads(row_path.read_text())
+def _slug(name: str) -> str:
+    """The student's folder name: the part of its name before ':'."""
+    return name.split(":")[0]
+
+
+def _train_seed(overrides: list[str], folder: Path, epochs: int, seed: int) -> dict:
+    """Train one student with one seed into ``folder`` and score its best checkpoint on the test split.
+
+    A finished run (``folder/result.json``) is read back instead of trained again.
+    """
+    result_path = folder / "result.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
     schedule = [f"train.epochs={epochs}", f"train.lr_decay_epochs=[{max(1, epochs * 2 // 3)}]"]
-    _dsmd("train", "--quiet", "--config", "offline_benchmark", f"out_dir={folder}", *schedule, *overrides)
+    _dsmd(
+        "train",
+        "--quiet",
+        "--config",
+        "offline_benchmark",
+        f"out_dir={folder}",
+        *schedule,
+        *overrides,
+        f"train.seed={seed}",
+    )
     best = folder / "checkpoints" / "best.pt"
     metrics = json.loads(_dsmd("eval", "--quiet", "--checkpoint", str(best), "--split", "test", "--json"))
-    eff = measure_efficiency(best, repeats=repeats)
+    result = {"seed": seed, "rsum": metrics["rsum"], "teacher_rsum": _teacher_rsum(), "checkpoint": str(best)}
+    result_path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _efficiency(checkpoint: Path, folder: Path, repeats: int) -> dict:
+    """Parameters and latency of a student and of the teacher, measured once per student.
+
+    They do not depend on the seed, so one checkpoint is measured and the result kept in
+    ``folder/efficiency.json``, which is read back when run again.
+    """
+    path = folder / "efficiency.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    eff = measure_efficiency(checkpoint, repeats=repeats)
     s, t = eff["student"], eff["teacher"]
     student_latency = s["image_latency_ms"] + s["text_latency_ms"]
     teacher_latency = t["image_latency_ms"] + t["text_latency_ms"]
     row = {
-        "name": name,
-        "overrides": overrides,
-        "epochs": epochs,
-        "rsum": metrics["rsum"],
-        "teacher_rsum": _teacher_rsum(),
-        "rsum_share": metrics["rsum"] / _teacher_rsum(),
+        "checkpoint": str(checkpoint),
         "params": s["params"],
         "teacher_params": t["params"],
         "image_latency_ms": s["image_latency_ms"],
@@ -88,8 +133,32 @@ def _student(name: str, overrides: list[str], out: Path, epochs: int, repeats: i
         "latency_share": student_latency / teacher_latency,
         "torch_threads": eff["torch_threads"],
     }
-    row_path.write_text(json.dumps(row, indent=2) + "\n")
+    path.write_text(json.dumps(row, indent=2) + "\n")
     return row
+
+
+def _student(name: str, overrides: list[str], out: Path, epochs: int, seeds: list[int], repeats: int) -> dict:
+    """One student's row: its test RSUM per seed, their mean and sample std, and its efficiency."""
+    folder = out / _slug(name)
+    results = [_train_seed(overrides, folder / f"seed{seed}", epochs, seed) for seed in seeds]
+    rsums = [r["rsum"] for r in results]
+    teacher_rsum = results[0]["teacher_rsum"]
+    mean = statistics.fmean(rsums)
+    std = statistics.stdev(rsums) if len(rsums) > 1 else 0.0
+    eff = _efficiency(Path(results[0]["checkpoint"]), folder, repeats)
+    return {
+        "name": name,
+        "overrides": overrides,
+        "epochs": epochs,
+        "seeds": list(seeds),
+        "rsums": rsums,
+        "rsum_mean": mean,
+        "rsum_std": std,
+        "teacher_rsum": teacher_rsum,
+        "rsum_share": mean / teacher_rsum,
+        "rsum_std_share": std / teacher_rsum,
+        **{k: v for k, v in eff.items() if k != "checkpoint"},
+    }
 
 
 @functools.cache
@@ -100,18 +169,39 @@ def _teacher_rsum() -> float:
 
 
 def _plot(rows: list[dict], png: Path) -> None:
+    """The mean RSUM share (error bars: its std over the seeds) against the latency share."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     x = [100 * r["latency_share"] for r in rows]
     y = [100 * r["rsum_share"] for r in rows]
+    err = [100 * r["rsum_std_share"] for r in rows]
     demo = [i for i, r in enumerate(rows) if "student.vision_head=imagenet_probs" in r["overrides"]]
+    demo.sort(key=lambda i: x[i])  # the line runs along the latency axis
     other = [i for i in range(len(rows)) if i not in demo]
-    label = "dsmd students, the demo's recipe (offline benchmark, 2-core CPU)"
-    ax.plot([x[i] for i in demo], [y[i] for i in demo], "o-", color="tab:blue", label=label)
+    seeds = sorted({len(r["seeds"]) for r in rows})
+    runs = f"{seeds[0]} seeds" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]} seeds"
+    label = f"dsmd students, the demo's recipe (offline benchmark, 2-core CPU; mean ± std of {runs})"
+    ax.errorbar(
+        [x[i] for i in demo],
+        [y[i] for i in demo],
+        yerr=[err[i] for i in demo],
+        fmt="o-",
+        color="tab:blue",
+        capsize=3,
+        label=label,
+    )
     if other:
-        label = "the sweeps' student, 6 epochs"
-        ax.plot([x[i] for i in other], [y[i] for i in other], "D", color="tab:orange", label=label)
+        label = f"the sweeps' student, {rows[other[0]]['epochs']} epochs"
+        ax.errorbar(
+            [x[i] for i in other],
+            [y[i] for i in other],
+            yerr=[err[i] for i in other],
+            fmt="D",
+            color="tab:orange",
+            capsize=3,
+            label=label,
+        )
     for r, xi, yi in zip(rows, x, y, strict=True):
-        ax.annotate(r["name"].split(":")[0], (xi, yi), textcoords="offset points", xytext=(6, -10))
+        ax.annotate(_slug(r["name"]), (xi, yi), textcoords="offset points", xytext=(6, -10))
     ax.plot(
         [100 * PAPER["latency_share"]],
         [100 * PAPER["rsum_share"]],
@@ -123,7 +213,9 @@ def _plot(rows: list[dict], png: Path) -> None:
     ax.axhline(90, color="grey", linestyle=":", linewidth=1)
     ax.fill_between([0, 30], 90, 200, color="tab:green", alpha=0.08, label="target: ≤30% latency, ≥90% RSUM")
     ax.set_xlim(0, max(105, max(x) + 5))
-    ax.set_ylim(min(0, min(y) - 5), max(110, max(y) + 5))
+    low = min(yi - ei for yi, ei in zip(y, err, strict=True))
+    high = max(yi + ei for yi, ei in zip(y, err, strict=True))
+    ax.set_ylim(min(0, low - 5), max(110, high + 5))
     ax.set_xlabel("latency, % of the teacher's (image + caption, batch 32)")
     ax.set_ylabel("test RSUM, % of the teacher's")
     ax.set_title("Smaller students: what they keep and what they cost")
@@ -138,18 +230,21 @@ def _plot(rows: list[dict], png: Path) -> None:
 
 
 def _markdown(rows: list[dict]) -> str:
+    """The table: one line per student (RSUM as mean ± sample std over its seeds), then the teacher."""
     lines = [
-        "| student | params | test RSUM | % of teacher RSUM | ms/image | ms/caption | % of teacher latency |",
-        "|---|---|---|---|---|---|---|",
+        "| student | params | test RSUM (mean ± std) | seeds | % of teacher RSUM | ms/image | ms/caption "
+        "| % of teacher latency |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['name']} | {r['params'] / 1e6:.1f}M | {r['rsum']:.1f} | {100 * r['rsum_share']:.1f} | "
+            f"| {r['name']} | {r['params'] / 1e6:.1f}M | {r['rsum_mean']:.1f} ± {r['rsum_std']:.1f} | "
+            f"{len(r['seeds'])} | {100 * r['rsum_share']:.1f} | "
             f"{r['image_latency_ms']:.2f} | {r['text_latency_ms']:.2f} | {100 * r['latency_share']:.1f} |"
         )
     t = rows[0]
     lines.append(
-        f"| teacher | {t['teacher_params'] / 1e6:.1f}M | {t['teacher_rsum']:.1f} | 100 | "
+        f"| teacher | {t['teacher_params'] / 1e6:.1f}M | {t['teacher_rsum']:.1f} | – | 100 | "
         f"{t['teacher_image_latency_ms']:.2f} | {t['teacher_text_latency_ms']:.2f} | 100 |"
     )
     return "\n".join(lines) + "\n"
@@ -157,20 +252,22 @@ def _markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/compression", help="one folder per student, curve.json, curve.md")
+    parser.add_argument("--out", default="runs/compression", help="OUT/<student>/seed<S> per run, curve.json, curve.md")
     parser.add_argument("--png", default="runs/compression/compression.png")
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed of each student's runs")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per latency (median)")
     parser.add_argument("--students", nargs="*", help="names (the part before ':') to run; default all")
     args = parser.parse_args(argv)
+    seeds = list(dict.fromkeys(args.seeds))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, overrides in STUDENTS.items():
-        if args.students and name.split(":")[0] not in args.students:
+        if args.students and _slug(name) not in args.students:
             continue
-        print(f"{name} ...", flush=True)
-        rows.append(_student(name, overrides, out, args.epochs, args.repeats))
+        print(f"{name} (seeds {' '.join(map(str, seeds))}) ...", flush=True)
+        rows.append(_student(name, overrides, out, args.epochs, seeds, args.repeats))
     (out / "curve.json").write_text(json.dumps(rows, indent=2) + "\n")
     table = _markdown(rows)
     (out / "curve.md").write_text(table)

@@ -4,8 +4,8 @@
 # demo's val and test splits and, as data of another kind, on the test images of the offline
 # benchmark's emoji and clip art (`dsmd build-benchmark --out benchmark_data` first). The
 # teacher's figures come first (dsmd eval --store). One seed per row; about 10 minutes a row on
-# 2 cores. Rows can be picked by name:
-#   bash benchmarks/demo_compact_ablation.sh [OUT_DIR [ROW ...]]
+# 2 cores. Rows can be picked by name, and run with another seed as NAME@SEED:
+#   bash benchmarks/demo_compact_ablation.sh [OUT_DIR [ROW[@SEED] ...]]
 set -euo pipefail
 out=${1:-compact_ablation_out}
 shift || true
@@ -66,8 +66,10 @@ order=(whole_96px_1layer head256 text16 text16_head256_e30 text16_head256_e30_re
   text32_head64_e30_recipe_words bag88_head64_e30_recipe bag88_head64_e30_recipe_words)
 [[ $# -gt 0 ]] && order=("$@")
 for name in "${order[@]}"; do
-  row "$name"
-  $dsmd train --quiet --config demo out_dir="$out/$name" "${args[@]}" >/dev/null
+  seed=0
+  [[ $name == *@* ]] && seed=${name#*@}
+  row "${name%@*}"
+  $dsmd train --quiet --config demo out_dir="$out/$name" "${args[@]}" train.seed="$seed" >/dev/null
   best="$out/$name/checkpoints/best.pt"
   for split in val test; do echo "$name $split $($dsmd eval --quiet --checkpoint "$best" --split $split --json)"; done
   for s in emoji clipart; do

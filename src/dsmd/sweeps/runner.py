@@ -43,30 +43,39 @@ from dsmd.runtime.signals import Stopped, Terminated, signal_of, stopped_word
 from dsmd.sweeps.spec import Run, Sweep
 
 STORE_KEYS = ("data", "teacher", "store", "store_dtype", "store_views", "store_shard_rows")
+# A store of some data serves every config of that data, with pools of unpaired data or without;
+# a config with pools extends the store (dsmd.extraction.unpaired_tables).
+POOL_KEYS = ("unpaired_images", "unpaired_texts")
 
 
-def _store_key(run: Run) -> str:
+def _store_key(run: Run, pools: bool = True) -> str:
     data = config_to_dict(run.cfg)
-    return repr({k: data[k] for k in STORE_KEYS})
+    key = {k: data[k] for k in STORE_KEYS}
+    if not pools:
+        key["data"] = {k: v for k, v in key["data"].items() if k not in POOL_KEYS}
+    return repr(key)
 
 
 def extract_stores(runs: list[Run], log: Callable[[str], None], progress: bool) -> None:
-    """Extract each distinct store the runs need (once; an existing one is reused).
+    """Extract each distinct store the runs need (once; an existing one is reused, and one that
+    lacks the pools of unpaired data that a run adds is extended).
 
     Raises:
-        DsmdError: two groups of runs need different stores at the same ``store`` path.
+        DsmdError: two groups of runs need stores of different teachers or data at the same
+            ``store`` path.
     """
-    seen: dict[str, str] = {}
+    paired: dict[str, str] = {}  # store path -> its key without the pools
+    done: set[str] = set()
     for run in runs:
         key = _store_key(run)
-        if key in seen.values():
+        if key in done:
             continue
-        if run.cfg.store in seen:
+        if paired.setdefault(run.cfg.store, _store_key(run, pools=False)) != _store_key(run, pools=False):
             raise DsmdError(
                 f"sweep {run.sweep}: variant '{run.variant}' changes the teacher or data but keeps "
                 f"store={run.cfg.store}; give it its own store= in its overrides."
             )
-        seen[run.cfg.store] = key
+        done.add(key)
         log(f"feature store {run.cfg.store}")
         extract(run.cfg, progress=progress, log=log)
 
