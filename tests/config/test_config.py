@@ -250,8 +250,10 @@ def test_with_overrides_is_the_one_way_to_change_a_config():
     from dsmd.config import with_overrides
 
     cfg = load_config("demo")
-    changed = with_overrides(cfg, ["train.epochs=3", "loss.losses=[cd, fd]"])
+    changed = with_overrides(cfg, ["train.epochs=3", "loss.losses=[cd, fd]", "balancer.priors={}"])
     assert (changed.train.epochs, changed.loss.losses) == (3, ["cd", "fd"]) and cfg.train.epochs != 3
+    with pytest.raises(DsmdError, match=r"'balancer.priors': names clip, .*\(balancer.priors=\{\} for none\)"):
+        with_overrides(cfg, ["loss.losses=[cd, fd]"])  # the demo's prior on the CLIP loss names the fix
     with pytest.raises(DsmdError, match="unknown config key 'train.epoch'"):
         with_overrides(cfg, ["train.epoch=3"])
 

@@ -437,7 +437,8 @@ class RunConfig:
         if unknown:
             raise refuse(
                 "balancer.priors",
-                f"names {', '.join(unknown)}, which loss.losses ({', '.join(self.loss.losses)}) does not enable.",
+                f"names {', '.join(unknown)}, which loss.losses ({', '.join(self.loss.losses)}) does not enable. "
+                "Add them to loss.losses, or drop them from balancer.priors (balancer.priors={} for none).",
             )
         if self.teacher.kind == "imported" and self.store_views:
             raise refuse(
