@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# The demo config's compact student and recipe do not fit the tiny models: back to whole tables
+# and DSMD's four losses (for every run on the tiny models that starts from the demo config).
+NOT_COMPACT = [
+    "student.vision_head_rank=null",
+    "student.text_embedding_rank=null",
+    "student.text_positions=null",
+    "loss.losses=[cd, fd, sd, hnd]",
+    "balancer.priors={}",
+]
+
 
 def tiny_run_overrides(tiny_models: dict[str, str], manifest: str, root: Path) -> list[str]:
     """``key=value`` overrides for a whole run on tiny models, writing under ``root``."""
@@ -23,13 +33,7 @@ def tiny_run_overrides(tiny_models: dict[str, str], manifest: str, root: Path) -
         f"student.text={tiny_models['bert']}",
         "student.text_layers=1",
         "student.max_text_length=16",
-        # the demo config's compact student and recipe do not fit the tiny models: back to whole
-        # tables and DSMD's four losses
-        "student.vision_head_rank=null",
-        "student.text_embedding_rank=null",
-        "student.text_positions=null",
-        "loss.losses=[cd, fd, sd, hnd]",
-        "balancer.priors={}",
+        *NOT_COMPACT,
         "loss.queue_size=16",
         "train.epochs=2",
         "train.batch_size=8",

@@ -29,6 +29,7 @@ from dsmd.extraction.extractor import extract
 from dsmd.training import train
 from dsmd.training.checkpoint import load_checkpoint
 from dsmd.training.sampling import RankBatchSampler, epoch_order, micro_batch_size
+from tiny_runs import NOT_COMPACT
 
 pytestmark = pytest.mark.e2e  # whole commands on tiny models: the end-to-end tier
 
@@ -70,6 +71,7 @@ def setup(tiny_models, tmp_path_factory) -> dict:
         "student.text_layers=1",
         "student.max_text_length=16",
         "student.text_config={hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}",
+        *NOT_COMPACT,
         "loss.queue_size=16",
         "train.epochs=2",
         "train.batch_size=8",
