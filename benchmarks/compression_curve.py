@@ -179,27 +179,19 @@ def _plot(rows: list[dict], png: Path) -> None:
     other = [i for i in range(len(rows)) if i not in demo]
     seeds = sorted({len(r["seeds"]) for r in rows})
     runs = f"{seeds[0]} seeds" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]} seeds"
-    label = f"dsmd students, the demo's recipe (offline benchmark, 2-core CPU; mean ± std of {runs})"
-    ax.errorbar(
-        [x[i] for i in demo],
-        [y[i] for i in demo],
-        yerr=[err[i] for i in demo],
-        fmt="o-",
-        color="tab:blue",
-        capsize=3,
-        label=label,
-    )
-    if other:
-        label = f"the sweeps' student, {rows[other[0]]['epochs']} epochs"
-        ax.errorbar(
-            [x[i] for i in other],
-            [y[i] for i in other],
-            yerr=[err[i] for i in other],
-            fmt="D",
-            color="tab:orange",
-            capsize=3,
-            label=label,
+    series = [
+        (
+            demo,
+            "o-",
+            "tab:blue",
+            f"dsmd students, the demo's recipe (offline benchmark, 2-core CPU; mean ± std of {runs})",
         )
+    ]
+    if other:
+        series.append((other, "D", "tab:orange", f"the sweeps' student, {rows[other[0]]['epochs']} epochs"))
+    for idx, fmt, color, label in series:
+        pick = [x[i] for i in idx], [y[i] for i in idx], [err[i] for i in idx]
+        ax.errorbar(pick[0], pick[1], yerr=pick[2], fmt=fmt, color=color, capsize=3, label=label)
     for r, xi, yi in zip(rows, x, y, strict=True):
         ax.annotate(_slug(r["name"]), (xi, yi), textcoords="offset points", xytext=(6, -10))
     ax.plot(
