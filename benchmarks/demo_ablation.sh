@@ -10,8 +10,7 @@ dsmd=".venv/bin/dsmd"
 $dsmd extract --quiet store="$out/store"
 echo "teacher: val $($dsmd eval --store "$out/store" --split val --json)"
 echo "teacher: test $($dsmd eval --store "$out/store" --split test --json)"
-larger=(student.image_size=192 student.text_layers=3 student.vision_head_rank=null student.text_embedding_rank=null
-  student.text_positions=null "loss.losses=[cd, fd, sd, hnd]" "balancer.priors={}" train.epochs=12 "train.lr_decay_epochs=[8]")
+source "$(dirname "$0")/demo_larger_student.sh"  # larger=(...): the earlier demo student
 run() {
   name=$1; shift
   $dsmd train --quiet store="$out/store" out_dir="$out/$name" "${larger[@]}" "$@" >/dev/null

@@ -40,8 +40,7 @@ done
 # Every row starts from the demo's earlier, larger student (192 px, 3 MiniLM layers, the four
 # DSMD losses, 12 epochs: what the demo config shipped when these rows were chosen), so that the
 # rows keep their meaning now that the demo config is the bag88_head64_e30_recipe row.
-larger=(student.image_size=192 student.text_layers=3 student.vision_head_rank=null student.text_embedding_rank=null
-  student.text_positions=null "loss.losses=[cd, fd, sd, hnd]" "balancer.priors={}" train.epochs=12 "train.lr_decay_epochs=[8]")
+source "$(dirname "$0")/demo_larger_student.sh"  # larger=(...): the earlier demo student
 small=(student.image_size=96 student.text_layers=1)
 bag=(student.image_size=96 student.text_layers=0 student.text_embedding_rank=88 student.vision_head_rank=64 student.text_positions=32)
 compact=(student.text_positions=32)

@@ -48,12 +48,12 @@ STORE_KEYS = ("data", "teacher", "store", "store_dtype", "store_views", "store_s
 POOL_KEYS = ("unpaired_images", "unpaired_texts")
 
 
-def _store_key(run: Run, pools: bool = True) -> str:
+def _store_keys(run: Run) -> tuple[str, str]:
+    """The run's store key, and the same without the pools of unpaired data."""
     data = config_to_dict(run.cfg)
     key = {k: data[k] for k in STORE_KEYS}
-    if not pools:
-        key["data"] = {k: v for k, v in key["data"].items() if k not in POOL_KEYS}
-    return repr(key)
+    paired = {**key, "data": {k: v for k, v in key["data"].items() if k not in POOL_KEYS}}
+    return repr(key), repr(paired)
 
 
 def extract_stores(runs: list[Run], log: Callable[[str], None], progress: bool) -> None:
@@ -67,10 +67,10 @@ def extract_stores(runs: list[Run], log: Callable[[str], None], progress: bool) 
     paired: dict[str, str] = {}  # store path -> its key without the pools
     done: set[str] = set()
     for run in runs:
-        key = _store_key(run)
+        key, without_pools = _store_keys(run)
         if key in done:
             continue
-        if paired.setdefault(run.cfg.store, _store_key(run, pools=False)) != _store_key(run, pools=False):
+        if paired.setdefault(run.cfg.store, without_pools) != without_pools:
             raise DsmdError(
                 f"sweep {run.sweep}: variant '{run.variant}' changes the teacher or data but keeps "
                 f"store={run.cfg.store}; give it its own store= in its overrides."
