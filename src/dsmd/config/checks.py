@@ -32,6 +32,11 @@ def above(low: float, default: Any, **kwargs: Any) -> Any:
     return field(default=default, metadata={"gt": low}, **kwargs)
 
 
+# Field metadata: config_to_dict leaves the field out while it holds its default, so a config that
+# does not use a key added later is written, saved and hashed exactly as before the key existed.
+OMITTED_AT_DEFAULT = {"omit_at_default": True}
+
+
 def between(low: float, high: float, default: Any, high_open: bool = False, **kwargs: Any) -> Any:
     """A field whose value must lie in ``[low, high]`` (``[low, high)`` with ``high_open``)."""
     return field(default=default, metadata={"ge": low, ("lt" if high_open else "le"): high}, **kwargs)

@@ -2,7 +2,7 @@
 (``student.vision_head_rank``, ``student.text_embedding_rank``, ``student.text_positions``).
 
 Like the unpaired-data keys, they are declared with
-:data:`~dsmd.config.unpaired.OMITTED_AT_DEFAULT`: a config that leaves them off writes, saves
+:data:`~dsmd.config.checks.OMITTED_AT_DEFAULT`: a config that leaves them off writes, saves
 and hashes exactly as before they existed. Whether a rank fits its matrix is checked when the
 student is built (:mod:`dsmd.models.low_rank`), since the matrix's size is known only then.
 """
@@ -12,8 +12,7 @@ from __future__ import annotations
 from dataclasses import field
 from typing import Any
 
-from dsmd.config.checks import refuse
-from dsmd.config.unpaired import OMITTED_AT_DEFAULT
+from dsmd.config.checks import OMITTED_AT_DEFAULT, refuse
 
 
 def compact_field() -> Any:

@@ -32,7 +32,7 @@ def _one_line(exc: Exception) -> str:
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """A plain, YAML/JSON-serialisable dict of a config dataclass.
 
-    Fields declared with :data:`~dsmd.config.unpaired.OMITTED_AT_DEFAULT` are left out while they
+    Fields declared with :data:`~dsmd.config.checks.OMITTED_AT_DEFAULT` are left out while they
     hold their default (:func:`from_dict` puts the default back), so a config that does not use
     a later key is written, saved and hashed exactly as before that key existed.
     """

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from dsmd.config.checks import above, at_least, between, check_fields, refuse
+from dsmd.config.checks import OMITTED_AT_DEFAULT, above, at_least, between, check_fields, refuse
 from dsmd.config.compact import check_compact, compact_field
 from dsmd.config.unpaired import (
     UNPAIRED_LOSS_NAMES,
@@ -336,6 +336,8 @@ class TrainConfig:
         head_lr_scale: multiplies the learning rate of the two fresh projection layers (1 in the paper).
         seed: the seed of the weights' initialisation, the batches' order and the augmentation.
         augment: random crops and flips of the training images (the store's views, with ``store_views``).
+        ema_decay: keeps an exponential moving average of the student's weights with this decay per optimiser
+            step; validation, ``best.pt`` and the delivered weights are the average's (null: off).
         device: ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N`` (auto: CUDA when there is one).
         log_every: ``steps.jsonl`` is flushed every this many steps.
         eval_batch_size: images or captions per batch in validation and ``dsmd eval``.
@@ -365,6 +367,7 @@ class TrainConfig:
     head_lr_scale: float = above(0, 1.0)
     seed: int = at_least(0, 0)
     augment: bool = True
+    ema_decay: float | None = field(default=None, metadata={"ge": 0, "lt": 1, **OMITTED_AT_DEFAULT})
     device: str = "auto"
     log_every: int = at_least(1, 10)
     eval_batch_size: int = at_least(1, 128)

@@ -3,7 +3,7 @@ images (``data.unpaired_images``, ``data.unpaired_texts``), the losses that lear
 (``u_cd u_fd u_sd u_hnd`` in ``loss.losses``) and how many of their items a step takes
 (``train.unpaired_ratio``); docs/method.md "Unpaired data".
 
-The new keys are declared with :data:`OMITTED_AT_DEFAULT`: a config that leaves them at their
+The new keys are declared with :data:`~dsmd.config.checks.OMITTED_AT_DEFAULT`: a config that leaves them at their
 defaults writes, saves and hashes exactly as before they existed (:func:`dsmd.config.io.config_to_dict`).
 """
 
@@ -13,11 +13,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from dsmd.config.checks import at_least, check_fields, refuse
+from dsmd.config.checks import OMITTED_AT_DEFAULT, at_least, check_fields, refuse
 
 UNPAIRED_LOSS_NAMES: tuple[str, ...] = ("u_cd", "u_fd", "u_sd", "u_hnd")
-# Field metadata: config_to_dict leaves the field out while it holds its default.
-OMITTED_AT_DEFAULT = {"omit_at_default": True}
 
 
 def _check_pool(pool: Any, section: str) -> None:

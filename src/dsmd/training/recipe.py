@@ -8,7 +8,8 @@ step's pairs, which arrive carrying the teacher's features; features are gathere
 ranks, so the DSMD losses, the queue and the balancer see the whole global batch; AdamW steps.
 Which pairs form each batch does not depend on the number of processes
 (:mod:`dsmd.training.sampling`). Per epoch: validation RSUM on rank 0, a checkpoint
-(``last.pt``, and ``best.pt`` when RSUM improves); every ``checkpoint_every`` steps also a
+(``last.pt``, and ``best.pt`` when RSUM improves; with ``train.ema_decay`` both are scored and
+saved as the moving average of the weights, :mod:`dsmd.training.weight_average`); every ``checkpoint_every`` steps also a
 mid-epoch ``last.pt``. Files: :mod:`dsmd.training.run_files`. The other ranks wait at a
 barrier during validation, so ``train.dist_timeout_s`` must exceed a validation pass.
 
@@ -54,6 +55,7 @@ from dsmd.training.checkpoint import checkpoint_config, load_checkpoint
 from dsmd.training.schedule import learning_rate
 from dsmd.training.setup import Position, Run, setup
 from dsmd.training.unpaired import with_unpaired
+from dsmd.training.weight_average import update_average
 
 
 @dataclass
@@ -188,6 +190,7 @@ def train_epoch(run: Run, epoch: int, lr: float, bar: tqdm) -> tuple[int, bool]:
     done = run.position.epoch_steps if epoch == run.position.epoch else 0
     for step in optimizer_steps(epoch_batches(run, epoch, done), tc.grad_accum_steps):
         record = run.stepper(step)
+        update_average(run.average, run.student)
         done += 1
         run.files.step({"step": run.stepper.steps, "epoch": epoch, "lr": lr, **record})
         bar.update(1)
@@ -238,7 +241,7 @@ def end_epoch(run: Run, epoch: int, done: int, complete: bool, lr: float, t0: fl
     if run.ctx.is_main:
         run.files.flush()
         run.val_metrics = evaluate_student(
-            run.student, run.data["val"], run.cfg.train.eval_batch_size, run.ctx.device, run.val_cache
+            run.evaluated, run.data["val"], run.cfg.train.eval_batch_size, run.ctx.device, run.val_cache
         )
         improved = run.val_metrics["rsum"] > run.best.rsum
         if improved:

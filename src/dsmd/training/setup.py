@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import Dataset
 
 import dsmd
@@ -37,6 +38,7 @@ from dsmd.training.run_files import RunFiles
 from dsmd.training.sampling import micro_batch_size
 from dsmd.training.step import DistillationStep, autocast_dtype
 from dsmd.training.unpaired import UnpairedStream, build_unpaired, open_pools
+from dsmd.training.weight_average import average_state, restore_average, weight_average
 
 HEADS = ("vision_proj.", "text_proj.")
 
@@ -81,6 +83,12 @@ class Run:
     val_metrics: dict | None = None
     stop: StopRequest = field(default_factory=StopRequest)
     unpaired: UnpairedStream | None = None  # the pools' items of each micro-batch, with u_* losses
+    average: AveragedModel | None = None  # the moving average of the weights (train.ema_decay)
+
+    @property
+    def evaluated(self) -> DualEncoder:
+        """The student that validation scores and checkpoints deliver: the average, when there is one."""
+        return self.student if self.average is None else self.average.module
 
     @property
     def steps_per_epoch(self) -> int:
@@ -90,7 +98,7 @@ class Run:
         """The checkpoint of the run at ``position`` (see :mod:`dsmd.training.checkpoint`)."""
         return {
             "config": config_to_dict(self.cfg),
-            "model": self.student.state_dict(),
+            **average_state(self.average, self.student),
             "optimizer": self.optimizer.state_dict(),
             "objective": self.objective.state_dict(),
             "balancer": self.balancer.state_dict(),
@@ -283,7 +291,7 @@ def wrap_student(student: nn.Module, ctx: Distributed, compile_: bool) -> nn.Mod
 
 def restore(run: Run, state: dict[str, Any], where: Path) -> None:
     """Put a checkpoint's state into the run's parts."""
-    load_weights(run.student, state["model"], str(where))
+    restore_average(run.average, run.student, state, str(where))
     load_weights(
         run.objective, state["objective"], f"{where} (its loss module: another loss.queue_size or loss.losses?)"
     )
@@ -332,6 +340,7 @@ def setup(cfg: RunConfig, state: dict[str, Any] | None, ctx: Distributed, progre
         files,
         log,
         validation_cache(cfg),
+        average=weight_average(student, tc.ema_decay),
     )
     if uses_unpaired(cfg):
         run.unpaired = build_unpaired(cfg, store, data, student, run.steps_per_epoch, ctx)
