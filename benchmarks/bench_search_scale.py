@@ -20,7 +20,9 @@ For each kind (``--kinds``), measured:
   top 10 with the caption's encoding (:func:`dsmd.search.query.run_query`) and without it
   (``Index.search`` of the encoded caption), and recall@10 of the captions against exact search.
 
-Writes ``OUT.json`` and ``OUT.md`` (default ``docs/results/search_scale``). At 1M items it needs
+Writes ``OUT.json`` and ``OUT.md`` (default ``docs/results/search_scale``) after each kind; run
+again with the same gallery, it keeps the kinds ``OUT.json`` holds and measures the others
+(``--fresh``: all again), so a long run stopped between kinds loses only the kind in progress. At 1M items it needs
 about 7 GB of RAM and 4 GB of disk in ``--work`` (one kind at a time).
 
     .venv/bin/python benchmarks/bench_search_scale.py --model EXPORT_OR_CHECKPOINT
@@ -226,6 +228,11 @@ def main() -> None:
     p.add_argument("--noise", type=float, default=0.01, help="Gaussian noise per dimension (default: 0.01)")
     p.add_argument("--out", default="docs/results/search_scale", help="writes OUT.json and OUT.md")
     p.add_argument("--work", help="folder for the indexes (default: a temporary one, removed)")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="measure every kind again (default: keep the kinds OUT.json holds for the same gallery)",
+    )
     p.add_argument("--measure", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.measure:
@@ -248,37 +255,61 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     (work / "queries.json").write_text(json.dumps(captions))
     np.save(work / "truth.npy", exact_neighbours(vectors, student.encode_texts(captions, progress=False), QUERY_K))
+    today = time.strftime("%Y-%m-%d")
+    config = {
+        "items": args.items,
+        "dim": int(vectors.shape[1]),
+        "base_images": len(ok),
+        "noise": args.noise,
+        "queries": len(captions),
+        "model": model_path,
+        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+    }
     report = {
-        "config": {
-            "items": args.items,
-            "dim": int(vectors.shape[1]),
-            "base_images": len(ok),
-            "noise": args.noise,
-            "queries": len(captions),
-            "model": model_path,
-            "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        },
+        "config": config,
         "machine": {
             "cpus": os.cpu_count(),
             "faiss_threads": faiss.omp_get_max_threads(),
             "platform": platform.platform(terse=True),
-            "date": time.strftime("%Y-%m-%d"),
+            "date": today,
         },
-        "kinds": {},
+        "kinds": {} if args.fresh else _measured_before(Path(args.out), config),
     }
     try:
         for kind in args.kinds.split(","):
-            report["kinds"][kind] = run_kind(kind, vectors, items, student.describe(), model_path, work)
+            if kind in report["kinds"]:
+                print(
+                    f"{kind}: measured before ({report['kinds'][kind].get('date', 'undated')}), kept", file=sys.stderr
+                )
+                continue
+            report["kinds"][kind] = {
+                **run_kind(kind, vectors, items, student.describe(), model_path, work),
+                "date": today,
+            }
             print(json.dumps({kind: report["kinds"][kind]}), file=sys.stderr)
             shutil.rmtree(work / kind, ignore_errors=True)
+            _write(Path(args.out), report)  # each kind as it is measured: a stopped run keeps what it did
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    out = Path(args.out)
+    _write(Path(args.out), report)
+    print(_markdown(report))
+
+
+def _measured_before(out: Path, config: dict) -> dict:
+    """The kinds an earlier run of the same gallery wrote to ``OUT.json`` (none if it differs)."""
+    path = out.with_suffix(".json")
+    if not path.is_file():
+        return {}
+    before = json.loads(path.read_text())
+    same = all(before["config"].get(key) == value for key, value in config.items() if key != "command")
+    return before["kinds"] if same else {}
+
+
+def _write(out: Path, report: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     out.with_suffix(".md").write_text(_markdown(report))
-    print(_markdown(report))
 
 
 if __name__ == "__main__":
