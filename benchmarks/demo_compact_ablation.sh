@@ -65,12 +65,14 @@ row() {  # the overrides of one row, in the array "args"
     bag88_head64_e30_recipe_words) args=(store="$out/store_words" "${bag[@]}" "${long[@]}" "${unpaired[@]}") ;;
     bag88_head64_e30_recipe_112px) args=(store="$out/store" "${bag[@]}" "${long[@]}" "${recipe[@]}" student.image_size=112) ;;
     bag88_head64_e30_recipe_ema) args=(store="$out/store" "${bag[@]}" "${long[@]}" "${recipe[@]}" train.ema_decay=0.98) ;;
+    bag88_head64_e40_recipe_ema) args=(store="$out/store" "${bag[@]}" train.epochs=40 "train.lr_decay_epochs=[32]"
+      "${recipe[@]}" train.ema_decay=0.98) ;;
     *) echo "no row $1" >&2; exit 2 ;;
   esac
 }
 order=(whole_96px_1layer head256 text16 text16_head256_e30 text16_head256_e30_recipe text32_head64_e30_recipe
   text32_head64_e30_recipe_words bag88_head64_e30_recipe bag88_head64_e30_recipe_words bag88_head64_e30_recipe_112px
-  bag88_head64_e30_recipe_ema)
+  bag88_head64_e30_recipe_ema bag88_head64_e40_recipe_ema)
 [[ $# -gt 0 ]] && order=("$@")
 for name in "${order[@]}"; do
   seed=0

@@ -142,13 +142,15 @@ def _run(args: list[str], **kwargs) -> str:
 def _assert_same_run(got: dict, want: dict, exact: bool = False) -> None:
     """Two checkpoints' parameters (within PARAMS, or bit for bit), queues (exactly) and positions."""
     assert (got["step"], got["epoch"], got["epoch_pairs"]) == (want["step"], want["epoch"], want["epoch_pairs"])
-    for key, value in want["model"].items():
-        if key.endswith(NOISE_ONLY) and not exact:
-            continue
-        if exact:
-            assert torch.equal(got["model"][key], value), key
-        else:
-            torch.testing.assert_close(got["model"][key], value, **PARAMS, msg=key)
+    assert got.keys() == want.keys()
+    for part in ("model", "train_model") if "train_model" in want else ("model",):  # (and a moving average's)
+        for key, value in want[part].items():
+            if key.endswith(NOISE_ONLY) and not exact:
+                continue
+            if exact:
+                assert torch.equal(got[part][key], value), key
+            else:
+                torch.testing.assert_close(got[part][key], value, **PARAMS, msg=key)
     for key, value in want["objective"].items():
         assert torch.equal(got["objective"][key], value), key
     assert got["balancer"]["step"] == want["balancer"]["step"]
@@ -217,8 +219,15 @@ def test_two_processes_match_one(one_process, two_processes):
 
 def test_accumulation_clipping_and_recomputation_under_ddp(setup, monkeypatch):
     """Micro-batches without DDP's all-reduce but the last of each step (``no_sync``), a short
-    last step, clipping and activation checkpointing: still the one-process run."""
-    extra = ["train.grad_accum_steps=2", "train.clip_grad_norm=1.0", "train.grad_checkpointing=true", "train.epochs=1"]
+    last step, clipping, activation checkpointing and a moving average of the weights: still the
+    one-process run."""
+    extra = [
+        "train.grad_accum_steps=2",
+        "train.clip_grad_norm=1.0",
+        "train.grad_checkpointing=true",
+        "train.ema_decay=0.5",
+        "train.epochs=1",
+    ]
     grads = _record_grads(monkeypatch)
     train(_cfg(*setup["overrides"], *extra, f"out_dir={setup['root'] / 'accum_one'}"), **QUIET)
     out = setup["root"] / "accum_two"

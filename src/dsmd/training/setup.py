@@ -320,6 +320,7 @@ def setup(cfg: RunConfig, state: dict[str, Any] | None, ctx: Distributed, progre
     student = build_run_student(cfg, store, state is None, ctx.device)
     if tc.grad_checkpointing:
         enable_gradient_checkpointing(student, log)
+    average = weight_average(student, tc.ema_decay)  # a copy of the student before DDP wraps it
     objective = MultiscaleDistillationLoss.from_config(cfg.loss, store.dim).to(ctx.device)
     balancer, optimizer = build_balancer(cfg), build_optimizer(cfg, student)
     stepper = DistillationStep(student, wrap_student(student, ctx, tc.compile), objective, balancer, optimizer, ctx, tc)
@@ -340,7 +341,7 @@ def setup(cfg: RunConfig, state: dict[str, Any] | None, ctx: Distributed, progre
         files,
         log,
         validation_cache(cfg),
-        average=weight_average(student, tc.ema_decay),
+        average=average,
     )
     if uses_unpaired(cfg):
         run.unpaired = build_unpaired(cfg, store, data, student, run.steps_per_epoch, ctx)
