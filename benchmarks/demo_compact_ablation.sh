@@ -4,8 +4,10 @@
 # demo's val and test splits and, as data of another kind, on the test images of the offline
 # benchmark's emoji and clip art (`dsmd build-benchmark --out benchmark_data` first). The
 # teacher's figures come first (dsmd eval --store). One seed per row; about 10 minutes a row on
-# 2 cores. Rows can be picked by name, and run with another seed as NAME@SEED:
-#   bash benchmarks/demo_compact_ablation.sh [OUT_DIR [ROW[@SEED] ...]]
+# 2 cores. Rows can be picked by name, and run with another seed as NAME@SEED, and on another
+# split of the demo's images as NAME@SEED/SPLIT (data.split_seed=SPLIT: other val and test
+# images, its own store, the teacher's figures on it printed first; a larger validation basis):
+#   bash benchmarks/demo_compact_ablation.sh [OUT_DIR [ROW[@SEED[/SPLIT]] ...]]
 set -euo pipefail
 out=${1:-compact_ablation_out}
 shift || true
@@ -74,12 +76,24 @@ order=(whole_96px_1layer head256 text16 text16_head256_e30 text16_head256_e30_re
   text32_head64_e30_recipe_words bag88_head64_e30_recipe bag88_head64_e30_recipe_words bag88_head64_e30_recipe_112px
   bag88_head64_e30_recipe_ema bag88_head64_e40_recipe_ema)
 [[ $# -gt 0 ]] && order=("$@")
+on_split() {  # the row's args on split $1 of the demo's images: its own store, extracted on first use
+  local split=$1 store="$out/store_split$1"
+  [[ " ${args[*]} " == *" store=$out/store "* ]] || { echo "row $name: only rows on $out/store run on another split" >&2; exit 2; }
+  if [[ ! -f "$store/manifest.json" ]]; then
+    $dsmd extract --quiet --config demo store="$store" data.split_seed="$split"
+    for s in val test; do echo "teacher/$split $s $($dsmd eval --quiet --store "$store" --split $s --json)"; done
+  fi
+  args=("${args[@]/#store=$out\/store/store=$store}" data.split_seed="$split")
+}
 for name in "${order[@]}"; do
-  seed=0
-  [[ $name == *@* ]] && seed=${name#*@}
-  row "${name%@*}"
-  $dsmd train --quiet --config demo out_dir="$out/$name" "${larger[@]}" "${args[@]}" train.seed="$seed" >/dev/null
-  best="$out/$name/checkpoints/best.pt"
+  seed=0 split=0
+  [[ $name == */* ]] && split=${name#*/}
+  base=${name%/*}
+  [[ $base == *@* ]] && seed=${base#*@}
+  row "${base%@*}"
+  [[ $split == 0 ]] || on_split "$split"
+  $dsmd train --quiet --config demo out_dir="$out/${name//\//~split}" "${larger[@]}" "${args[@]}" train.seed="$seed" >/dev/null
+  best="$out/${name//\//~split}/checkpoints/best.pt"
   for split in val test; do echo "$name $split $($dsmd eval --quiet --checkpoint "$best" --split $split --json)"; done
   for s in emoji clipart; do
     echo "$name $s $($dsmd eval --quiet --checkpoint "$best" --split test --json data.kind=manifest data.manifest="$bench/manifest_ood_$s.jsonl")"
