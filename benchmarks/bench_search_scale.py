@@ -22,7 +22,8 @@ For each kind (``--kinds``), measured:
 
 Writes ``OUT.json`` and ``OUT.md`` (default ``docs/results/search_scale``) after each kind; run
 again with the same gallery, it keeps the kinds ``OUT.json`` holds and measures the others
-(``--fresh``: all again), so a long run stopped between kinds loses only the kind in progress. At 1M items it needs
+(``--fresh``: the kinds of ``--kinds`` again, the others kept), so a long run stopped between
+kinds loses only the kind in progress. At 1M items it needs
 about 7 GB of RAM and 4 GB of disk in ``--work`` (one kind at a time).
 
     .venv/bin/python benchmarks/bench_search_scale.py --model EXPORT_OR_CHECKPOINT
@@ -212,6 +213,9 @@ def _markdown(report: dict) -> str:
             f"{r['caption_to_top10']['p50_ms']} / {r['caption_to_top10']['p99_ms']} | {r['recall_at_10']} | "
             f"{r['build_recall_at_10']} | {', '.join(f'{k} {v}' for k, v in r['params'].items()) or '-'} |"
         )
+    lines += ["", "Each row's run (a row kept from an earlier run of the same gallery keeps its own):", ""]
+    for kind, r in report["kinds"].items():
+        lines.append(f"- {kind}: {r.get('date', 'undated')}, `{r.get('command', c['command'])}`")
     return "\n".join(lines) + "\n"
 
 
@@ -231,7 +235,7 @@ def main() -> None:
     p.add_argument(
         "--fresh",
         action="store_true",
-        help="measure every kind again (default: keep the kinds OUT.json holds for the same gallery)",
+        help="measure the kinds of --kinds again (default: keep those OUT.json holds for the same gallery)",
     )
     p.add_argument("--measure", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -273,11 +277,11 @@ def main() -> None:
             "platform": platform.platform(terse=True),
             "date": today,
         },
-        "kinds": {} if args.fresh else _measured_before(Path(args.out), config),
+        "kinds": _measured_before(Path(args.out), config),
     }
     try:
         for kind in args.kinds.split(","):
-            if kind in report["kinds"]:
+            if kind in report["kinds"] and not args.fresh:
                 print(
                     f"{kind}: measured before ({report['kinds'][kind].get('date', 'undated')}), kept", file=sys.stderr
                 )
@@ -285,6 +289,7 @@ def main() -> None:
             report["kinds"][kind] = {
                 **run_kind(kind, vectors, items, student.describe(), model_path, work),
                 "date": today,
+                "command": config["command"],
             }
             print(json.dumps({kind: report["kinds"][kind]}), file=sys.stderr)
             shutil.rmtree(work / kind, ignore_errors=True)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from dsmd.errors import DsmdError
-from dsmd.search.engine import RowReader, exact_neighbours, recall_at_k
+from dsmd.search.engine import RowReader, exact_neighbours, recall_at_k, recall_queries
 from dsmd.search.index import FAISS, META, VECTORS, Index, write_index
 from dsmd.search.items import ItemFile
-from dsmd.search.kinds import AUTO_FLAT_MAX, IndexOptions, choose_kind, ivfpq_params, rerank_depth
+from dsmd.search.kinds import AUTO_FLAT_MAX, IndexOptions, choose_kind, ivfpq_params, rerank_depth, set_search_param
 from dsmd.search.shards import ShardedIndex, merge_top_k, open_index, parse_shard, shard_of
 
 MODEL = {"name": "synthetic", "model_id": "abc", "space": "s1", "dim": 32, "normalized": True}
@@ -193,3 +193,32 @@ def test_items_are_read_from_their_file_when_asked(tmp_path):
         items[5]
     (tmp_path / "last.jsonl").write_text(json.dumps(lines[0]) + "\n" + json.dumps(lines[1]))  # no last newline
     assert list(ItemFile(tmp_path / "last.jsonl")) == lines[:2] and ItemFile(tmp_path / "last.jsonl")[1] == lines[1]
+
+
+def test_coarse_codes_are_repaired_by_deeper_re_ranking_not_by_probing(gallery, tmp_path):
+    """With 2-byte codes no nprobe reaches the target from 100 candidates: tuning re-ranks more,
+    and the recall it records is what the opened index gives on the build's queries."""
+    coarse = IndexOptions(pq_m=2, pq_bits=6)
+    index = _write(tmp_path / "coarse", gallery, "ivfpq", coarse)
+    params = index.meta["index"]["params"]
+    assert params["rerank"] > 100 and index.recall >= 0.95
+    assert f"top {params['rerank']} re-ranked" in index.describe_search()
+    queries = recall_queries(gallery)
+    truth = exact_neighbours(gallery, queries, 10)
+    assert recall_at_k(index.search(queries, 10)[1], truth) == pytest.approx(index.recall, abs=1e-4)
+    index.searcher.rerank = 100  # the same index at the default depth, every list probed: short of the target
+    set_search_param(index.faiss_index, "ivfpq", params["nlist"])
+    assert recall_at_k(index.search(queries, 10)[1], truth) < 0.95
+    assert rerank_depth(10, 10**6, 400) == 400 and rerank_depth(25, 10**6, 400) == 1000
+
+
+def test_an_index_without_a_tuned_depth_re_ranks_the_default(ivfpq, tmp_path):
+    """Indexes written before the depth was tuned have no params.rerank: 100 candidates."""
+    meta = json.loads((ivfpq.path / META).read_text())
+    del meta["index"]["params"]["rerank"]
+    folder = tmp_path / "old"
+    folder.mkdir()
+    for name in (FAISS, VECTORS, "items.jsonl"):
+        (folder / name).write_bytes((ivfpq.path / name).read_bytes())
+    (folder / META).write_text(json.dumps(meta))
+    assert Index.open(folder).searcher.rerank == 100

@@ -9,11 +9,12 @@ process's memory: the kernel's page cache keeps the ones read often).
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import numpy as np
 
-from dsmd.search.kinds import RECALL_TARGET, faiss_module, rerank_depth, set_search_param
+from dsmd.search.kinds import RECALL_TARGET, RERANK_MAX, RERANK_MIN, faiss_module, rerank_depth, set_search_param
 
 RECALL_QUERIES, RECALL_K = 200, 10
 QUERY_NOISE = 2.0  # the build's queries: items plus Gaussian noise of twice their norm (see recall_queries)
@@ -41,19 +42,20 @@ class RowReader:
 
 
 class Searcher:
-    """Top-``k`` search over a faiss index of ``kind``; ``rows`` re-ranks an ``ivfpq`` one."""
+    """Top-``k`` search over a faiss index of ``kind``; ``rows`` re-ranks an ``ivfpq`` one's
+    ``rerank`` best candidates (of a top 10: :func:`~dsmd.search.kinds.rerank_depth`)."""
 
-    def __init__(self, faiss_index: Any, kind: str, rows: RowReader | None = None):
+    def __init__(self, faiss_index: Any, kind: str, rows: RowReader | None = None, rerank: int = RERANK_MIN):
         if kind == "ivfpq" and rows is None:
             raise ValueError("an ivfpq index needs the rows of its vectors to re-rank")
-        self.faiss_index, self.kind, self.rows = faiss_index, kind, rows
+        self.faiss_index, self.kind, self.rows, self.rerank = faiss_index, kind, rows, rerank
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Scores and ids ``(Q, k)`` of queries ``(Q, D)``, best first; id -1 where none (k <= N)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.kind != "ivfpq":
             return self.faiss_index.search(queries, k)
-        _, candidates = self.faiss_index.search(queries, rerank_depth(k, self.faiss_index.ntotal))
+        _, candidates = self.faiss_index.search(queries, rerank_depth(k, self.faiss_index.ntotal, self.rerank))
         scores = np.full((len(queries), k), MISSING_SCORE, np.float32)
         ids = np.full((len(queries), k), -1, np.int64)
         for q, (query, found) in enumerate(zip(queries, candidates, strict=True)):
@@ -124,3 +126,46 @@ def tune(searcher: Searcher, vectors: np.ndarray, start: int, cap: int, fixed: b
         if fixed or recall >= RECALL_TARGET or value >= cap:
             return value, recall
         value = min(cap, value * 2)
+
+
+def tune_ivfpq(searcher: Searcher, vectors: np.ndarray, start: int, cap: int) -> tuple[int, int, float]:
+    """``nprobe``, ``rerank`` and the recall@10 they give: the fastest pair that reaches
+    :data:`RECALL_TARGET` on :func:`recall_queries`.
+
+    Probing more lists finds the true neighbours' codes; re-ranking more candidates recovers
+    neighbours whose compressed codes scored below others (product quantisation's error, which
+    no ``nprobe`` repairs). For each ``rerank`` from 100, doubling to
+    :data:`~dsmd.search.kinds.RERANK_MAX`, ``nprobe`` doubles from ``start`` (up to the smallest
+    that reached the target so far, or ``cap``) until the target is reached; of the pairs that
+    reach it, the one whose queries ran fastest is kept (none: the pair with the best recall).
+    """
+    queries = recall_queries(vectors)
+    k = min(RECALL_K, len(vectors))
+    truth = exact_neighbours(vectors, queries, k)
+    best: tuple[float, int, int, float] | None = None  # (seconds, nprobe, rerank, recall)
+    closest: tuple[float, int, int] = (-1.0, start, RERANK_MIN)
+    rerank, limit = RERANK_MIN, cap
+    while rerank <= RERANK_MAX:
+        nprobe = min(start, limit)
+        while True:
+            set_search_param(searcher.faiss_index, "ivfpq", nprobe)
+            searcher.rerank = rerank
+            t0 = time.perf_counter()
+            recall = recall_at_k(searcher.search(queries, k)[1], truth)
+            seconds = time.perf_counter() - t0
+            closest = max(closest, (recall, nprobe, rerank))
+            if recall >= RECALL_TARGET:
+                if best is None or seconds < best[0]:
+                    best = (seconds, nprobe, rerank, recall)
+                limit = nprobe
+                break
+            if nprobe >= limit:
+                break
+            nprobe = min(limit, nprobe * 2)
+        if (best is not None and best[1] == min(start, cap)) or rerank >= len(vectors):
+            break  # nothing probes fewer lists, or every item is re-ranked already: deeper only costs
+        rerank *= 2
+    _, nprobe, rerank, recall = best if best is not None else (0.0, closest[1], closest[2], closest[0])
+    set_search_param(searcher.faiss_index, "ivfpq", nprobe)
+    searcher.rerank = rerank
+    return nprobe, rerank, recall

@@ -40,7 +40,7 @@ import numpy as np
 
 from dsmd.errors import DsmdError
 from dsmd.runtime.files import write_json_atomic, write_text_atomic
-from dsmd.search.engine import MAX_EF_SEARCH, QUERY_NOISE, RECALL_QUERIES, RowReader, Searcher, tune
+from dsmd.search.engine import MAX_EF_SEARCH, QUERY_NOISE, RECALL_QUERIES, RowReader, Searcher, tune, tune_ivfpq
 from dsmd.search.items import ItemFile
 from dsmd.search.kinds import (
     HNSW_NEIGHBOURS,
@@ -201,7 +201,9 @@ class Index:
         kind = search_kind(meta)
         params = meta.get("index", {}).get("params", {})
         set_search_param(index, kind, params.get("nprobe" if kind == "ivfpq" else "ef_search"))
-        searcher = Searcher(index, kind, RowReader(vectors) if kind == "ivfpq" else None)
+        searcher = Searcher(
+            index, kind, RowReader(vectors) if kind == "ivfpq" else None, params.get("rerank", RERANK_MIN)
+        )
         return cls(path, meta, items, vectors, index, searcher)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -244,9 +246,12 @@ def _faiss_and_params(
     params: dict[str, Any] = ivfpq_params(len(vectors), vectors.shape[1], options) if kind == "ivfpq" else {}
     index = build_faiss(vectors, kind, params)
     rows = RowReader(np.load(folder / VECTORS, mmap_mode="r")) if kind == "ivfpq" else None
-    if kind == "ivfpq":
-        params["nprobe"], recall = tune(
-            Searcher(index, kind, rows), vectors, params["nprobe"], params["nlist"], options.nprobe is not None
+    if kind == "ivfpq" and options.nprobe is not None:  # given: measured as it is, default re-ranking
+        params["nprobe"], recall = tune(Searcher(index, kind, rows), vectors, params["nprobe"], params["nlist"], True)
+        params["rerank"] = RERANK_MIN
+    elif kind == "ivfpq":
+        params["nprobe"], params["rerank"], recall = tune_ivfpq(
+            Searcher(index, kind, rows), vectors, params["nprobe"], params["nlist"]
         )
     elif kind == "hnsw":
         params = {"neighbours": HNSW_NEIGHBOURS}
@@ -292,7 +297,7 @@ def write_index(
         "recall_queries": 0 if kind == "flat" else min(RECALL_QUERIES, len(vectors)),
         "recall_query_noise": QUERY_NOISE,  # (the queries: items plus noise of this many times their norm)
         "vectors": "float16" if kind == "ivfpq" else "float32",
-        **({"rerank": {"min": RERANK_MIN, "factor": RERANK_FACTOR}} if kind == "ivfpq" else {}),
+        **({"rerank": {"top10": params["rerank"], "factor": RERANK_FACTOR}} if kind == "ivfpq" else {}),
     }
     meta = {
         **meta,

@@ -27,8 +27,12 @@ Parameter rules (each can be given instead):
 - ``m`` = the largest divisor of ``D`` up to ``D / 4`` (four dimensions per sub-quantiser,
   at most 256 bytes a code): 96 at ``D = 384``;
 - ``nbits`` = 8, fewer below ``39 * 256`` items (``floor(log2(N / 39))``);
-- ``nprobe`` starts at ``max(8, nlist / 64)`` and doubles until the build's measured recall@10
-  reaches :data:`RECALL_TARGET` (or every list is probed); HNSW's ``efSearch`` likewise from 16.
+- ``nprobe`` starts at ``max(8, nlist / 64)``; the re-ranking depth of a top 10 (``rerank``)
+  at 100. For each depth from 100, doubling to :data:`RERANK_MAX`, ``nprobe`` doubles until
+  the build's measured recall@10 reaches :data:`RECALL_TARGET`; the fastest such pair is kept
+  (:func:`dsmd.search.engine.tune_ivfpq`). HNSW's ``efSearch`` doubles from 16 likewise.
+  Without a tuned depth (an index written before it was tuned, or ``nprobe`` given) a top 10
+  re-ranks 100.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ IVFPQ_MIN_ITEMS = 1_000
 HNSW_NEIGHBOURS = 32
 RECALL_TARGET = 0.95
 RERANK_MIN, RERANK_FACTOR = 100, 10
+RERANK_MAX = 1600  # the deepest re-ranking tuning tries (candidates of a top 10)
+RECALL_K_TUNED = 10  # the top k whose recall the build tunes
 MAX_TRAIN_PER_LIST = 50
 
 
@@ -126,9 +132,10 @@ def ivfpq_params(count: int, dim: int, options: IndexOptions) -> dict[str, int]:
     return {"nlist": nlist, "m": m, "nbits": nbits, "nprobe": nprobe}
 
 
-def rerank_depth(k: int, count: int) -> int:
-    """How many ``ivfpq`` candidates a top-``k`` query re-ranks exactly."""
-    return min(count, max(RERANK_MIN, RERANK_FACTOR * k))
+def rerank_depth(k: int, count: int, rerank: int = RERANK_MIN) -> int:
+    """How many ``ivfpq`` candidates a top-``k`` query re-ranks exactly: ``rerank`` for a top 10
+    (the index's tuned ``params["rerank"]``), in proportion above, at least ``10 k``."""
+    return min(count, max(rerank, -(-rerank * k // RECALL_K_TUNED), RERANK_FACTOR * k))
 
 
 def build_faiss(vectors: np.ndarray, kind: str, params: dict[str, Any]):
@@ -173,6 +180,6 @@ def describe(kind: str, params: dict[str, Any], recall: float | None) -> str:
     else:
         text = (
             f"approximate search (ivfpq index: {params['nlist']} lists, PQ {params['m']}x{params['nbits']}, "
-            f"nprobe {params['nprobe']}, re-ranked"
+            f"nprobe {params['nprobe']}, top {params.get('rerank', RERANK_MIN)} re-ranked"
         )
     return text + (f"; recall@10 {recall:.3f} when built)" if recall is not None else ")")
