@@ -10,8 +10,9 @@ captions, median of repeated runs after warm-up, in the same process, so the rat
 the same load), and draws the mean RSUM share, with the standard deviation as error bars, against
 the latency share (image + caption) as one PNG, with the paper's point and the target (at most
 30% of the teacher's latency, at least 90% of its RSUM). The students run from the largest (A:
-192 px, 3 text layers) to the demo's smallest (E: 64 px) and G (96 px, a bag-of-words text tower
-with a rank-88 embedding table and a rank-64 ImageNet head), then F, the sweeps' student.
+192 px, 3 text layers) to the smallest (E: 64 px) and G, the demo's student (112 px, a
+bag-of-words text tower with a rank-88 embedding table and a rank-64 ImageNet head), then F,
+the sweeps' student.
 
 Each run has its folder ``OUT/<student>/seed<S>`` (``<student>`` is the part of the name before
 ':'); a finished run (its ``result.json``) and a finished measurement (``OUT/<student>/efficiency.json``)
@@ -58,9 +59,9 @@ STUDENTS = {
     "C: 128 px + 2 text layers": [*_PROMPT_HEAD, "student.image_size=128", "student.text_layers=2"],
     "D: 96 px + 1 text layer": [*_PROMPT_HEAD, "student.image_size=96", "student.text_layers=1"],
     "E: 64 px + 1 text layer": [*_PROMPT_HEAD, "student.image_size=64", "student.text_layers=1"],
-    "G: 96 px + bag-of-words text (rank 88), image head rank 64": [
+    "G: 112 px + bag-of-words text (rank 88), image head rank 64 (the demo's)": [
         *_PROMPT_HEAD,
-        "student.image_size=96",
+        "student.image_size=112",
         "student.text_layers=0",
         "student.text_embedding_rank=88",
         "student.vision_head_rank=64",
