@@ -128,6 +128,22 @@ def tune(searcher: Searcher, vectors: np.ndarray, start: int, cap: int, fixed: b
         value = min(cap, value * 2)
 
 
+def _fewest_lists(
+    searcher: Searcher, queries: np.ndarray, truth: np.ndarray, rerank: int, start: int, limit: int
+) -> list[tuple[float, int, float]]:
+    """``(recall, nprobe, seconds)`` of each ``nprobe`` tried at depth ``rerank``: doubling from
+    ``start`` until the recall reaches :data:`RECALL_TARGET` or ``nprobe`` reaches ``limit``."""
+    searcher.rerank, tried, nprobe = rerank, [], min(start, limit)
+    while True:
+        set_search_param(searcher.faiss_index, "ivfpq", nprobe)
+        t0 = time.perf_counter()
+        recall = recall_at_k(searcher.search(queries, truth.shape[1])[1], truth)
+        tried.append((recall, nprobe, time.perf_counter() - t0))
+        if recall >= RECALL_TARGET or nprobe >= limit:
+            return tried
+        nprobe = min(limit, nprobe * 2)
+
+
 def tune_ivfpq(searcher: Searcher, vectors: np.ndarray, start: int, cap: int) -> tuple[int, int, float]:
     """``nprobe``, ``rerank`` and the recall@10 they give: the fastest pair that reaches
     :data:`RECALL_TARGET` on :func:`recall_queries`.
@@ -140,32 +156,20 @@ def tune_ivfpq(searcher: Searcher, vectors: np.ndarray, start: int, cap: int) ->
     reach it, the one whose queries ran fastest is kept (none: the pair with the best recall).
     """
     queries = recall_queries(vectors)
-    k = min(RECALL_K, len(vectors))
-    truth = exact_neighbours(vectors, queries, k)
-    best: tuple[float, int, int, float] | None = None  # (seconds, nprobe, rerank, recall)
-    closest: tuple[float, int, int] = (-1.0, start, RERANK_MIN)
+    truth = exact_neighbours(vectors, queries, min(RECALL_K, len(vectors)))
+    reached: list[tuple[float, int, int, float]] = []  # (seconds, nprobe, rerank, recall)
+    closest = (-1.0, start, RERANK_MIN)  # (recall, nprobe, rerank)
     rerank, limit = RERANK_MIN, cap
     while rerank <= RERANK_MAX:
-        nprobe = min(start, limit)
-        while True:
-            set_search_param(searcher.faiss_index, "ivfpq", nprobe)
-            searcher.rerank = rerank
-            t0 = time.perf_counter()
-            recall = recall_at_k(searcher.search(queries, k)[1], truth)
-            seconds = time.perf_counter() - t0
-            closest = max(closest, (recall, nprobe, rerank))
-            if recall >= RECALL_TARGET:
-                if best is None or seconds < best[0]:
-                    best = (seconds, nprobe, rerank, recall)
-                limit = nprobe
-                break
-            if nprobe >= limit:
-                break
-            nprobe = min(limit, nprobe * 2)
-        if (best is not None and best[1] == min(start, cap)) or rerank >= len(vectors):
+        recall, nprobe, seconds = _fewest_lists(searcher, queries, truth, rerank, start, limit)[-1]
+        closest = max(closest, (recall, nprobe, rerank))
+        if recall >= RECALL_TARGET:
+            reached.append((seconds, nprobe, rerank, recall))
+            limit = nprobe
+        if (reached and limit == min(start, cap)) or rerank >= len(vectors):
             break  # nothing probes fewer lists, or every item is re-ranked already: deeper only costs
         rerank *= 2
-    _, nprobe, rerank, recall = best if best is not None else (0.0, closest[1], closest[2], closest[0])
+    _, nprobe, rerank, recall = min(reached) if reached else (0.0, closest[1], closest[2], closest[0])
     set_search_param(searcher.faiss_index, "ivfpq", nprobe)
     searcher.rerank = rerank
     return nprobe, rerank, recall
