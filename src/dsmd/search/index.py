@@ -297,7 +297,7 @@ def write_index(
         "recall_queries": 0 if kind == "flat" else min(RECALL_QUERIES, len(vectors)),
         "recall_query_noise": QUERY_NOISE,  # (the queries: items plus noise of this many times their norm)
         "vectors": "float16" if kind == "ivfpq" else "float32",
-        **({"rerank": {"top10": params["rerank"], "factor": RERANK_FACTOR}} if kind == "ivfpq" else {}),
+        **({"rerank": {"factor": RERANK_FACTOR}} if kind == "ivfpq" else {}),  # (the depth: params["rerank"])
     }
     meta = {
         **meta,
