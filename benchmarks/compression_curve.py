@@ -15,8 +15,9 @@ bag-of-words text tower with a rank-88 embedding table and a rank-64 ImageNet he
 the sweeps' student.
 
 Each run has its folder ``OUT/<student>/seed<S>`` (``<student>`` is the part of the name before
-':'); a finished run (its ``result.json``) and a finished measurement (``OUT/<student>/efficiency.json``)
-are skipped when run again, so adding a seed trains only that seed.
+':'); a scored run (its ``curve_seed.json``) and a finished measurement (``OUT/<student>/efficiency.json``)
+are skipped when run again, so adding a seed trains only that seed, and an interrupted run resumes
+from its last checkpoint. Delete the ``efficiency.json`` files to measure again (on a quiet machine).
 
     .venv/bin/python benchmarks/compression_curve.py --out runs/compression --png docs/compression.png --seeds 0 1 2
 
@@ -87,26 +88,27 @@ def _slug(name: str) -> str:
 def _train_seed(overrides: list[str], folder: Path, epochs: int, seed: int) -> dict:
     """Train one student with one seed into ``folder`` and score its best checkpoint on the test split.
 
-    A finished run (``folder/result.json``) is read back instead of trained again.
+    A scored run (``folder/curve_seed.json``; ``result.json`` with an ``rsum`` from older versions
+    of this script) is read back; a run whose training finished (``dsmd train``'s ``result.json``)
+    is only scored; an interrupted one (``checkpoints/last.pt``) is resumed.
     """
-    result_path = folder / "result.json"
-    if result_path.is_file():
-        return json.loads(result_path.read_text())
-    schedule = [f"train.epochs={epochs}", f"train.lr_decay_epochs=[{max(1, epochs * 2 // 3)}]"]
-    _dsmd(
-        "train",
-        "--quiet",
-        "--config",
-        "offline_benchmark",
-        f"out_dir={folder}",
-        *schedule,
-        *overrides,
-        f"train.seed={seed}",
-    )
+    scored = folder / "curve_seed.json"
+    if scored.is_file():
+        return json.loads(scored.read_text())
+    trained = folder / "result.json"
+    if trained.is_file() and "rsum" in (done := json.loads(trained.read_text())):
+        return done
+    if not trained.is_file():
+        schedule = [f"train.epochs={epochs}", f"train.lr_decay_epochs=[{max(1, epochs * 2 // 3)}]"]
+        if (folder / "checkpoints" / "last.pt").is_file():
+            _dsmd("train", "--quiet", "--resume", f"out_dir={folder}")
+        else:
+            config = [f"out_dir={folder}", *schedule, *overrides, f"train.seed={seed}"]
+            _dsmd("train", "--quiet", "--config", "offline_benchmark", *config)
     best = folder / "checkpoints" / "best.pt"
     metrics = json.loads(_dsmd("eval", "--quiet", "--checkpoint", str(best), "--split", "test", "--json"))
     result = {"seed": seed, "rsum": metrics["rsum"], "teacher_rsum": _teacher_rsum(), "checkpoint": str(best)}
-    result_path.write_text(json.dumps(result, indent=2) + "\n")
+    scored.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

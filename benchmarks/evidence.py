@@ -12,15 +12,17 @@ one-sample test). Verdicts: **wins** or **loses** (significant, that sign), **ca
 
     .venv/bin/python benchmarks/evidence.py [--sweep sweeps/offline/evidence/sweep.json sweeps/offline/unpaired/sweep.json]
 
-Reads offline_unpaired's table too (variants ``recipe_unpaired``, ``recipe_unpaired_half``: the
-recipe with unpaired pools), when that sweep has run.
+Reads offline_unpaired's table too (variants ``recipe_unpaired``, ``recipe_unpaired_half``,
+``recipe_unpaired_clip8``: the recipe with unpaired pools), when that sweep has run.
 
 Writes the rows as JSON (``--json``, default docs/results/evidence.json): one per setting and
 variant with finished runs, ``{"setting", "variant", "n", "rsum_mean", "rsum_std", "rsums",
-"seeds", "vs_pairs"}`` (``vs_pairs``: ``{"n", "diff_mean", "diff_se", "t", "verdict"}``, or None
-for ``pairs`` itself and where ``pairs`` has no runs); and the markdown it prints (``--md``,
-default docs/results/evidence.md): a table per setting and a summary of where the distilled
-student wins and loses against training without a teacher. RSUMs compare within a setting only:
+"seeds", "vs_pairs", "vs_recipe"}`` (``vs_pairs``: ``{"n", "diff_mean", "diff_se", "t", "verdict"}``,
+or None for ``pairs`` itself and where ``pairs`` has no runs; ``vs_recipe``: the same test against
+the setting's ``recipe``, for the variants with unpaired pools only, else None); and the markdown it
+prints (``--md``, default docs/results/evidence.md): a table per setting, a summary of where the
+distilled student wins and loses against training without a teacher, and what the unpaired pools
+add to the recipe. RSUMs compare within a setting only:
 each setting's test split has its own images (in_domain all three sources, ood_S source S alone).
 """
 
@@ -41,9 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paired_stats import paired, significance  # noqa: E402
 
 SETTINGS = ("in_domain", "ood_stamps", "ood_emoji", "ood_clipart")
-VARIANTS = ("teacher", "dsmd", "pairs", "dsmd_pairs", "recipe", "dcd", "kd", "recipe_unpaired", "recipe_unpaired_half")
+# the recipe with unpaired pools (offline_unpaired), each also compared with the recipe without them
+UNPAIRED = ("recipe_unpaired", "recipe_unpaired_half", "recipe_unpaired_clip8")
+VARIANTS = ("teacher", "dsmd", "pairs", "dsmd_pairs", "recipe", "dcd", "kd", *UNPAIRED)
 # the methods that learn from the teacher: the summary's "best distiller" is one of them
-DISTILLERS = ("dsmd", "dsmd_pairs", "recipe", "dcd", "kd", "recipe_unpaired", "recipe_unpaired_half")
+DISTILLERS = ("dsmd", "dsmd_pairs", "recipe", "dcd", "kd", *UNPAIRED)
 # the sweeps read by default: offline_evidence (required) and offline_unpaired (when it has run)
 SWEEPS = ("sweeps/offline/evidence/sweep.json", "sweeps/offline/unpaired/sweep.json")
 REFERENCE = "pairs"
@@ -119,16 +123,21 @@ def _stats_row(row: dict, seeds: list[int]) -> dict:
     return {"seeds": row["seeds"], "rsum_values": row["rsums"]}
 
 
+def _against(row: dict, ref: dict | None) -> dict | None:
+    """The paired test of ``row`` minus ``ref`` with its verdict, or None without a reference."""
+    if ref is None or row is ref:
+        return None
+    test = paired(_stats_row(row, ref["seeds"]), _stats_row(ref, ref["seeds"]))
+    return {**test, "verdict": verdict(test)}
+
+
 def compare(rows: list[dict]) -> None:
-    """Add ``vs_pairs`` to every row in place (see the module docstring)."""
-    reference = {r["setting"]: r for r in rows if r["variant"] == REFERENCE}
+    """Add ``vs_pairs`` and ``vs_recipe`` to every row in place (see the module docstring)."""
+    pairs = {r["setting"]: r for r in rows if r["variant"] == REFERENCE}
+    recipe = {r["setting"]: r for r in rows if r["variant"] == "recipe"}
     for row in rows:
-        ref = reference.get(row["setting"])
-        if ref is None or row is ref:
-            row["vs_pairs"] = None
-            continue
-        test = paired(_stats_row(row, ref["seeds"]), _stats_row(ref, ref["seeds"]))
-        row["vs_pairs"] = {**test, "verdict": verdict(test)}
+        row["vs_pairs"] = _against(row, pairs.get(row["setting"]))
+        row["vs_recipe"] = _against(row, recipe.get(row["setting"])) if row["variant"] in UNPAIRED else None
 
 
 def evidence(sweep_jsons: list[Path]) -> tuple[list[dict], dict]:
@@ -272,6 +281,29 @@ def recipe_criteria(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _unpaired_table(by_setting: dict[str, list[dict]]) -> list[str]:
+    """The recipe with and without the unpaired pools, setting by setting (empty before they ran)."""
+    lines = []
+    for setting, rows in by_setting.items():
+        named = {r["variant"]: r for r in rows}
+        for variant in (v for v in UNPAIRED if v in named):
+            row, test = named[variant], named[variant]["vs_recipe"]
+            delta = "–" if test is None else f"{_fmt(test['diff_mean'])} ± {_fmt(test['diff_se'])}"
+            word = "no recipe runs" if test is None else test["verdict"]
+            lines.append(f"| {setting} | {variant} | {_rsum(named.get('recipe'))} | {_rsum(row)} | {delta} | {word} |")
+    if not lines:
+        return []
+    head = [
+        "### What the unpaired pools add to the recipe",
+        "",
+        "Δ is the variant minus `recipe` (the same student and losses without the pools), per seed, ± se.",
+        "",
+        "| setting | variant | recipe | with the pools | Δ vs recipe (± se) | verdict vs recipe |",
+        "|---|---|---|---|---|---|",
+    ]
+    return [*head, *lines, ""]
+
+
 def _criteria_table(criteria: list[dict]) -> list[str]:
     word = {True: "met", False: "**not met**", None: "not yet measured"}
     out = ["### The recipe's targets", "", "| target | setting | result | figures |", "|---|---|---|---|"]
@@ -297,6 +329,7 @@ def markdown(rows: list[dict], notes: dict) -> str:
     for setting, setting_rows in by_setting.items():
         out += _setting_table(setting, setting_rows, notes)
     out += _summary(by_setting)
+    out += _unpaired_table(by_setting)
     out += _criteria_table(recipe_criteria(rows))
     if notes["failed"]:
         failed = "; ".join(f"{f['name']} (seed {f['seed']})" for f in notes["failed"])

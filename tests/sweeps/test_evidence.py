@@ -114,6 +114,7 @@ def test_rows_means_stds_and_verdicts(evidence, sweep_json, tmp_path):
         "| ood_stamps | – | 55.0 ± 7.1 (2) | 78.3 ± 10.4 (3) | – | 40.0 ± 0.0 (1) | dsmd (78.3) | cannot tell" in text
     )
     assert "No teacher figure: no feature store at" in text and "ood_stamps / pairs (seed 2)" in text
+    assert "unpaired pools" not in text  # no variant with pools: no such table
 
 
 def test_a_missing_sweep_names_the_command(evidence, tmp_path):
@@ -134,6 +135,31 @@ def test_a_second_sweep_adds_its_variants_and_may_be_missing(evidence, sweep_jso
     rows = {(r["setting"], r["variant"]): r for r in evidence.evidence([sweep_json, unpaired])[0]}
     assert rows["in_domain", "dsmd"]["rsums"] == [80.0, 85.0, 95.0]
     assert rows["in_domain", "recipe_unpaired"]["vs_pairs"]["verdict"] == "wins"  # +11 at every seed
+    assert rows["in_domain", "recipe_unpaired"]["vs_recipe"] is None  # no recipe runs in-domain
+    assert rows["in_domain", "dsmd"]["vs_recipe"] is None  # only the variants with pools
+
+
+def test_the_unpaired_pools_are_judged_against_the_recipe(evidence, sweep_json, tmp_path):
+    store = tmp_path / "store"
+    unpaired = tmp_path / "unpaired" / "sweep.json"
+    unpaired.parent.mkdir()
+    table = [
+        _row("in_domain / recipe", [0, 1, 2], [100.0, 104.0, 99.0], store),
+        _row("in_domain / recipe_unpaired", [0, 1, 2], [90.0, 95.0, 88.0], store),  # -10, -9, -11
+        _row("in_domain / recipe_unpaired_half", [0, 2], [101.0, 99.0], store),  # +1, 0 at seeds 0, 2
+    ]
+    unpaired.write_text(json.dumps({"seeds": [0, 1, 2], "rows": table, "failed": []}))
+    rows, notes = evidence.evidence([sweep_json, unpaired])
+    named = {(r["setting"], r["variant"]): r for r in rows}
+    full = named["in_domain", "recipe_unpaired"]["vs_recipe"]
+    assert (full["n"], full["diff_mean"], full["diff_se"]) == (3, -10.0, pytest.approx(1 / math.sqrt(3)))
+    assert full["verdict"] == "loses"
+    half = named["in_domain", "recipe_unpaired_half"]["vs_recipe"]
+    assert (half["n"], half["diff_mean"], half["verdict"]) == (2, 0.5, "cannot tell")
+    assert named["in_domain", "recipe"]["vs_recipe"] is None
+    text = evidence.markdown(rows, notes)
+    assert "### What the unpaired pools add to the recipe" in text
+    assert "| in_domain | recipe_unpaired | 101.0 ± 2.6 (3) | 91.0 ± 3.6 (3) | -10.0 ± 0.6 | loses |" in text
     assert evidence.parse_variant("ood_emoji / recipe_unpaired_half") == ("ood_emoji", "recipe_unpaired_half")
 
 
