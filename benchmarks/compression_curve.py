@@ -98,13 +98,12 @@ def _train_seed(overrides: list[str], folder: Path, epochs: int, seed: int) -> d
     trained = folder / "result.json"
     if trained.is_file() and "rsum" in (done := json.loads(trained.read_text())):
         return done
-    if not trained.is_file():
+    if not trained.is_file() and (folder / "checkpoints" / "last.pt").is_file():
+        _dsmd("train", "--quiet", "--resume", f"out_dir={folder}")
+    elif not trained.is_file():
         schedule = [f"train.epochs={epochs}", f"train.lr_decay_epochs=[{max(1, epochs * 2 // 3)}]"]
-        if (folder / "checkpoints" / "last.pt").is_file():
-            _dsmd("train", "--quiet", "--resume", f"out_dir={folder}")
-        else:
-            config = [f"out_dir={folder}", *schedule, *overrides, f"train.seed={seed}"]
-            _dsmd("train", "--quiet", "--config", "offline_benchmark", *config)
+        config = [f"out_dir={folder}", *schedule, *overrides, f"train.seed={seed}"]
+        _dsmd("train", "--quiet", "--config", "offline_benchmark", *config)
     best = folder / "checkpoints" / "best.pt"
     metrics = json.loads(_dsmd("eval", "--quiet", "--checkpoint", str(best), "--split", "test", "--json"))
     result = {"seed": seed, "rsum": metrics["rsum"], "teacher_rsum": _teacher_rsum(), "checkpoint": str(best)}

@@ -130,17 +130,16 @@ def tune(searcher: Searcher, vectors: np.ndarray, start: int, cap: int, fixed: b
 
 def _fewest_lists(
     searcher: Searcher, queries: np.ndarray, truth: np.ndarray, rerank: int, start: int, limit: int
-) -> list[tuple[float, int, float]]:
-    """``(recall, nprobe, seconds)`` of each ``nprobe`` tried at depth ``rerank``: doubling from
+) -> tuple[float, int, float]:
+    """``(recall, nprobe, seconds)`` of the last ``nprobe`` tried at depth ``rerank``: doubling from
     ``start`` until the recall reaches :data:`RECALL_TARGET` or ``nprobe`` reaches ``limit``."""
-    searcher.rerank, tried, nprobe = rerank, [], min(start, limit)
+    searcher.rerank, nprobe = rerank, min(start, limit)
     while True:
         set_search_param(searcher.faiss_index, "ivfpq", nprobe)
         t0 = time.perf_counter()
         recall = recall_at_k(searcher.search(queries, truth.shape[1])[1], truth)
-        tried.append((recall, nprobe, time.perf_counter() - t0))
         if recall >= RECALL_TARGET or nprobe >= limit:
-            return tried
+            return recall, nprobe, time.perf_counter() - t0
         nprobe = min(limit, nprobe * 2)
 
 
@@ -161,7 +160,7 @@ def tune_ivfpq(searcher: Searcher, vectors: np.ndarray, start: int, cap: int) ->
     closest = (-1.0, start, RERANK_MIN)  # (recall, nprobe, rerank)
     rerank, limit = RERANK_MIN, cap
     while rerank <= RERANK_MAX:
-        recall, nprobe, seconds = _fewest_lists(searcher, queries, truth, rerank, start, limit)[-1]
+        recall, nprobe, seconds = _fewest_lists(searcher, queries, truth, rerank, start, limit)
         closest = max(closest, (recall, nprobe, rerank))
         if recall >= RECALL_TARGET:
             reached.append((seconds, nprobe, rerank, recall))
