@@ -66,6 +66,7 @@ row() {  # the overrides of one row, in the array "args"
     bag88_head64_e30_recipe) args=(store="$out/store" "${bag[@]}" "${long[@]}" "${recipe[@]}") ;;
     bag88_head64_e30_recipe_words) args=(store="$out/store_words" "${bag[@]}" "${long[@]}" "${unpaired[@]}") ;;
     bag88_head64_e30_recipe_112px) args=(store="$out/store" "${bag[@]}" "${long[@]}" "${recipe[@]}" student.image_size=112) ;;
+    bag88_head64_e30_recipe_104px) args=(store="$out/store" "${bag[@]}" "${long[@]}" "${recipe[@]}" student.image_size=104) ;;
     bag88_head64_e30_recipe_ema) args=(store="$out/store" "${bag[@]}" "${long[@]}" "${recipe[@]}" train.ema_decay=0.98) ;;
     bag88_head64_e40_recipe_ema) args=(store="$out/store" "${bag[@]}" train.epochs=40 "train.lr_decay_epochs=[32]"
       "${recipe[@]}" train.ema_decay=0.98) ;;
@@ -74,7 +75,7 @@ row() {  # the overrides of one row, in the array "args"
 }
 order=(whole_96px_1layer head256 text16 text16_head256_e30 text16_head256_e30_recipe text32_head64_e30_recipe
   text32_head64_e30_recipe_words bag88_head64_e30_recipe bag88_head64_e30_recipe_words bag88_head64_e30_recipe_112px
-  bag88_head64_e30_recipe_ema bag88_head64_e40_recipe_ema)
+  bag88_head64_e30_recipe_ema bag88_head64_e40_recipe_ema bag88_head64_e30_recipe_104px)
 [[ $# -gt 0 ]] && order=("$@")
 on_split() {  # the row's args on split $1 of the demo's images: its own store, extracted on first use
   local split=$1 store="$out/store_split$1"

@@ -69,3 +69,13 @@ def test_an_interrupted_run_resumes_and_a_trained_one_is_only_scored(curve, tmp_
     (trained / "result.json").write_text(json.dumps({"best_epoch": 6, "steps": 186}))
     assert curve._train_seed([], trained, epochs=6, seed=2)["rsum"] == 42.0
     assert _commands(curve.calls) == ["eval"]
+
+
+def test_the_efficiency_row_is_the_median_of_its_rounds_and_is_kept(curve, tmp_path, monkeypatch):
+    shares = iter([0.3, 0.1, 0.2])
+    monkeypatch.setattr(curve, "_measure_once", lambda ck, repeats: {"latency_share": next(shares), "params": 5})
+    row = curve._efficiency(tmp_path / "best.pt", tmp_path, repeats=10, rounds=3)
+    assert row["latency_share"] == 0.2 and row["latency_shares"] == [0.1, 0.2, 0.3]
+    assert curve._share_cell(row) == "20.0 (10.0-30.0)"
+    monkeypatch.setattr(curve, "_measure_once", lambda ck, repeats: pytest.fail("measured again"))
+    assert curve._efficiency(tmp_path / "best.pt", tmp_path, repeats=10, rounds=3) == row
