@@ -31,7 +31,10 @@ with open(sys.argv[1], "w", encoding="utf-8") as f:
     f.writelines(f"a photo of a {w}.\n" for w in words)
 EOF
 $dsmd extract --quiet --config demo store="$out/store"
-$dsmd extract --quiet --config demo store="$out/store_words" data.unpaired_texts.kind=lines data.unpaired_texts.path="$words"
+words_store() {  # the store with the vocabulary pool (its own 8 views of every image): only for *_words rows
+  [[ -f "$out/store_words/manifest.json" ]] || $dsmd extract --quiet --config demo store="$out/store_words" \
+    data.unpaired_texts.kind=lines data.unpaired_texts.path="$words"
+}
 
 for split in val test; do echo "teacher $split $($dsmd eval --quiet --store "$out/store" --split $split --json)"; done
 for s in emoji clipart; do
@@ -92,6 +95,7 @@ for name in "${order[@]}"; do
   base=${name%/*}
   [[ $base == *@* ]] && seed=${base#*@}
   row "${base%@*}"
+  [[ " ${args[*]} " == *" store=$out/store_words "* ]] && words_store
   [[ $split == 0 ]] || on_split "$split"
   $dsmd train --quiet --config demo out_dir="$out/${name//\//~split}" "${larger[@]}" "${args[@]}" train.seed="$seed" >/dev/null
   best="$out/${name//\//~split}/checkpoints/best.pt"
