@@ -214,8 +214,11 @@ def _plot(rows: list[dict], png: Path) -> None:
         ax.errorbar(pick[0], pick[1], yerr=pick[2], fmt=fmt, color=color, capsize=3, markersize=size, label=label)
     for i, (r, xi, yi) in enumerate(zip(rows, x, y, strict=True)):
         crowded = any(abs(x[j] - xi) < 4 and abs(y[j] - yi) < 10 for j in bag if j != i)
-        offset = (8, 2) if i in bag else (-14, -4) if crowded else (6, -10)  # keep clear of the star
-        ax.annotate(_slug(r["name"]), (xi, yi), textcoords="offset points", xytext=offset)
+        offset = (-14, -4) if crowded else (6, -10)  # keep clear of the stars
+        arrow = None
+        if i in bag:  # the stars sit on each other: their labels go above and below, with an arrow
+            offset, arrow = ((24, 22), (24, -30))[bag.index(i) % 2], {"arrowstyle": "-", "color": "grey", "lw": 0.8}
+        ax.annotate(_slug(r["name"]), (xi, yi), textcoords="offset points", xytext=offset, arrowprops=arrow)
     ax.plot(
         [100 * PAPER["latency_share"]],
         [100 * PAPER["rsum_share"]],
