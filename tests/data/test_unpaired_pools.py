@@ -174,3 +174,25 @@ def test_pools_may_not_hold_val_or_test_items(tmp_path):
     texts = ["data.unpaired_texts.kind=lines", f"data.unpaired_texts.path={tmp_path / 't.txt'}"]
     with pytest.raises(DsmdError, match="1 captions of the pool are val or test captions"):
         load_pools(load_config(None, [*base, *texts]).data, splits)
+
+
+def test_a_vocabulary_pool_fills_the_template_with_each_whole_word_of_the_tokenizer(tiny_models):
+    pool = _pools("data.unpaired_texts.kind=vocabulary", "data.unpaired_texts.path=minilm")["text"]
+    assert pool.captions[:2] == ["a photo of a the.", "a photo of a and."]  # the vocabulary's order
+    assert len(pool.captions) == 21358 and "a photo of a kangaroo." in pool.captions
+    assert not any("##" in c or "[" in c for c in pool.captions)
+    words = _pools(
+        "data.unpaired_texts.kind=vocabulary",
+        f"data.unpaired_texts.path={tiny_models['bert']}",
+        "data.unpaired_texts.template=an icon of {}",
+    )["text"].captions
+    assert words and all(c.startswith("an icon of ") for c in words)
+    with pytest.raises(DsmdError, match=r"data\.unpaired_texts\.template.*has no \{\} for the word"):
+        load_config(
+            None,
+            [
+                "data.unpaired_texts.kind=vocabulary",
+                "data.unpaired_texts.path=minilm",
+                "data.unpaired_texts.template=x",
+            ],
+        )

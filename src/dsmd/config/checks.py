@@ -177,3 +177,25 @@ def check_fields(obj: Any, section: str) -> None:
 def refuse(key: str, message: str) -> DsmdError:
     """A cross-field violation: ``config key 'KEY': MESSAGE``."""
     return DsmdError(f"config key '{key}': {message}")
+
+
+def check_balancer_names(balancer: Any, losses: list[str]) -> None:
+    """``balancer.static_weights`` (static mode) and ``balancer.priors`` name only losses that ``losses`` enables.
+
+    Raises:
+        DsmdError: naming the key and the losses it names that are not enabled.
+    """
+    if balancer.mode == "static":
+        unknown = sorted(set(balancer.static_weights) - set(losses))
+        if unknown:
+            raise refuse(
+                "balancer.static_weights",
+                f"names {', '.join(unknown)}, which loss.losses ({', '.join(losses)}) does not enable.",
+            )
+    unknown = sorted(set(balancer.priors) - set(losses))
+    if unknown:
+        raise refuse(
+            "balancer.priors",
+            f"names {', '.join(unknown)}, which loss.losses ({', '.join(losses)}) does not enable. "
+            "Add them to loss.losses, or drop them from balancer.priors (balancer.priors={} for none).",
+        )

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from dsmd.config import checks
 from dsmd.config.checks import OMITTED_AT_DEFAULT, above, at_least, between, check_fields, refuse
 from dsmd.config.compact import check_compact, compact_field
 from dsmd.config.unpaired import (
@@ -354,6 +355,9 @@ class TrainConfig:
         unpaired_ratio: with ``u_*`` losses, unpaired images (and, separately, unpaired captions) per pair of each
             step: a step of ``batch_size`` pairs also takes ``unpaired_ratio x batch_size`` items of each pool,
             a whole number that divides into the micro-batches (docs/method.md "Unpaired data").
+        text_warmup_epochs: epochs of the text tower alone on the teacher's features of the caption pool
+            (``data.unpaired_texts``) and the training captions before distillation (0: none; docs/method.md).
+        text_warmup_lr: the Adam learning rate of the text warm-up.
     """
 
     SECTION: ClassVar[str] = "train"
@@ -381,6 +385,8 @@ class TrainConfig:
     dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
     dist_timeout_s: int = at_least(1, 600)
     unpaired_ratio: float = ratio_field(1.0)
+    text_warmup_epochs: int = field(default=0, metadata={"ge": 0, **OMITTED_AT_DEFAULT})
+    text_warmup_lr: float = field(default=1e-3, metadata={"gt": 0, **OMITTED_AT_DEFAULT})
 
     def __post_init__(self) -> None:
         check_fields(self, self.SECTION)
@@ -429,20 +435,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "")
-        if self.balancer.mode == "static":
-            unknown = sorted(set(self.balancer.static_weights) - set(self.loss.losses))
-            if unknown:
-                raise refuse(
-                    "balancer.static_weights",
-                    f"names {', '.join(unknown)}, which loss.losses ({', '.join(self.loss.losses)}) does not enable.",
-                )
-        unknown = sorted(set(self.balancer.priors) - set(self.loss.losses))
-        if unknown:
-            raise refuse(
-                "balancer.priors",
-                f"names {', '.join(unknown)}, which loss.losses ({', '.join(self.loss.losses)}) does not enable. "
-                "Add them to loss.losses, or drop them from balancer.priors (balancer.priors={} for none).",
-            )
+        checks.check_balancer_names(self.balancer, self.loss.losses)
         if self.teacher.kind == "imported" and self.store_views:
             raise refuse(
                 "store_views", f"{self.store_views}, but imported features have no augmented views. Set store_views=0."

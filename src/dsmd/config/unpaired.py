@@ -65,11 +65,14 @@ class UnpairedTextsConfig:
 
     Attributes:
         kind: ``none`` (no pool), ``lines`` (a UTF-8 text file, one caption a line, blank lines skipped),
-            ``jsonl`` (one JSON object a line, a caption or a list of captions under ``column``) or
+            ``jsonl`` (one JSON object a line, a caption or a list of captions under ``column``),
             ``webdataset`` (the ``.txt`` / ``.json`` captions of the shards ``path`` names; samples need no
-            image).
-        path: the text file, JSONL file or shard pattern.
+            image) or ``vocabulary`` (``template`` filled with each whole word of the tokenizer ``path``
+            names: its alphabetic ASCII tokens of three letters or more, in the vocabulary's order).
+        path: the text file, JSONL file, shard pattern or, for ``vocabulary``, the tokenizer: ``minilm``
+            (the packaged all-MiniLM-L6-v2) or a folder or hub name.
         column: ``jsonl``: the field holding the caption(s).
+        template: ``vocabulary``: the caption of each word, ``{}`` standing for the word.
         limit: keep the first N captions (after repeats are dropped); null keeps them all.
     """
 
@@ -78,16 +81,22 @@ class UnpairedTextsConfig:
         "lines": "a text file, one caption a line",
         "jsonl": "a JSONL file with a caption a line",
         "webdataset": "a shard pattern, glob or folder",
+        "vocabulary": "a tokenizer: minilm, or a folder or hub name",
     }
 
-    kind: Literal["none", "lines", "jsonl", "webdataset"] = "none"
+    kind: Literal["none", "lines", "jsonl", "webdataset", "vocabulary"] = "none"
     path: str | None = None
     column: str = "caption"
+    template: str = field(default="a photo of a {}.", metadata=OMITTED_AT_DEFAULT)
     limit: int | None = at_least(1, None)
 
     def __post_init__(self) -> None:
         check_fields(self, self.SECTION)
         _check_pool(self, self.SECTION)
+        if "{}" not in self.template:
+            raise refuse(
+                f"{self.SECTION}.template", f"{self.template!r} has no {{}} for the word; e.g. 'a photo of a {{}}.'"
+            )
 
 
 def pool_field(cls: type) -> Any:
@@ -110,6 +119,11 @@ def uses_unpaired(cfg: Any) -> bool:
     return any(name in UNPAIRED_LOSS_NAMES for name in cfg.loss.losses)
 
 
+def reads_pools(cfg: Any) -> bool:
+    """Whether a run reads its pools: for ``u_*`` losses or for the text warm-up."""
+    return uses_unpaired(cfg) or cfg.train.text_warmup_epochs > 0
+
+
 def unpaired_per_step(cfg: Any) -> int:
     """Unpaired images (and, separately, captions) per optimiser step over all processes:
     ``train.unpaired_ratio x train.batch_size``."""
@@ -120,10 +134,16 @@ def check_unpaired(cfg: Any) -> None:
     """The rules that tie the unpaired keys to the rest of a :class:`~dsmd.config.schema.RunConfig`.
 
     Raises:
-        DsmdError: ``u_*`` losses without a pool; pools with imported features; a ratio that does not give
-            a whole number of items per micro-batch.
+        DsmdError: ``u_*`` losses without a pool; a text warm-up without a caption pool; pools with imported
+            features; a ratio that does not give a whole number of items per micro-batch.
     """
     wanted = [name for name in cfg.loss.losses if name in UNPAIRED_LOSS_NAMES]
+    if cfg.train.text_warmup_epochs and cfg.data.unpaired_texts.kind == "none":
+        raise refuse(
+            "train.text_warmup_epochs",
+            f"{cfg.train.text_warmup_epochs}: the text warm-up learns the teacher's features of a caption pool, but "
+            'data.unpaired_texts is kind none. Give one (docs/method.md "Unpaired data") or set it to 0.',
+        )
     if wanted and not has_pools(cfg.data):
         raise refuse(
             "loss.losses",

@@ -121,9 +121,22 @@ def _text_values(cfg: UnpairedTextsConfig) -> Iterator[str]:
                     f"{where}: '{cfg.column}' must be a string or a list of strings, not {json_kind(value)}."
                 )
             yield from values
+    elif cfg.kind == "vocabulary":
+        yield from (cfg.template.format(word) for word in vocabulary_words(cfg.path))
     else:
         for _, sample in _shard_samples(cfg.path):
             yield from sample.captions
+
+
+def vocabulary_words(source: str) -> list[str]:
+    """The whole words of a tokenizer's vocabulary (``minilm`` or a folder or hub name): its tokens
+    of three or more ASCII letters, in the vocabulary's order (no ``##`` pieces, no special tokens)."""
+    from dsmd.runtime.pretrained import MINILM, load_hf_tokenizer, minilm_folder, resolve_hf_source
+
+    key = "data.unpaired_texts.path"
+    folder = str(minilm_folder()) if source == MINILM else resolve_hf_source(source, key)
+    vocab = load_hf_tokenizer(folder, key).get_vocab()
+    return [w for w in sorted(vocab, key=vocab.get) if w.isascii() and w.isalpha() and len(w) >= 3]
 
 
 def list_text_pool(cfg: UnpairedTextsConfig) -> list[str]:

@@ -54,7 +54,8 @@ LEGEND = (
 
 
 def student_shares(student: dict, teacher: dict) -> dict[str, float]:
-    """The student's RSUM, latency and parameters as shares of the teacher's (NaN where the teacher's is 0).
+    """The student's RSUM, R@1 in each direction (where both rows have them), latency and parameters
+    as shares of the teacher's (NaN where the teacher's is 0).
 
     Latency is per image plus per caption: what encoding one image-caption pair costs.
     """
@@ -66,19 +67,28 @@ def student_shares(student: dict, teacher: dict) -> dict[str, float]:
         student["image_latency_ms"] + student["text_latency_ms"],
         teacher["image_latency_ms"] + teacher["text_latency_ms"],
     )
+    recalls = {k: share(student[k], teacher[k]) for k in ("i2t_r1", "t2i_r1") if k in student and k in teacher}
     return {
         "rsum": share(student["rsum"], teacher["rsum"]),
+        **recalls,
         "latency": share(*latency),
         "params": share(student["params"], teacher["params"]),
     }
 
 
-def format_shares(shares: dict[str, float]) -> str:
-    """One line for people: ``student / teacher: RSUM 105.0%, latency 10.5% (...), parameters 24.9%``."""
-    return (
-        f"**student / teacher**: RSUM {100 * shares['rsum']:.1f}%, latency {100 * shares['latency']:.1f}% "
-        f"(ms per image + ms per caption), parameters {100 * shares['params']:.1f}%"
+def format_shares(shares: dict[str, float], heldout: dict[str, float] | None = None) -> str:
+    """One line for people: ``student / teacher: RSUM 105.0% (R@1 i2t 82.0%, t2i 59.0%), latency 10.5%
+    (...), parameters 24.9%``, then the RSUM share on each held-out kind (``{name: share}``)."""
+    recalls = [f"{d} {100 * shares[k]:.1f}%" for d, k in (("i2t", "i2t_r1"), ("t2i", "t2i_r1")) if k in shares]
+    line = (
+        f"**student / teacher**: RSUM {100 * shares['rsum']:.1f}%"
+        + (f" (R@1 {', '.join(recalls)})" if recalls else "")
+        + f", latency {100 * shares['latency']:.1f}% (ms per image + ms per caption), parameters "
+        f"{100 * shares['params']:.1f}%"
     )
+    if heldout:
+        line += "; RSUM on other kinds of images: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in heldout.items())
+    return line
 
 
 def _plain(value) -> str:
@@ -98,18 +108,24 @@ def write_report(
     notes: dict | None = None,
     pictures: list | None = None,
     summary: str | None = None,
+    tables: dict[str, dict[str, dict]] | None = None,
+    extra: dict | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``report.json`` (``rows`` plus ``notes`` under ``"meta"``) and ``report.md`` (with
-    ``summary``, a line of Markdown, under the table, and ``pictures``, paths relative to
-    ``out_dir``, after it)."""
+    """Write ``report.json`` (``rows``, the keys of ``extra``, and ``notes`` under ``"meta"``) and
+    ``report.md`` (with ``summary``, a line of Markdown, under the table, each of ``tables``
+    (``title: rows``) as a table of its own, and ``pictures``, paths relative to ``out_dir``,
+    after them)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = dict(rows)
+    payload = {**rows, **(extra or {})}
     if notes:
         payload["meta"] = notes
     json_path, md_path = out_dir / "report.json", out_dir / "report.md"
     write_json_atomic(json_path, payload)
-    md = ["# dsmd report", "", format_table(rows), "", *([summary, ""] if summary else []), LEGEND, ""]
+    md = ["# dsmd report", "", format_table(rows), "", *([summary, ""] if summary else [])]
+    for title, table in (tables or {}).items():
+        md += [f"## {title}", "", format_table(table), ""]
+    md += [LEGEND, ""]
     if pictures:
         md += ["## Training", ""] + [f"![{Path(p).stem}]({p})" for p in pictures] + [""]
     if notes:

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 import dsmd
 from dsmd.balancer import LossBalancer
 from dsmd.config import RunConfig, config_to_dict
-from dsmd.config.unpaired import uses_unpaired
+from dsmd.config.unpaired import reads_pools, uses_unpaired
 from dsmd.data.batches import PairCollator
 from dsmd.data.datasets import CaptionedImages, load_dataset
 from dsmd.data.loader import ImageCache, PairDataset
@@ -33,10 +33,12 @@ from dsmd.models import DualEncoder, build_student
 from dsmd.runtime.distributed import Distributed
 from dsmd.runtime.signals import StopRequest
 from dsmd.store import FeatureStore
+from dsmd.store.manifest import UNPAIRED_TABLES
 from dsmd.training.checkpoint import load_weights
 from dsmd.training.run_files import RunFiles
 from dsmd.training.sampling import micro_batch_size
 from dsmd.training.step import DistillationStep, autocast_dtype
+from dsmd.training.text_warmup import warm_up_text
 from dsmd.training.unpaired import UnpairedStream, build_unpaired, open_pools
 from dsmd.training.weight_average import average_state, restore_average, weight_average
 
@@ -166,7 +168,7 @@ def open_store(cfg: RunConfig, ctx: Distributed, progress: bool) -> tuple[Featur
             f"training image. Extract with store_views={cfg.store_views} into a new store, or lower it."
         )
     data = {"train": dataset["train"], "val": dataset["val"]}
-    if uses_unpaired(cfg):
+    if reads_pools(cfg):
         data.update(open_pools(cfg, store, dataset, ctx, progress))
     return store, data
 
@@ -186,6 +188,18 @@ def build_run_student(cfg: RunConfig, store: FeatureStore, fresh: bool, device: 
     seed_everything(cfg.train.seed)
     student = build_student(cfg.student, store.dim, normalize=bool(store.manifest["normalized"]), vision_proj_init=init)
     return student.to(device)
+
+
+def text_warmup(
+    cfg: RunConfig, store: FeatureStore, data: dict[str, CaptionedImages], student: DualEncoder, progress: bool, log
+) -> None:
+    """``train.text_warmup_epochs`` of the text tower alone on the caption pool and the training
+    captions (:mod:`dsmd.training.text_warmup`), on a fresh student."""
+    pool = UNPAIRED_TABLES["text"]
+    captions = list(data[pool].captions) + list(data["train"].captions)
+    targets = torch.cat([store.split(pool).text, store.split("train").text])
+    tc = cfg.train
+    warm_up_text(student, captions, targets, tc.text_warmup_epochs, tc.text_warmup_lr, tc.seed, progress, log)
 
 
 def build_optimizer(cfg: RunConfig, student: nn.Module) -> torch.optim.Optimizer:
@@ -318,6 +332,8 @@ def setup(cfg: RunConfig, state: dict[str, Any] | None, ctx: Distributed, progre
     autocast_dtype(tc.precision, ctx.device)  # refuse an unsupported precision before loading anything
     store, data = open_store(cfg, ctx, progress)
     student = build_run_student(cfg, store, state is None, ctx.device)
+    if state is None and tc.text_warmup_epochs:
+        text_warmup(cfg, store, data, student, progress and ctx.is_main, log)
     if tc.grad_checkpointing:
         enable_gradient_checkpointing(student, log)
     average = weight_average(student, tc.ema_decay)  # a copy of the student before DDP wraps it
