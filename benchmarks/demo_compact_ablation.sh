@@ -2,9 +2,11 @@
 # Towards a demo student at <= 25% of the teacher's parameters: trains compact students on the
 # demo's feature store and prints, for each, the RSUM of its best-on-validation checkpoint on the
 # demo's val and test splits and, as data of another kind, on the test images of the offline
-# benchmark's emoji and clip art (`dsmd build-benchmark --out benchmark_data` first). The
+# benchmark's emoji and clip art (`dsmd build-benchmark --out benchmark_data` first) and, for choices,
+# on its emoji validation images (emoji_val). The
 # teacher's figures come first (dsmd eval --store). One seed per row; about 10 minutes a row on
-# 2 cores. Rows can be picked by name, and run with another seed as NAME@SEED, and on another
+# 2 cores; a row trained already is scored again, an interrupted one resumes. Rows can be picked by
+# name, and run with another seed as NAME@SEED, and on another
 # split of the demo's images as NAME@SEED/SPLIT (data.split_seed=SPLIT: other val and test
 # images, its own store, the teacher's figures on it printed first; a larger validation basis):
 #   bash benchmarks/demo_compact_ablation.sh [OUT_DIR [ROW[@SEED[/SPLIT]] ...]]
@@ -35,12 +37,49 @@ words_store() {  # the store with the vocabulary pool (its own 8 views of every 
   [[ -f "$out/store_words/manifest.json" ]] || $dsmd extract --quiet --config demo store="$out/store_words" \
     data.unpaired_texts.kind=lines data.unpaired_texts.path="$words"
 }
+# The same vocabulary as a built-in pool (data.unpaired_texts.kind=vocabulary), for the text warm-up rows;
+# their store is the demo's store of the split, extended with the pool (store_vocab, store_vocab_splitN).
+vocab=(data.unpaired_texts.kind=vocabulary data.unpaired_texts.path=minilm)
+vocab_store() {  # $1: the store, $2: the split; a copy of the split's demo store, extended with the pool
+  [[ -f "$1/manifest.json" ]] && return
+  local base="$out/store"
+  [[ $2 == 0 ]] || base="$out/store_split$2"
+  [[ -f "$base/manifest.json" ]] || $dsmd extract --quiet --config demo store="$base" data.split_seed="$2"
+  [[ $dsmd == echo ]] || cp -r "$base" "$1.copy"
+  [[ $dsmd == echo ]] || mv "$1.copy" "$1"
+  $dsmd extract --quiet --config demo store="$1" data.split_seed="$2" "${vocab[@]}"
+}
+# Validation images of another kind, for choices: the benchmark's emoji val images (as a test split).
+emoji_val="$out/emoji_val.jsonl"
+[[ -f "$emoji_val" ]] || .venv/bin/python - "$bench/manifest.jsonl" "$emoji_val" <<'EOF2'
+import json, sys
+from pathlib import Path
+src = Path(sys.argv[1])
+rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
+val = [{**r, "image": str((src.parent / r["image"]).resolve()), "split": "test"} for r in rows
+       if r["source"] == "emoji" and r["split"] == "val"]
+Path(sys.argv[2]).write_text("".join(json.dumps(r) + "\n" for r in val))
+EOF2
 
 for split in val test; do echo "teacher $split $($dsmd eval --quiet --store "$out/store" --split $split --json)"; done
 for s in emoji clipart; do
   $dsmd extract --quiet --config offline_benchmark data.manifest="$bench/manifest_ood_$s.jsonl" store="$out/store_ood_$s"
   echo "teacher $s $($dsmd eval --quiet --store "$out/store_ood_$s" --split test --json)"
 done
+echo "teacher emoji_val $(.venv/bin/python - "$emoji_val" "$out/teacher_emoji_val.safetensors" <<'EOF2'
+import json, sys
+from pathlib import Path
+import torch
+from dsmd.config import load_config, packaged_config
+from dsmd.evaluation.retrieval import retrieval_metrics
+from dsmd.reports.heldout import heldout_data, teacher_features
+from dsmd.teachers import build_teacher
+data = heldout_data(sys.argv[1])
+teacher = build_teacher(load_config(packaged_config("demo"), []).teacher, torch.device("cpu"))
+image, text = teacher_features(teacher, data, Path(sys.argv[2]), torch.device("cpu"))
+print(json.dumps(retrieval_metrics(image, text, torch.tensor(data.caption_image))))
+EOF2
+)"
 
 # Every row starts from the demo's earlier, larger student (192 px, 3 MiniLM layers, the four
 # DSMD losses, 12 epochs: what the demo config shipped when these rows were chosen), so that the
@@ -73,6 +112,11 @@ row() {  # the overrides of one row, in the array "args"
     bag88_head64_e30_recipe_ema) args=(store="$out/store" "${bag[@]}" "${long[@]}" "${recipe[@]}" train.ema_decay=0.98) ;;
     bag88_head64_e40_recipe_ema) args=(store="$out/store" "${bag[@]}" train.epochs=40 "train.lr_decay_epochs=[32]"
       "${recipe[@]}" train.ema_decay=0.98) ;;
+    bag88_head64_e30_recipe_104px_warm10) args=(store="$out/store_vocab" "${bag[@]}" "${long[@]}" "${recipe[@]}"
+      student.image_size=104 "${vocab[@]}" train.text_warmup_epochs=10) ;;
+    bag88_head64_e30_recipe_104px_warm10_utext) args=(store="$out/store_vocab" "${bag[@]}" "${long[@]}"
+      student.image_size=104 "${vocab[@]}" train.text_warmup_epochs=10 "loss.losses=[cd, fd, sd, hnd, clip, u_fd, u_sd]"
+      "balancer.priors={clip: 6}" train.unpaired_ratio=2) ;;
     *) echo "no row $1" >&2; exit 2 ;;
   esac
 }
@@ -82,12 +126,18 @@ order=(whole_96px_1layer head256 text16 text16_head256_e30 text16_head256_e30_re
 [[ $# -gt 0 ]] && order=("$@")
 on_split() {  # the row's args on split $1 of the demo's images: its own store, extracted on first use
   local split=$1 store="$out/store_split$1"
-  [[ " ${args[*]} " == *" store=$out/store "* ]] || { echo "row $name: only rows on $out/store run on another split" >&2; exit 2; }
+  if [[ " ${args[*]} " == *" store=$out/store_vocab "* ]]; then
+    vocab_store "$out/store_vocab_split$split" "$split"
+    args=("${args[@]/#store=$out\/store_vocab/store=$out/store_vocab_split$split}")
+  else
+    [[ " ${args[*]} " == *" store=$out/store "* ]] || { echo "row $name: only rows on $out/store or store_vocab run on another split" >&2; exit 2; }
+    args=("${args[@]/#store=$out\/store/store=$store}")
+  fi
   if [[ ! -f "$store/manifest.json" ]]; then
     $dsmd extract --quiet --config demo store="$store" data.split_seed="$split"
     for s in val test; do echo "teacher/$split $s $($dsmd eval --quiet --store "$store" --split $s --json)"; done
   fi
-  args=("${args[@]/#store=$out\/store/store=$store}" data.split_seed="$split")
+  args+=(data.split_seed="$split")
 }
 for name in "${order[@]}"; do
   seed=0 split=0
@@ -96,13 +146,19 @@ for name in "${order[@]}"; do
   [[ $base == *@* ]] && seed=${base#*@}
   row "${base%@*}"
   [[ " ${args[*]} " == *" store=$out/store_words "* ]] && words_store
+  [[ $split == 0 && " ${args[*]} " == *" store=$out/store_vocab "* ]] && vocab_store "$out/store_vocab" 0
   [[ $split == 0 ]] || on_split "$split"
-  $dsmd train --quiet --config demo out_dir="$out/${name//\//~split}" "${larger[@]}" "${args[@]}" train.seed="$seed" >/dev/null
-  best="$out/${name//\//~split}/checkpoints/best.pt"
+  run_dir="$out/${name//\//~split}"
+  if [[ -f "$run_dir/result.json" ]]; then :  # trained already: scored again
+  elif [[ -f "$run_dir/checkpoints/last.pt" ]]; then $dsmd train --quiet --resume out_dir="$run_dir" >/dev/null
+  else $dsmd train --quiet --config demo out_dir="$run_dir" "${larger[@]}" "${args[@]}" train.seed="$seed" >/dev/null
+  fi
+  best="$run_dir/checkpoints/best.pt"
   for split in val test; do echo "$name $split $($dsmd eval --quiet --checkpoint "$best" --split $split --json)"; done
   for s in emoji clipart; do
     echo "$name $s $($dsmd eval --quiet --checkpoint "$best" --split test --json data.kind=manifest data.manifest="$bench/manifest_ood_$s.jsonl")"
   done
+  echo "$name emoji_val $($dsmd eval --quiet --checkpoint "$best" --split test --json data.kind=manifest data.manifest="$emoji_val")"
   [[ $dsmd == echo ]] || echo "$name params $(.venv/bin/python -c 'import sys
 from dsmd.training.checkpoint import student_from_checkpoint
 print(student_from_checkpoint(sys.argv[1], "cpu")[0].num_parameters())' "$best")"

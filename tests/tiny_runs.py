@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# The demo config's compact student and recipe do not fit the tiny models: back to whole tables
-# and DSMD's four losses (for every run on the tiny models that starts from the demo config).
+# The demo config's compact student and recipe do not fit the tiny models: back to whole tables,
+# DSMD's four losses and no caption pool or text warm-up (for every run on the tiny models that
+# starts from the demo config).
 NOT_COMPACT = [
     "student.vision_head_rank=null",
     "student.text_embedding_rank=null",
     "student.text_positions=null",
     "loss.losses=[cd, fd, sd, hnd]",
     "balancer.priors={}",
+    "data.unpaired_texts.kind=none",
+    "data.unpaired_texts.path=null",
+    "train.text_warmup_epochs=0",
+    "train.unpaired_ratio=1",
 ]
 
 
