@@ -32,7 +32,6 @@ words = [w for w in sorted(vocab, key=vocab.get) if w.isascii() and w.isalpha() 
 with open(sys.argv[1], "w", encoding="utf-8") as f:
     f.writelines(f"a photo of a {w}.\n" for w in words)
 EOF
-$dsmd extract --quiet --config demo store="$out/store"
 words_store() {  # the store with the vocabulary pool (its own 8 views of every image): only for *_words rows
   [[ -f "$out/store_words/manifest.json" ]] || $dsmd extract --quiet --config demo store="$out/store_words" \
     data.unpaired_texts.kind=lines data.unpaired_texts.path="$words"
@@ -49,24 +48,23 @@ vocab_store() {  # $1: the store, $2: the split; a copy of the split's demo stor
   [[ $dsmd == echo ]] || mv "$1.copy" "$1"
   $dsmd extract --quiet --config demo store="$1" data.split_seed="$2" "${vocab[@]}"
 }
-# Validation images of another kind, for choices: the benchmark's emoji val images (as a test split).
+# Validation images of another kind, for choices: the benchmark's emoji val images (as a test split);
+# and the test images of its emoji and clip art alone, for the teacher's figures on them.
 emoji_val="$out/emoji_val.jsonl"
-[[ -f "$emoji_val" ]] || .venv/bin/python - "$bench/manifest.jsonl" "$emoji_val" <<'EOF2'
+only() {  # $1: source, $2: split, $3: the manifest to write (its lines as a test split, absolute paths)
+  [[ -f "$3" ]] || .venv/bin/python - "$bench/manifest.jsonl" "$1" "$2" "$3" <<'EOF2'
 import json, sys
 from pathlib import Path
-src = Path(sys.argv[1])
+src, source, split, dst = Path(sys.argv[1]), *sys.argv[2:]
 rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
-val = [{**r, "image": str((src.parent / r["image"]).resolve()), "split": "test"} for r in rows
-       if r["source"] == "emoji" and r["split"] == "val"]
-Path(sys.argv[2]).write_text("".join(json.dumps(r) + "\n" for r in val))
+kept = [{**r, "image": str((src.parent / r["image"]).resolve()), "split": "test"} for r in rows
+        if r["source"] == source and r["split"] == split]
+Path(dst).write_text("".join(json.dumps(r) + "\n" for r in kept))
 EOF2
-
-for split in val test; do echo "teacher $split $($dsmd eval --quiet --store "$out/store" --split $split --json)"; done
-for s in emoji clipart; do
-  $dsmd extract --quiet --config offline_benchmark data.manifest="$bench/manifest_ood_$s.jsonl" store="$out/store_ood_$s"
-  echo "teacher $s $($dsmd eval --quiet --store "$out/store_ood_$s" --split test --json)"
-done
-echo "teacher emoji_val $(.venv/bin/python - "$emoji_val" "$out/teacher_emoji_val.safetensors" <<'EOF2'
+}
+teacher_on() {  # the offline teacher's metrics on the test split of manifest $1 (features kept in $2)
+  [[ $dsmd == echo ]] && { echo "teacher on $1"; return; }
+  .venv/bin/python - "$1" "$2" <<'EOF2'
 import json, sys
 from pathlib import Path
 import torch
@@ -79,7 +77,15 @@ teacher = build_teacher(load_config(packaged_config("demo"), []).teacher, torch.
 image, text = teacher_features(teacher, data, Path(sys.argv[2]), torch.device("cpu"))
 print(json.dumps(retrieval_metrics(image, text, torch.tensor(data.caption_image))))
 EOF2
-)"
+}
+only emoji val "$emoji_val"
+$dsmd extract --quiet --config demo store="$out/store"
+for split in val test; do echo "teacher $split $($dsmd eval --quiet --store "$out/store" --split $split --json)"; done
+for s in emoji clipart; do
+  only "$s" test "$out/${s}_test.jsonl"
+  echo "teacher $s $(teacher_on "$out/${s}_test.jsonl" "$out/teacher_$s.safetensors")"
+done
+echo "teacher emoji_val $(teacher_on "$emoji_val" "$out/teacher_emoji_val.safetensors")"
 
 # Every row starts from the demo's earlier, larger student (192 px, 3 MiniLM layers, the four
 # DSMD losses, 12 epochs: what the demo config shipped when these rows were chosen), so that the
@@ -114,6 +120,10 @@ row() {  # the overrides of one row, in the array "args"
       "${recipe[@]}" train.ema_decay=0.98) ;;
     bag88_head64_e30_recipe_104px_warm10) args=(store="$out/store_vocab" "${bag[@]}" "${long[@]}" "${recipe[@]}"
       student.image_size=104 "${vocab[@]}" train.text_warmup_epochs=10) ;;
+    bag88_head64_e30_recipe_104px_warm30) args=(store="$out/store_vocab" "${bag[@]}" "${long[@]}" "${recipe[@]}"
+      student.image_size=104 "${vocab[@]}" train.text_warmup_epochs=30) ;;
+    bag88_head64_e30_recipe_104px_warm10_lr3e-3) args=(store="$out/store_vocab" "${bag[@]}" "${long[@]}" "${recipe[@]}"
+      student.image_size=104 "${vocab[@]}" train.text_warmup_epochs=10 train.text_warmup_lr=3e-3) ;;
     bag88_head64_e30_recipe_104px_warm10_utext) args=(store="$out/store_vocab" "${bag[@]}" "${long[@]}"
       student.image_size=104 "${vocab[@]}" train.text_warmup_epochs=10 "loss.losses=[cd, fd, sd, hnd, clip, u_fd, u_sd]"
       "balancer.priors={clip: 6}" train.unpaired_ratio=2) ;;
@@ -122,7 +132,9 @@ row() {  # the overrides of one row, in the array "args"
 }
 order=(whole_96px_1layer head256 text16 text16_head256_e30 text16_head256_e30_recipe text32_head64_e30_recipe
   text32_head64_e30_recipe_words bag88_head64_e30_recipe bag88_head64_e30_recipe_words bag88_head64_e30_recipe_112px
-  bag88_head64_e30_recipe_ema bag88_head64_e40_recipe_ema bag88_head64_e30_recipe_104px)
+  bag88_head64_e30_recipe_ema bag88_head64_e40_recipe_ema bag88_head64_e30_recipe_104px
+  bag88_head64_e30_recipe_104px_warm10 bag88_head64_e30_recipe_104px_warm30 bag88_head64_e30_recipe_104px_warm10_lr3e-3
+  bag88_head64_e30_recipe_104px_warm10_utext)
 [[ $# -gt 0 ]] && order=("$@")
 on_split() {  # the row's args on split $1 of the demo's images: its own store, extracted on first use
   local split=$1 store="$out/store_split$1"

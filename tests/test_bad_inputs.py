@@ -222,6 +222,27 @@ def test_text_that_is_not_utf8_is_refused(tmp_path, capsys, name, content):
     )
 
 
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        ('{"image": "a.png", "captions": ["a red \\udcff kite"]}', "the caption 'a red \\udcff kite' holds \\udcff"),
+        ('{"image": "a\\ud800.png", "captions": ["a red kite"]}', "the image path"),
+    ],
+)
+def test_text_that_cannot_be_written_as_utf8_is_refused_by_line_before_extraction(tmp_path, capsys, line, fragment):
+    _image(tmp_path)
+    (tmp_path / "m.jsonl").write_text('{"image": "a.png", "captions": ["a blue kite"]}\n' + line + "\n")
+    _refused(
+        ["extract", "data.kind=manifest", f"data.manifest={tmp_path / 'm.jsonl'}", f"store={tmp_path / 'store'}"],
+        capsys,
+        tmp_path,
+        "m.jsonl:2",
+        fragment,
+        "lone surrogate",
+    )
+    assert not (tmp_path / "store").exists()
+
+
 def test_an_image_under_two_splits_is_refused(tmp_path, capsys):
     _image(tmp_path)
     manifest = _jsonl(

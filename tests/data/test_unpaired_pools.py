@@ -136,6 +136,11 @@ def test_webdataset_pools_take_images_without_captions_and_captions_without_imag
             "latin1.txt:1: not UTF-8 text",
         ),
         ("blank.txt", ["data.unpaired_texts.kind=lines", "data.unpaired_texts.path={d}/blank.txt"], "no captions in"),
+        (
+            "surrogate.jsonl",
+            ["data.unpaired_texts.kind=jsonl", "data.unpaired_texts.path={d}/surrogate.jsonl"],
+            "surrogate.jsonl, caption 2): the caption 'a .udcff kite' holds .udcff, a lone surrogate",
+        ),
         (None, ["data.unpaired_texts.kind=lines", "data.unpaired_texts.path={d}/none.txt"], "not found"),
     ],
 )
@@ -145,6 +150,7 @@ def test_bad_pools_are_refused_by_name(tmp_path, setup, overrides, fragment):
         "gone.jsonl": '{"image": "missing.png"}\n',
         "num.jsonl": '{"image": 3}\n',
         "blank.txt": "\n  \n",
+        "surrogate.jsonl": '{"caption": "a red kite"}\n{"caption": "a \\udcff kite"}\n',
     }
     if setup == "latin1.txt":
         (tmp_path / setup).write_bytes("caf\xe9\n".encode("latin-1"))

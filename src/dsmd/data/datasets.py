@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from dsmd.config import DataConfig
 from dsmd.data.formats import list_rows
-from dsmd.data.formats._common import SPLIT_ALIASES, Row
+from dsmd.data.formats._common import SPLIT_ALIASES, Row, check_encodable
 from dsmd.data.formats.manifest import list_manifest  # noqa: F401  (kept importable from here)
 from dsmd.data.formats.tuxpaint import list_tuxpaint  # noqa: F401
 from dsmd.data.images import identity, image_exists
@@ -84,6 +84,8 @@ def _group(pairs: list[tuple[str, str]], name: str) -> CaptionedImages:
 def _check_rows(rows: list[Row], source: str) -> None:
     if not rows:
         raise DsmdError(f"no image-caption pairs found in {source}. Check the path and format.")
+    for image, caption, _ in rows:  # every format's captions (the manifest's are checked by line first)
+        check_encodable(caption, f"{source} (image {image!r})")
     containers: dict[str, bool] = {}
     images = list(dict.fromkeys(r[0] for r in rows))
     missing = [p for p in images if not image_exists(p, containers)]

@@ -22,7 +22,7 @@ from pathlib import Path
 from dsmd.config import DataConfig
 from dsmd.config.unpaired import UnpairedImagesConfig, UnpairedTextsConfig
 from dsmd.data.datasets import CaptionedImages
-from dsmd.data.formats._common import json_kind, read_utf8, resolve
+from dsmd.data.formats._common import check_encodable, json_kind, read_utf8, resolve
 from dsmd.data.formats.folder import IMAGE_EXTENSIONS
 from dsmd.data.images import image_exists, parse_ref, tar_ref
 from dsmd.errors import DsmdError
@@ -147,6 +147,8 @@ def list_text_pool(cfg: UnpairedTextsConfig) -> list[str]:
             not UTF-8, an empty pool.
     """
     captions = list(dict.fromkeys(c.strip() for c in _text_values(cfg) if c.strip()))[: cfg.limit]
+    for k, caption in enumerate(captions, start=1):
+        check_encodable(caption, f"data.unpaired_texts ({cfg.path}, caption {k})")
     if not captions:
         raise DsmdError(f"data.unpaired_texts: no captions in {cfg.path} (kind {cfg.kind}).")
     return captions

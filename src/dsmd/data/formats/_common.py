@@ -81,3 +81,21 @@ def json_kind(value) -> str:
     if isinstance(value, str):
         return "a string"
     return {dict: "an object", list: "a list"}.get(type(value), type(value).__name__)
+
+
+def check_encodable(text: str, where: str, what: str = "caption") -> None:
+    """Refuse ``text`` that cannot be written as UTF-8 (a lone surrogate such as ``\\udcff``, left by
+    text decoded with ``errors="surrogateescape"`` or a JSON escape), naming ``where``.
+
+    Raises:
+        DsmdError: one line naming ``where``, the offending character and the fix.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start : exc.end].encode("unicode_escape").decode("ascii")
+        raise DsmdError(
+            f"{where}: the {what} {text[:40]!r} holds {bad}, a lone surrogate that is not text and cannot be "
+            "written as UTF-8 (it comes from bytes decoded with errors='surrogateescape', or a JSON \\ud800-\\udfff "
+            "escape). Decode the source with its real encoding, or fix or remove the entry."
+        ) from None

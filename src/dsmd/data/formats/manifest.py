@@ -20,7 +20,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from dsmd.data.formats._common import SPLIT_ALIASES, Row, json_kind, read_utf8, resolve
+from dsmd.data.formats._common import SPLIT_ALIASES, Row, check_encodable, json_kind, read_utf8, resolve
 from dsmd.errors import DsmdError
 
 # (where, image path, captions, split or "")
@@ -61,6 +61,9 @@ def _entry(where: str, image, captions: list[str], split) -> Entry:
     captions = [caption.strip() for caption in captions]
     if not all(captions):
         raise DsmdError(f"{where}: empty caption for image {image}. Write a caption or remove it.")
+    check_encodable(image, where, "image path")
+    for caption in captions:
+        check_encodable(caption, where)
     return where, image, captions, split or ""
 
 
