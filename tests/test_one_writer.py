@@ -1,5 +1,5 @@
 """One writer per folder, through the commands: a second ``dsmd train`` on a run in progress, and
-``dsmd extract`` / ``import-features`` / ``index`` on a folder another process writes, are refused
+``dsmd extract`` / ``import-features`` / ``index`` / ``export`` on a folder another process writes, are refused
 at once with one line naming the holder, exit 2, and leave the folder byte for byte as it was; a
 lock whose holder was killed is taken over; readers are never blocked; two sweeps do not run the
 same run. (Under torchrun: tests/training/test_distributed.py.)"""
@@ -21,6 +21,7 @@ from dsmd.cli import main
 from dsmd.config import load_config
 from dsmd.extraction import extract
 from dsmd.runtime.lock import acquire_folder, lock_path
+from students import train_tiny
 from tiny_runs import tiny_run_overrides, write_base_config
 
 pytestmark = pytest.mark.e2e
@@ -39,6 +40,12 @@ def prepared(tiny_models, synthetic_manifest, tmp_path_factory) -> dict:
     overrides = [*tiny_run_overrides(tiny_models, synthetic_manifest, root), *SETTINGS]
     extract(load_config(None, overrides), progress=False, log=lambda *_: None)
     return {"root": root, "overrides": overrides, "store": root / "store"}
+
+
+@pytest.fixture(scope="module")
+def trained_student(tiny_models, synthetic_manifest, tmp_path_factory) -> dict:
+    """A one-epoch tiny run and its best checkpoint, to export."""
+    return train_tiny(tiny_models, synthetic_manifest, tmp_path_factory.mktemp("to_export"))
 
 
 def _contents(*folders: Path) -> dict[str, bytes]:
@@ -165,6 +172,24 @@ def test_an_index_being_written_is_refused_before_anything_is_read(prepared, tmp
         )
         == 0
     )
+
+
+def test_an_export_being_written_is_refused_and_its_partial_folder_left_alone(trained_student, tmp_path, capsys):
+    out = tmp_path / "export"
+    partial = Path(f"{out}.partial")
+    partial.mkdir()
+    (partial / "config.json").write_text("{}")  # the first export's half-written folder
+    holder = _hold(out)
+    try:
+        before = _contents(out, partial)
+        line = _refused(["export", "--checkpoint", str(trained_student["checkpoint"]), "--out", str(out)], capsys)
+        assert line.startswith(f"dsmd: error: --out={out} is in use by another dsmd command (pid {holder.pid} ")
+        assert _contents(out, partial) == before and not out.exists()
+    finally:
+        _release(holder)
+    checkpoint = str(trained_student["checkpoint"])
+    assert main_code(["export", "--checkpoint", checkpoint, "--out", str(out)]) == 0
+    assert (out / "config.json").is_file() and not partial.exists()
 
 
 def test_readers_are_never_blocked(prepared, tmp_path, capsys):

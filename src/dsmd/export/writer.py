@@ -24,6 +24,7 @@ from dsmd.inference.exported import CONFIG, EXPORT_VERSION, PREPROCESSING, WEIGH
 from dsmd.models import DualEncoder
 from dsmd.models.blueprint import student_blueprint
 from dsmd.runtime.files import check_writable, write_json_atomic
+from dsmd.runtime.lock import exclusive_folder
 from dsmd.store.manifest import teacher_space
 from dsmd.training.checkpoint import student_from_checkpoint
 
@@ -133,9 +134,15 @@ def export_student(
             cannot be read, or the reloaded export (or an ONNX encoder) does not match it.
     """
     checkpoint, out = Path(checkpoint), Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise DsmdError(f"{out} already exists. Choose another --out, or pass --overwrite to replace it.")
     check_writable(out.parent, "--out")
+    with exclusive_folder(out, "--out"):  # one writer: a second export into OUT is refused, naming this one
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise DsmdError(f"{out} already exists. Choose another --out, or pass --overwrite to replace it.")
+        return _export(checkpoint, out, onnx, log)
+
+
+def _export(checkpoint: Path, out: Path, onnx: bool, log) -> Path:
+    """Build the export in ``OUT.partial`` and rename it into place (the caller holds OUT's lock)."""
     student, cfg, state = student_from_checkpoint(checkpoint)
     partial = Path(str(out) + ".partial")
     shutil.rmtree(partial, ignore_errors=True)

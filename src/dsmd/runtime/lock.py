@@ -1,8 +1,8 @@
 """One writer per folder: an exclusive lock held while a command writes a run, a store or an index.
 
 ``dsmd train`` (its ``out_dir``), ``dsmd extract`` and ``dsmd import-features`` (the store, when
-they write it) and ``dsmd index`` (``--out``) hold the lock of their output folder for as long as
-they write. A second such command on the folder is refused at once, before it creates or changes
+they write it), ``dsmd index`` and ``dsmd export`` (``--out``) hold the lock of their output folder
+for as long as they write. A second such command on the folder is refused at once, before it creates or changes
 anything, with one line naming the holder (pid, host, command line, since when) and exit status 2.
 Readers (``eval``, ``search``, ``serve``, a training run reading its store) take no lock and are
 never blocked.
