@@ -54,6 +54,7 @@ from dsmd.training.batches import epoch_micro_batches, optimizer_steps, spare_ba
 from dsmd.training.checkpoint import checkpoint_config, load_checkpoint
 from dsmd.training.schedule import learning_rate
 from dsmd.training.setup import Position, Run, setup
+from dsmd.training.step import Diverged
 from dsmd.training.unpaired import with_unpaired
 from dsmd.training.weight_average import update_average
 
@@ -189,7 +190,10 @@ def train_epoch(run: Run, epoch: int, lr: float, bar: tqdm) -> tuple[int, bool]:
     tc = run.cfg.train
     done = run.position.epoch_steps if epoch == run.position.epoch else 0
     for step in optimizer_steps(epoch_batches(run, epoch, done), tc.grad_accum_steps):
-        record = run.stepper(step)
+        try:
+            record = run.stepper(step)
+        except Diverged as exc:
+            raise diverged(run, exc) from None
         update_average(run.average, run.student)
         done += 1
         run.files.step({"step": run.stepper.steps, "epoch": epoch, "lr": lr, **record})
@@ -205,6 +209,17 @@ def train_epoch(run: Run, epoch: int, lr: float, bar: tqdm) -> tuple[int, bool]:
             run.files.checkpoint(run.state(Position(epoch, done)), best=False)
             run.ctx.barrier("waiting for rank 0's checkpoint")
     return done, True
+
+
+def diverged(run: Run, exc: Diverged) -> DsmdError:
+    """The one line for a run that diverged: nothing of the diverged step is saved; ``--resume``
+    is offered only when a checkpoint exists to resume from."""
+    fix = "Lower train.lr (or train.head_lr_scale), or use train.precision=fp32"
+    if run.files.last.is_file():
+        fix += f"; `dsmd train --resume out_dir={run.cfg.out_dir}` continues from the last checkpoint (written before)"
+    else:
+        fix += ", and start again: no checkpoint was written before it diverged"
+    return DsmdError(f"{exc} {fix}.")
 
 
 def reached_max_steps(run: Run) -> bool:

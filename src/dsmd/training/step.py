@@ -49,6 +49,24 @@ from dsmd.runtime.distributed import Distributed
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+class Diverged(DsmdError):
+    """Training produced a non-finite loss or weight at optimiser step ``step`` (1-based); the
+    recipe adds what to do (:func:`dsmd.training.recipe.diverged`)."""
+
+    def __init__(self, step: int, what: str) -> None:
+        super().__init__(f"training diverged at step {step}: {what}.")
+        self.step, self.what = step, what
+
+
+def non_finite_weights(module: torch.nn.Module) -> list[str]:
+    """The names of ``module``'s parameters and floating buffers that hold NaN or inf (one device
+    sync when there are none)."""
+    tensors = [(n, t) for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_floating_point()]
+    if not tensors or bool(torch.stack([torch.isfinite(t).all() for _, t in tensors]).all()):
+        return []
+    return [name for name, t in tensors if not bool(torch.isfinite(t).all())]
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of ``train.precision`` on ``device`` (None: fp32).
 
@@ -227,10 +245,7 @@ class DistillationStep:
             losses = self.objective(student[:, 0], student[:, 1], teacher[:, 0], teacher[:, 1], image_ids, **extra)
             raw = {name: float(value.detach()) for name, value in losses.items()}
             if not all(math.isfinite(v) for v in raw.values()):
-                raise DsmdError(
-                    f"training diverged at step {self.steps + 1}: losses {raw}. Lower train.lr, or use "
-                    "train.precision=fp32; `dsmd train --resume` continues from the last checkpoint."
-                )
+                raise Diverged(self.steps + 1, f"losses {raw}")
             total, _ = self.balancer(losses)
             values = {"total": float(total.detach()), **raw}
             self.scaler.scale(total / self.accum).backward()
@@ -265,6 +280,11 @@ class DistillationStep:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.steps += 1
+        bad = non_finite_weights(self.student)
+        if bad:
+            raise Diverged(
+                self.steps, f"the optimiser step left NaN or inf in {len(bad)} weights ({', '.join(bad[:3])})"
+            )
         record = dict(self.balancer.log_record())
         record["grad_norm"] = norm
         if self.accum > 1:
