@@ -52,6 +52,7 @@ from dsmd.runtime.lock import FolderInUse, exclusive_folder
 from dsmd.runtime.signals import Stopped, Terminated, deferred_sigterm, signal_of, stopped_word
 from dsmd.training.batches import epoch_micro_batches, optimizer_steps, spare_batch, synchronised
 from dsmd.training.checkpoint import checkpoint_config, load_checkpoint
+from dsmd.training.resume_changes import check_resume_changes, config_changes
 from dsmd.training.schedule import learning_rate
 from dsmd.training.setup import Position, Run, setup
 from dsmd.training.step import Diverged
@@ -76,7 +77,8 @@ def resolve_run(cfg: RunConfig, resume: bool, resume_overrides: list[str] | None
     """The config to train with and, when resuming, the checkpoint to continue from.
 
     Raises:
-        DsmdError: ``resume`` without a checkpoint, or a new run in a folder that holds one.
+        DsmdError: ``resume`` without a checkpoint, a new run in a folder that holds one, or a
+            resume override of a setting that may not change (:mod:`dsmd.training.resume_changes`).
     """
     out = Path(cfg.out_dir)
     last = out / "checkpoints" / "last.pt"
@@ -90,7 +92,10 @@ def resolve_run(cfg: RunConfig, resume: bool, resume_overrides: list[str] | None
     state = load_checkpoint(last)
     saved = config_to_dict(checkpoint_config(state))
     saved["out_dir"] = str(out)  # where the run is now, should its folder have moved
-    return with_overrides(saved, resume_overrides), state
+    started = with_overrides(saved, [])  # (before the overrides: with_overrides may change the dict it is given)
+    resumed = with_overrides(saved, resume_overrides)
+    state["resume_changes"] = check_resume_changes(config_changes(started, resumed))
+    return resumed, state
 
 
 def train(

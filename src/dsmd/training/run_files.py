@@ -69,16 +69,28 @@ class RunFiles:
         self._log_every = 1
         self._unflushed = 0
 
-    def begin(self, cfg: RunConfig, resume_step: int | None) -> None:
+    def begin(self, cfg: RunConfig, resume_step: int | None, changes: dict | None = None) -> None:
         """Open the logs: cut back to ``resume_step`` when resuming, empty when starting afresh;
-        write ``config.yaml``; remove leftover temporary files."""
+        write ``config.yaml`` when starting (a resumed run keeps the one it started with, and its
+        ``changes``, ``{key: (old, new)}``, are said and appended to ``resumes.jsonl``); remove
+        leftover temporary files."""
         if not self.main:
             return
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         for folder in (self.out, self.checkpoints):
             for stale in remove_temporaries(folder):
                 self.log(f"removed {stale.name}, left by an interrupted write")
-        save_config(cfg, self.out / "config.yaml")
+        if resume_step is None or not (self.out / "config.yaml").is_file():
+            save_config(cfg, self.out / "config.yaml")
+        if resume_step is not None:
+            resumes = self.out / "resumes.jsonl"
+            kept = _kept_lines(resumes, resume_step)[0] if resumes.is_file() else []
+            if changes:
+                said = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
+                self.log(f"resuming at step {resume_step} with {said} (recorded in resumes.jsonl)")
+                kept.append(json.dumps({"step": resume_step, "changes": {k: list(c) for k, c in changes.items()}}))
+            if kept or resumes.is_file():
+                write_json_lines(resumes, kept)
         self._log_every = max(1, cfg.train.log_every)
         self._steps = self._open("steps.jsonl", resume_step)
         self._epochs = self._open("epochs.jsonl", resume_step)

@@ -367,5 +367,5 @@ def setup(cfg: RunConfig, state: dict[str, Any] | None, ctx: Distributed, progre
             f"resuming {cfg.out_dir} at epoch {run.position.epoch + 1}, step {stepper.steps}"
             + (f" ({run.position.epoch_steps * tc.batch_size} of its pairs done)" if run.position.epoch_steps else "")
         )
-    files.begin(cfg, stepper.steps if state is not None else None)
+    files.begin(cfg, stepper.steps if state is not None else None, (state or {}).get("resume_changes"))
     return run
