@@ -145,12 +145,14 @@ on_split() {  # the row's args on split $1 of the demo's images: its own store, 
     [[ " ${args[*]} " == *" store=$out/store "* ]] || { echo "row $name: only rows on $out/store or store_vocab run on another split" >&2; exit 2; }
     args=("${args[@]/#store=$out\/store/store=$store}")
   fi
-  if [[ ! -f "$store/manifest.json" ]]; then
-    $dsmd extract --quiet --config demo store="$store" data.split_seed="$split"
+  [[ -f "$store/manifest.json" ]] || $dsmd extract --quiet --config demo store="$store" data.split_seed="$split"
+  if [[ -z ${teacher_printed[$split]:-} ]]; then  # the teacher's figures on the split, once a script run
     for s in val test; do echo "teacher/$split $s $($dsmd eval --quiet --store "$store" --split $s --json)"; done
+    teacher_printed[$split]=1
   fi
   args+=(data.split_seed="$split")
 }
+declare -A teacher_printed
 for name in "${order[@]}"; do
   seed=0 split=0
   [[ $name == */* ]] && split=${name#*/}
