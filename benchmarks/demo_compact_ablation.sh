@@ -25,12 +25,9 @@ words="$out/vocabulary_prompts.txt"
 mkdir -p "$out"
 [[ -f "$words" ]] || .venv/bin/python - "$words" <<'EOF'
 import sys
-from transformers import AutoTokenizer
-from dsmd.runtime.pretrained import minilm_folder
-vocab = AutoTokenizer.from_pretrained(str(minilm_folder())).get_vocab()
-words = [w for w in sorted(vocab, key=vocab.get) if w.isascii() and w.isalpha() and len(w) >= 3]
+from dsmd.data.unpaired import vocabulary_words
 with open(sys.argv[1], "w", encoding="utf-8") as f:
-    f.writelines(f"a photo of a {w}.\n" for w in words)
+    f.writelines(f"a photo of a {w}.\n" for w in vocabulary_words("minilm"))
 EOF
 words_store() {  # the store with the vocabulary pool (its own 8 views of every image): only for *_words rows
   [[ -f "$out/store_words/manifest.json" ]] || $dsmd extract --quiet --config demo store="$out/store_words" \

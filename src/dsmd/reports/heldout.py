@@ -104,10 +104,3 @@ def heldout_rows(teacher, student, manifest: str | Path, cache: Path, device: to
         "teacher": retrieval_metrics(image, text, ids),
         "student": retrieval_metrics(s_image, s_text, ids),
     }
-
-
-def write_sets_readme(folder: Path, sets: dict[str, Path]) -> None:
-    """``FOLDER/README.md``: what the held-out sets are."""
-    lines = ["# Held-out kinds of images", "", __doc__.strip(), ""]
-    lines += [f"- `{path.name}`: {KINDS.get(name, name)}" for name, path in sets.items()]
-    write_text_atomic(folder / "README.md", "\n".join(lines) + "\n")
