@@ -124,6 +124,10 @@ row() {  # the overrides of one row, in the array "args"
     bag88_head64_e30_recipe_104px_warm10_utext) args=(store="$out/store_vocab" "${bag[@]}" "${long[@]}"
       student.image_size=104 "${vocab[@]}" train.text_warmup_epochs=10 "loss.losses=[cd, fd, sd, hnd, clip, u_fd, u_sd]"
       "balancer.priors={clip: 6}" train.unpaired_ratio=2) ;;
+    bag88_head64_e30_recipe_104px_warm10_utext_lr3e-3) row bag88_head64_e30_recipe_104px_warm10_utext
+      args+=(train.text_warmup_lr=3e-3) ;;
+    bag88_head64_e30_recipe_104px_warm30_utext) row bag88_head64_e30_recipe_104px_warm10_utext
+      args+=(train.text_warmup_epochs=30) ;;
     *) echo "no row $1" >&2; exit 2 ;;
   esac
 }
@@ -131,7 +135,8 @@ order=(whole_96px_1layer head256 text16 text16_head256_e30 text16_head256_e30_re
   text32_head64_e30_recipe_words bag88_head64_e30_recipe bag88_head64_e30_recipe_words bag88_head64_e30_recipe_112px
   bag88_head64_e30_recipe_ema bag88_head64_e40_recipe_ema bag88_head64_e30_recipe_104px
   bag88_head64_e30_recipe_104px_warm10 bag88_head64_e30_recipe_104px_warm30 bag88_head64_e30_recipe_104px_warm10_lr3e-3
-  bag88_head64_e30_recipe_104px_warm10_utext)
+  bag88_head64_e30_recipe_104px_warm10_utext bag88_head64_e30_recipe_104px_warm10_utext_lr3e-3
+  bag88_head64_e30_recipe_104px_warm30_utext)
 [[ $# -gt 0 ]] && order=("$@")
 on_split() {  # the row's args on split $1 of the demo's images: its own store, extracted on first use
   local split=$1 store="$out/store_split$1"

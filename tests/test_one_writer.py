@@ -1,5 +1,5 @@
 """One writer per folder, through the commands: a second ``dsmd train`` on a run in progress, and
-``dsmd extract`` / ``import-features`` / ``index`` / ``export`` on a folder another process writes, are refused
+``dsmd extract`` / ``import-features`` / ``index`` / ``export`` / ``build-benchmark`` on a folder another process writes, are refused
 at once with one line naming the holder, exit 2, and leave the folder byte for byte as it was; a
 lock whose holder was killed is taken over; readers are never blocked; two sweeps do not run the
 same run. (Under torchrun: tests/training/test_distributed.py.)"""
@@ -190,6 +190,17 @@ def test_an_export_being_written_is_refused_and_its_partial_folder_left_alone(tr
     checkpoint = str(trained_student["checkpoint"])
     assert main_code(["export", "--checkpoint", checkpoint, "--out", str(out)]) == 0
     assert (out / "config.json").is_file() and not partial.exists()
+
+
+def test_a_benchmark_being_built_is_refused_before_anything_is_read(tmp_path, capsys):
+    out = tmp_path / "benchmark"
+    holder = _hold(out)
+    try:
+        line = _refused(["build-benchmark", "--quiet", "--out", str(out)], capsys)
+        assert line.startswith(f"dsmd: error: --out={out} is in use by another dsmd command (pid {holder.pid} ")
+        assert not out.exists()
+    finally:
+        _release(holder)
 
 
 def test_readers_are_never_blocked(prepared, tmp_path, capsys):

@@ -77,18 +77,32 @@ def _eval(args, progress: bool) -> None:
 
 
 def _verify(args, progress: bool) -> None:
+    """``dsmd verify PATH``: a feature store, an index, an export folder or a checkpoint, read in full."""
     import time
 
-    from dsmd.store import FeatureStore
-
-    store = FeatureStore.open(args.store)
+    path = Path(args.path)
     t0 = time.perf_counter()
-    hashed = store.verify(force=True, progress=progress)
-    seconds = time.perf_counter() - t0
-    print(
-        f"feature store {store.path}: every file matches its manifest and holds finite values "
-        f"({hashed / 1e6:.1f} MB hashed in {seconds:.1f} s)"
-    )
+    if (path / "manifest.json").is_file() or not path.exists():
+        from dsmd.store import FeatureStore
+
+        store = FeatureStore.open(path)
+        hashed = store.verify(force=True, progress=progress)
+        print(
+            f"feature store {store.path}: every file matches its manifest and holds finite values "
+            f"({hashed / 1e6:.1f} MB hashed in {time.perf_counter() - t0:.1f} s)"
+        )
+    elif (path / "meta.json").is_file():
+        from dsmd.search.index import verify_index
+
+        print(verify_index(path))
+    elif path.is_dir():
+        from dsmd.inference.loading import verify_export
+
+        print(verify_export(path))
+    else:
+        from dsmd.training.checkpoint import verify_checkpoint
+
+        print(verify_checkpoint(path))
 
 
 def _index(args, progress: bool) -> None:

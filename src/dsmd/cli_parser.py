@@ -127,8 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --checkpoint: which data to score (data.*=...), train.device, train.eval_batch_size",
     )
 
-    q = add("verify", "Check every file of a feature store against its manifest (sha256, finite values).")
-    q.add_argument("store", help="the feature store folder")
+    q = add(
+        "verify",
+        "Read a feature store, an index, an export or a checkpoint in full: every file against the "
+        "sha256 recorded when it was written, every item parsed, every value finite.",
+    )
+    q.add_argument("path", help="a feature store, an index or an export folder, or a checkpoint file")
 
     q = add(
         "export",

@@ -59,6 +59,15 @@ def test_report_draws_the_losses_balancer_and_validation(tmp_path):
     assert "![losses](plots/losses.png)" in report and "12 optimiser steps, 3 validations" in report
 
 
+def test_a_damaged_line_before_the_last_is_refused_by_line(tmp_path):
+    _run(tmp_path / "run")
+    lines = (tmp_path / "run" / "steps.jsonl").read_bytes().splitlines(keepends=True)
+    lines[5] = lines[5].replace(b'"total"', b'"to\xfftal"')  # a byte changed inside a key
+    (tmp_path / "run" / "steps.jsonl").write_bytes(b"".join(lines))
+    with pytest.raises(DsmdError, match=r"steps.jsonl: line 6 is damaged"):
+        plot_run(tmp_path / "run")
+
+
 def test_report_of_a_folder_that_is_no_run(tmp_path):
     with pytest.raises(DsmdError, match="not a training run folder"):
         plot_run(tmp_path)

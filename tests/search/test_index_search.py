@@ -276,10 +276,17 @@ def test_a_corrupt_index_is_one_line(searchable, tmp_path):
     index_images(tmp_path / "index", encoder, [str(_gallery(tmp_path / "photos", 3))], **QUIET)
     broken = shutil.copytree(tmp_path / "index", tmp_path / "broken")
     (broken / "index.faiss").write_bytes(b"garbage")
-    with pytest.raises(DsmdError, match="incomplete or corrupt"):
+    with pytest.raises(DsmdError, match=r"index.faiss is damaged \(7 bytes where"):
         Index.open(broken)
+    shutil.copy(tmp_path / "index" / "index.faiss", broken / "index.faiss")
     with (broken / "items.jsonl").open("a") as f:
         f.write('{"id": 3, "path": "x"}\n')
-    shutil.copy(tmp_path / "index" / "index.faiss", broken / "index.faiss")
+    with pytest.raises(DsmdError, match="items.jsonl is damaged"):
+        Index.open(broken)
+    meta = json.loads((broken / "meta.json").read_text())  # an index of an older dsmd: no checksums
+    (broken / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k not in ("files", "sha256")}))
     with pytest.raises(DsmdError, match="disagree"):
+        Index.open(broken)
+    (broken / "index.faiss").write_bytes(b"garbage")
+    with pytest.raises(DsmdError, match="incomplete or corrupt"):
         Index.open(broken)

@@ -7,6 +7,7 @@ No assertion on time: every wait has a deadline that only a failure reaches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -141,3 +142,36 @@ def test_a_stop_signal_drains_requests_in_flight_and_exits_0(gallery, tmp_path, 
     assert proc.returncode == 0, err
     assert out == f"dsmd serve: stopped by {sig.name} after answering 1 requests\n"
     assert "Traceback" not in err
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    """What the server answers to ``request`` sent at once, until it closes the connection."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S) as sock:
+        sock.sendall(request)
+        with contextlib.suppress(ConnectionResetError):
+            sock.shutdown(socket.SHUT_WR)
+        return read_until_closed(sock)
+
+
+@pytest.mark.parametrize("filler", [15 * 1024, 17 * 1024, 64 * 1024], ids=["15KB", "17KB", "64KB"])
+def test_a_request_head_beyond_16_kb_is_refused_whole_or_in_pieces(gallery, filler):
+    head = b"GET /api/info HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * filler + b"\r\nConnection: close\r\n\r\n"
+    with running(SearchService(gallery["index"], gallery["encoder"])) as served:
+        answer = _raw(served["port"], head)
+    assert answer.startswith(b"HTTP/1.1 200" if len(head) <= 16 * 1024 else b"HTTP/1.1 431"), answer[:200]
+
+
+def test_protocol_errors_are_one_log_line_each(gallery, capsys):
+    broken = [
+        b"POST /api/search?q=x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nnot a chunk\r\n\r\n",
+        b"GET /api/info HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        b"NOT HTTP AT ALL\r\n\r\n",
+    ]
+    capsys.readouterr()
+    with running(SearchService(gallery["index"], gallery["encoder"])) as served:
+        answers = [_raw(served["port"], request) for request in broken]
+    assert all(a.startswith(b"HTTP/1.1 4") for a in answers), [a[:60] for a in answers]
+    logged = capsys.readouterr().err.splitlines()
+    assert len(logged) == len(broken) and all(line.startswith("dsmd serve: ") for line in logged), logged

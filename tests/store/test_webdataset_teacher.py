@@ -14,6 +14,7 @@ from dsmd.data.datasets import load_dataset
 from dsmd.errors import DsmdError
 from dsmd.extraction.extractor import extract
 from dsmd.extraction.webdataset_teacher import write_teacher_shards
+from dsmd.runtime.lock import acquire_folder
 
 QUIET = {"progress": False, "log": lambda *_: None}
 
@@ -87,3 +88,8 @@ def test_teacher_features_travel_in_the_shards(tiny_overrides, synthetic_manifes
     assert tarfile.open(second[1]).getnames() == tarfile.open(copies[1]).getnames()
     with pytest.raises(DsmdError, match="another folder"):
         write_teacher_shards(cfg, tmp_path / "shards")
+    before = {p: p.read_bytes() for p in (tmp_path / "twice").iterdir()}
+    with acquire_folder(tmp_path / "twice", "out_dir"):  # another writer of those copies
+        with pytest.raises(DsmdError, match=f"out_dir={tmp_path / 'twice'} is in use by another dsmd command"):
+            write_teacher_shards(again, tmp_path / "twice", log=lambda *_: None)
+    assert {p: p.read_bytes() for p in (tmp_path / "twice").iterdir()} == before

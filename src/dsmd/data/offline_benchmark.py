@@ -43,6 +43,7 @@ from PIL import Image, ImageDraw, ImageFont
 from dsmd.data.formats.tuxpaint import list_tuxpaint
 from dsmd.errors import DsmdError
 from dsmd.runtime.files import write_text_atomic
+from dsmd.runtime.lock import exclusive_folder
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
@@ -284,9 +285,16 @@ def build_offline_benchmark(
         unpaired: also write the pools of unpaired data (:func:`~dsmd.data.offline_unpaired.build_unpaired_pools`).
 
     Raises:
-        DsmdError: a package is missing, or there are too few images for the splits.
+        DsmdError: a package is missing, there are too few images for the splits, or another
+            command is writing ``out`` (its lock, naming the holder).
     """
     out = Path(out)
+    with exclusive_folder(out, "--out"):  # one writer: a second build into OUT is refused, naming this one
+        return _build(out, test_images, val_images, seed, log, unpaired)
+
+
+def _build(out: Path, test_images: int, val_images: int, seed: int, log, unpaired: bool) -> Path:
+    """Build the benchmark into ``out`` (the caller holds its lock)."""
     out.mkdir(parents=True, exist_ok=True)
     items = _unique_captions([*stamp_items(), *emoji_items(out), *clipart_items()])
     if len(items) < test_images + val_images + 1000:

@@ -8,7 +8,7 @@ with ``onnx`` the two ONNX encoders are checked the same way with onnxruntime.
 
 from __future__ import annotations
 
-import hashlib
+import json
 import shutil
 import time
 from pathlib import Path
@@ -20,23 +20,16 @@ from safetensors.torch import save_model
 import dsmd
 from dsmd.errors import DsmdError
 from dsmd.export.probes import probe_inputs
-from dsmd.inference.exported import CONFIG, EXPORT_VERSION, PREPROCESSING, WEIGHTS
+from dsmd.inference.exported import CONFIG, EXPORT_VERSION, PREPROCESSING, WEIGHTS, export_files, seal_config
 from dsmd.models import DualEncoder
 from dsmd.models.blueprint import student_blueprint
+from dsmd.runtime.checksums import file_records, sha256_file
 from dsmd.runtime.files import check_writable, write_json_atomic
 from dsmd.runtime.lock import exclusive_folder
 from dsmd.store.manifest import teacher_space
 from dsmd.training.checkpoint import student_from_checkpoint
 
 TOLERANCE = 1e-4
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_meta(student: DualEncoder, state: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
@@ -49,7 +42,7 @@ def export_meta(student: DualEncoder, state: dict[str, Any], checkpoint: Path) -
         "teacher": {k: teacher.get(k) for k in ("kind", "name", "dim")},
         "source": {
             "checkpoint": str(checkpoint),
-            "sha256": _sha256(checkpoint),
+            "sha256": sha256_file(checkpoint),
             "epoch": state.get("epoch"),
             "step": state.get("step"),
             "val_rsum": (state.get("val_metrics") or {}).get("rsum"),
@@ -74,6 +67,7 @@ def preprocessing(student: DualEncoder) -> dict[str, Any]:
             else "to size x size with PIL (aspect ratio not kept)"
         ),
         "size": transform["size"],
+        "crop": transform["crop"],
         "resample": transform["resample"],
         "mean": list(transform["mean"]),
         "std": list(transform["std"]),
@@ -93,7 +87,7 @@ def _write(student: DualEncoder, meta: dict[str, Any], folder: Path, log) -> boo
 
     hf = save_dual_encoder(student, folder, log)
     if hf:
-        config = __import__("json").loads((folder / CONFIG).read_text())
+        config = json.loads((folder / CONFIG).read_text())
         config["dsmd_export"] = {**meta, "weights_layout": "transformers_vision_text_dual_encoder"}
         write_json_atomic(folder / CONFIG, config)
     else:
@@ -102,6 +96,14 @@ def _write(student: DualEncoder, meta: dict[str, Any], folder: Path, log) -> boo
     student.text.tokenizer.save_pretrained(str(folder))
     write_json_atomic(folder / PREPROCESSING, preprocessing(student))
     return hf
+
+
+def _record_files(folder: Path) -> None:
+    """Record every file's size and sha256 in config.json (``dsmd_export.files``), and config.json's
+    own (``dsmd_export.sha256``); written last."""
+    config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    config["dsmd_export"]["files"] = file_records(folder, export_files(folder))
+    write_json_atomic(folder / CONFIG, seal_config(config))
 
 
 def _check(student: DualEncoder, folder: Path, cfg, log) -> None:
@@ -154,6 +156,7 @@ def _export(checkpoint: Path, out: Path, onnx: bool, log) -> Path:
             from dsmd.export.onnx_export import export_onnx
 
             export_onnx(student, partial, cfg, log)
+        _record_files(partial)
         if out.exists():
             shutil.rmtree(out)
         partial.rename(out)

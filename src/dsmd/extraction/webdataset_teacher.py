@@ -34,6 +34,7 @@ from dsmd.data.formats.webdataset import _META, expand_shards, iter_samples
 from dsmd.data.images import tar_ref
 from dsmd.errors import DsmdError
 from dsmd.runtime.files import atomic_path
+from dsmd.runtime.lock import exclusive_folder
 from dsmd.store import FeatureStore
 
 TEACHER_MEMBERS = ("teacher_image.npy", "teacher_text.npy", "teacher_views.npy")
@@ -64,8 +65,8 @@ def write_teacher_shards(cfg: RunConfig, out_dir: str | Path, log=print) -> list
         The paths of the copies, in shard order.
 
     Raises:
-        DsmdError: not a webdataset, no store or one built for other data, or ``out_dir`` is
-            where the shards are.
+        DsmdError: not a webdataset, no store or one built for other data, ``out_dir`` is
+            where the shards are, or another process is writing ``out_dir`` (its lock).
     """
     if cfg.data.kind != "webdataset":
         raise DsmdError(f"teacher features go into webdataset shards; data.kind is {cfg.data.kind}.")
@@ -87,45 +88,46 @@ def write_teacher_shards(cfg: RunConfig, out_dir: str | Path, log=print) -> list
     out_dir = Path(out_dir).absolute()
     if any(Path(s).parent == out_dir for s in shards):
         raise DsmdError(f"{out_dir} holds the shards themselves; write the copies into another folder.")
-    written = []
-    for shard in shards:
-        keys = {}  # sample key -> teacher members
-        for sample in iter_samples(shard):
-            if sample.image is None or not sample.captions or tar_ref(shard, sample.image) not in rows:
-                continue
-            split, i = rows[tar_ref(shard, sample.image)]
-            feats = store.split(split)
-            members = {
-                "teacher_image.npy": feats.image_rows(torch.tensor([i]), torch.tensor([0]))[0],
-                "teacher_text.npy": feats.text_rows(torch.tensor(captions[split][i], dtype=torch.long)),
-            }
-            if feats.num_views:
-                members["teacher_views.npy"] = feats.image_rows(
-                    torch.full((feats.num_views,), i), torch.arange(1, feats.num_views + 1)
-                )
-            keys[sample.key] = {name: _npy(t.numpy().astype(dtype)) for name, t in members.items()}
-        target = out_dir / Path(shard).relative_to(common)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        count = len(keys)
-        with (
-            atomic_path(target) as tmp,
-            tarfile.open(shard, "r:") as src,
-            tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as dst,
-        ):
-            key, last = None, None
-            for member in src:
-                base, ext = base_plus_ext(member.name) if member.isfile() else (None, None)
-                if base is not None and not _META.match(member.name):
-                    if base != key and key in keys:  # the end of a sample: its teacher members
-                        for name, data in keys.pop(key).items():
-                            _add(dst, f"{key}.{name}", data, last)
-                    key, last = base, member
-                if ext is not None and ext.lower() in TEACHER_MEMBERS:
-                    continue  # those of an earlier copy are replaced
-                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
-            if key in keys:
-                for name, data in keys.pop(key).items():
-                    _add(dst, f"{key}.{name}", data, last)
-        written.append(target)
-        log(f"{target}: teacher features of {count} samples")
+    with exclusive_folder(out_dir, "out_dir"):  # one writer: a second copy into out_dir is refused, naming this one
+        written = []
+        for shard in shards:
+            keys = {}  # sample key -> teacher members
+            for sample in iter_samples(shard):
+                if sample.image is None or not sample.captions or tar_ref(shard, sample.image) not in rows:
+                    continue
+                split, i = rows[tar_ref(shard, sample.image)]
+                feats = store.split(split)
+                members = {
+                    "teacher_image.npy": feats.image_rows(torch.tensor([i]), torch.tensor([0]))[0],
+                    "teacher_text.npy": feats.text_rows(torch.tensor(captions[split][i], dtype=torch.long)),
+                }
+                if feats.num_views:
+                    members["teacher_views.npy"] = feats.image_rows(
+                        torch.full((feats.num_views,), i), torch.arange(1, feats.num_views + 1)
+                    )
+                keys[sample.key] = {name: _npy(t.numpy().astype(dtype)) for name, t in members.items()}
+            target = out_dir / Path(shard).relative_to(common)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            count = len(keys)
+            with (
+                atomic_path(target) as tmp,
+                tarfile.open(shard, "r:") as src,
+                tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as dst,
+            ):
+                key, last = None, None
+                for member in src:
+                    base, ext = base_plus_ext(member.name) if member.isfile() else (None, None)
+                    if base is not None and not _META.match(member.name):
+                        if base != key and key in keys:  # the end of a sample: its teacher members
+                            for name, data in keys.pop(key).items():
+                                _add(dst, f"{key}.{name}", data, last)
+                        key, last = base, member
+                    if ext is not None and ext.lower() in TEACHER_MEMBERS:
+                        continue  # those of an earlier copy are replaced
+                    dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+                if key in keys:
+                    for name, data in keys.pop(key).items():
+                        _add(dst, f"{key}.{name}", data, last)
+            written.append(target)
+            log(f"{target}: teacher features of {count} samples")
     return written

@@ -12,6 +12,7 @@ teacher again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -60,6 +61,28 @@ def heldout_data(manifest: str | Path) -> CaptionedImages:
     return load_split(DataConfig(kind="manifest", manifest=str(manifest)), "test")
 
 
+def _cached(cache: Path, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The features ``cache`` holds for ``key``; None when it holds others, or is missing or damaged
+    (a cache: computed again)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(cache), "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("key") != key:
+                return None
+        stored = load_file(str(cache))
+        image, text = stored["image"], stored["text"]
+    except (OSError, SafetensorError, KeyError, ValueError):
+        return None
+    return (image, text) if meta.get("sha256") == _digest(image, text) else None
+
+
+def _digest(image: torch.Tensor, text: torch.Tensor) -> str:
+    """sha256 of the two feature tables' bytes (the cache's check of its own content)."""
+    return hashlib.sha256(image.numpy().tobytes() + text.numpy().tobytes()).hexdigest()
+
+
 @torch.inference_mode()
 def teacher_features(
     teacher, data: CaptionedImages, cache: Path, device: torch.device, batch_size: int = 64
@@ -67,13 +90,8 @@ def teacher_features(
     """The teacher's L2-normalised image ``(N_i, D)`` and caption ``(N_t, D)`` features of ``data``,
     float32, read from ``cache`` when it holds them for this data and teacher."""
     key = json.dumps({"data": data.fingerprint(), "teacher": teacher.identity()}, sort_keys=True)
-    if cache.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(cache), "pt") as f:
-            if (f.metadata() or {}).get("key") == key:
-                stored = load_file(str(cache))
-                return stored["image"], stored["text"]
+    if (stored := _cached(cache, key)) is not None:
+        return stored
     loader = DataLoader(ImageDataset(data, teacher.image_transform), batch_size=batch_size, collate_fn=collate_images)
     image = torch.cat([teacher.encode_images(px.to(device)).float().cpu() for _, px in loader])
     text = torch.cat(
@@ -85,7 +103,8 @@ def teacher_features(
     image, text = torch.nn.functional.normalize(image, dim=-1), torch.nn.functional.normalize(text, dim=-1)
     cache.parent.mkdir(parents=True, exist_ok=True)
     partial = cache.with_suffix(".partial")
-    save_file({"image": image.contiguous(), "text": text.contiguous()}, str(partial), metadata={"key": key})
+    image, text = image.contiguous(), text.contiguous()
+    save_file({"image": image, "text": text}, str(partial), metadata={"key": key, "sha256": _digest(image, text)})
     partial.replace(cache)
     return image, text
 

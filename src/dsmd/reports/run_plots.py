@@ -8,24 +8,38 @@ with the run's best result. Drawn with matplotlib (the Agg backend: no display n
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from dsmd.errors import DsmdError
-from dsmd.runtime.files import atomic_path, write_text_atomic
+from dsmd.runtime.checksums import check_files, seal_holds
+from dsmd.runtime.files import atomic_path, read_json, read_json_lines, write_text_atomic
 
 LOSSES = ("cd", "fd", "sd", "hnd")
 
 
+_FIX = "The run's logs were changed after training: restore them, or train the run again."
+
+
 def _records(path: Path) -> list[dict]:
-    records = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line torn by a crash
-    return records
+    """The records of a run's log (a last line torn by a crash left out; a damaged line refused)."""
+    return read_json_lines(path, _FIX) if path.is_file() else []
+
+
+def _finished(run: Path) -> dict:
+    """``result.json`` of a finished run (empty while it runs), with the logs it records checked."""
+    path = run / "result.json"
+    if not path.is_file():
+        return {}
+    result = read_json(path, _FIX)
+    if ("logs" in result or "sha256" in result) and not seal_holds(result):
+        raise DsmdError(f"{path} is damaged (its sha256 differs from its content). {_FIX}")
+    if not all(isinstance(result.get(k), int | float) for k in ("best_val_rsum", "best_epoch")):
+        raise DsmdError(f"{path} is damaged (no best_val_rsum / best_epoch). {_FIX}")
+    logs = result.get("logs", {})
+    if not isinstance(logs, dict) or not all(isinstance(r, dict) for r in logs.values()):
+        raise DsmdError(f"{path} is damaged (its logs entry is not what dsmd wrote). {_FIX}")
+    check_files(run, logs, f"run {run}", _FIX, force=True)
+    return result
 
 
 def _save(fig, path: Path) -> Path:
@@ -118,6 +132,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         DsmdError: the folder holds no ``steps.jsonl`` (not a training run).
     """
     run = Path(run_dir)
+    result = _finished(run)  # (its logs checked against it first)
     steps, epochs = _records(run / "steps.jsonl"), _records(run / "epochs.jsonl")
     if not steps:
         raise DsmdError(
@@ -128,7 +143,6 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     plots = [plot_losses(steps, out), plot_balancer(steps, out)]
     if any("val_rsum" in r for r in epochs):
         plots.append(plot_validation(epochs, out))
-    result = json.loads((run / "result.json").read_text()) if (run / "result.json").is_file() else {}
     lines = [
         f"# Training run {run.name}",
         "",

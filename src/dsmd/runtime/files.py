@@ -155,3 +155,41 @@ def check_writable(path: str | Path, key: str) -> None:
             f"cannot write {key}={path}: {existing} is not writable (permissions or a read-only file "
             f"system). Choose another {key}=, or change its permissions."
         )
+
+
+def read_json(path: str | Path, fix: str, kind: type = dict) -> Any:
+    """The JSON value of the file at ``path``, which must be a ``kind``.
+
+    Raises:
+        DsmdError: the file cannot be read, is not UTF-8 JSON, or holds another kind of value:
+            one line naming it and ``fix``.
+    """
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DsmdError(f"{path} is damaged ({' '.join(str(exc).split())[:120]}). {fix}") from exc
+    if not isinstance(value, kind):
+        raise DsmdError(f"{path} is damaged (it holds a {type(value).__name__}, not a {kind.__name__}). {fix}")
+    return value
+
+
+def read_json_lines(path: str | Path, fix: str) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log: one object a line; a last line torn by a crash is left out.
+
+    Raises:
+        DsmdError: a line before the last that is not a JSON object (the file was damaged), by line.
+    """
+    path = Path(path)
+    lines = path.read_bytes().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except ValueError:  # (UnicodeDecodeError too: a byte changed in a key is refused, not read as another key)
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif number < len(lines) and line.strip():
+            raise DsmdError(f"{path}: line {number} is damaged (not a JSON object). {fix}")
+    return records

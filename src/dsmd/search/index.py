@@ -14,6 +14,12 @@
                          (IndexFlatIP), HNSW (IndexHNSWFlat) or IVF-PQ (IndexIVFPQ), all inner product
     INDEX/skipped.txt    files that could not be read, with the reason
 
+``meta.json`` records the size and sha256 of each of the other four files, and its own (of the
+rest of its content, as canonical JSON): opening an index
+checks their sizes, and hashes them the first time it is opened at a place
+(:mod:`dsmd.runtime.checksums`), so a file damaged anywhere, the middle included, is one line
+naming it; ``dsmd verify INDEX`` hashes them again and parses every item.
+
 Format versions: flat and hnsw indexes are written as version 1 (readable by every dsmd that
 reads indexes); ivfpq ones as version 2, since a reader must re-rank their candidates with
 float16 vectors. This dsmd reads both.
@@ -39,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from dsmd.errors import DsmdError
+from dsmd.runtime.checksums import check_files, file_records, seal_holds, sealed, stamp_verified
 from dsmd.runtime.files import write_json_atomic, write_text_atomic
 from dsmd.search.engine import MAX_EF_SEARCH, QUERY_NOISE, RECALL_QUERIES, RowReader, Searcher, tune, tune_ivfpq
 from dsmd.search.items import ItemFile
@@ -101,23 +108,85 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     try:
         meta = json.loads((path / META).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise _corrupt(path, exc) from exc
-    if meta.get("version") not in READABLE_VERSIONS:
+        raise DsmdError(f"index {path}: {META} is damaged ({' '.join(str(exc).split())[:120]}). {_fix(path)}") from exc
+    if isinstance(meta, dict) and ("files" in meta or "sha256" in meta) and not seal_holds(meta):
+        raise DsmdError(f"index {path}: {META} is damaged (its sha256 differs from its content). {_fix(path)}")
+    if not isinstance(meta, dict) or meta.get("version") not in READABLE_VERSIONS:
+        version = meta.get("version") if isinstance(meta, dict) else None
         raise DsmdError(
-            f"index {path} has format {meta.get('version')!r}; this dsmd reads "
+            f"index {path} has format {version!r}; this dsmd reads "
             f"{' and '.join(map(str, READABLE_VERSIONS))}. {_fix(path)}"
         )
+    _check_meta(path, meta)
     return meta
+
+
+def _check_meta(path: Path, meta: dict[str, Any]) -> None:
+    """The fields of ``meta.json`` that reading relies on, with their types."""
+    model = meta.get("model")
+    bad = (
+        "kind" if meta.get("kind") not in ("images", "texts") else
+        "model" if not isinstance(model, dict) else
+        "model.dim" if not isinstance(model.get("dim"), int) or model["dim"] < 1 else
+        "model.space" if not isinstance(model.get("space"), str) else
+        "count" if not isinstance(meta.get("count"), int) or meta["count"] < 0 else
+        "files" if not isinstance(meta.get("files", {}), dict) else None
+    )  # fmt: skip
+    if bad is not None:
+        raise DsmdError(
+            f"index {path}: {META} is damaged (its field {bad} does not hold what dsmd wrote). {_fix(path)}"
+        )
+
+
+def check_index_files(path: str | Path, meta: dict[str, Any], force: bool = False) -> int:
+    """Check the index's files against the sizes and sha256 that ``meta.json`` records.
+
+    Returns the bytes hashed (0 when every file was stamped). An index written before dsmd
+    recorded checksums has none to check (``dsmd verify`` parses it instead).
+
+    Raises:
+        DsmdError: a file missing, resized or changed, naming it and the fix.
+    """
+    path = Path(path)
+    files = meta.get("files", {})
+    if not all(isinstance(r, dict) for r in files.values()):
+        raise DsmdError(
+            f"index {path}: {META} is damaged (its field files does not hold what dsmd wrote). {_fix(path)}"
+        )
+    return check_files(path, files, f"index {path}", _fix(path), force=force)
 
 
 def read_listing(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``meta.json`` and every item of the index at ``path`` (no vectors, no faiss: for a build)."""
     meta = read_meta(path)
-    try:
-        items = [json.loads(line) for line in (Path(path) / ITEMS).read_text(encoding="utf-8").splitlines() if line]
-    except (OSError, ValueError) as exc:
-        raise _corrupt(Path(path), exc) from exc
-    return meta, items
+    check_index_files(path, meta)
+    if not (Path(path) / ITEMS).is_file():
+        raise _corrupt(Path(path), FileNotFoundError(f"no {ITEMS}"))
+    return meta, list(ItemFile(Path(path) / ITEMS, f"index {path}", _fix(Path(path))))
+
+
+def verify_index(path: str | Path) -> str:
+    """``dsmd verify INDEX``: hash every file again, parse every item, check the vectors are finite.
+
+    Returns:
+        One line saying what was checked.
+
+    Raises:
+        DsmdError: the first damage found.
+    """
+    path = Path(path)
+    meta = read_meta(path)
+    hashed = check_index_files(path, meta, force=True)
+    index = Index.open(path)
+    count = sum(1 for _ in index.items)
+    for start in range(0, len(index.vectors), 100_000):
+        if not np.isfinite(index.vectors[start : start + 100_000]).all():
+            raise DsmdError(f"index {path}: {VECTORS} holds NaN or inf. {_fix(path)}")
+    if "files" in meta:
+        sums = f"{len(meta['files'])} files match their sha256 ({hashed / 1e6:.1f} MB hashed)"
+    else:
+        sums = "no checksums recorded (an older dsmd built it)"
+    return f"index {path}: {sums}; {count} items parsed, vectors finite"
 
 
 def _corrupt(path: Path, exc: Exception) -> DsmdError:
@@ -184,8 +253,9 @@ class Index:
         """
         path = Path(path)
         meta = read_meta(path)
+        check_index_files(path, meta)
         try:
-            items = ItemFile(path / ITEMS)
+            items = ItemFile(path / ITEMS, f"index {path}", _fix(path))
             if len(items):
                 items[0], items[-1]  # noqa: B018 - readable at both ends (each is read when a query returns it)
             vectors = np.load(path / VECTORS, mmap_mode="r", allow_pickle=False)
@@ -290,6 +360,7 @@ def write_index(
     write_text_atomic(folder / SKIPPED, "".join(line + "\n" for line in skipped))
     index, params, recall = _faiss_and_params(folder, vectors, kind, options or IndexOptions())
     faiss_module().write_index(index, str(folder / FAISS))
+    files = file_records(folder, [ITEMS, VECTORS, FAISS, SKIPPED])
     about = {
         "kind": kind,
         "params": params,
@@ -308,8 +379,10 @@ def write_index(
         "index": about,
         "skipped": len(skipped),
         "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "files": files,
     }
-    write_json_atomic(folder / META, meta)
+    write_json_atomic(folder / META, sealed(meta))
+    stamp_verified(folder, {name: r["sha256"] for name, r in files.items()})
     return about
 
 

@@ -15,12 +15,19 @@ from typing import Any, overload
 
 import numpy as np
 
+from dsmd.errors import DsmdError
+
 
 class ItemFile(Sequence):
-    """The items of an ``items.jsonl`` (one JSON object a line), as a read-only sequence of dicts."""
+    """The items of an ``items.jsonl`` (one JSON object a line), as a read-only sequence of dicts.
 
-    def __init__(self, path: str | Path):
+    A line that is not an item (damaged) raises :class:`~dsmd.errors.DsmdError` naming ``what``,
+    the line and ``fix``.
+    """
+
+    def __init__(self, path: str | Path, what: str = "", fix: str = ""):
         self.path = Path(path)
+        self.what, self.fix = what or str(self.path.parent), fix
         self._file = open(self.path, "rb")  # noqa: SIM115 - held as long as the index is open
         self._starts = _line_starts(self._file)  # line i: starts[i] .. starts[i + 1] - 2, and its newline
 
@@ -40,12 +47,22 @@ class ItemFile(Sequence):
             raise IndexError(i)
         i = i % len(self)
         start, end = int(self._starts[i]), int(self._starts[i + 1]) - 1
-        return json.loads(os.pread(self._file.fileno(), end - start, start))
+        return self._parse(os.pread(self._file.fileno(), end - start, start), i)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                yield json.loads(line)
+        with open(self.path, "rb") as f:
+            for i, line in enumerate(f):
+                yield self._parse(line, i)
+
+    def _parse(self, line: bytes, i: int) -> dict[str, Any]:
+        """Item ``i`` from its line: ``{"id": i, "path" | "text": str}``."""
+        try:
+            item = json.loads(line)
+        except ValueError:
+            item = None
+        if not (isinstance(item, dict) and isinstance(item.get("path", item.get("text")), str)):
+            raise DsmdError(f"{self.what}: line {i + 1} of {self.path.name} is not an item (damaged). {self.fix}")
+        return item
 
 
 def _line_starts(file, block: int = 1 << 24) -> np.ndarray:

@@ -9,6 +9,11 @@ On top of uvicorn's own keep-alive timeout:
   is raised to fit when the hard one allows);
 - a connection must send a whole request head within :attr:`ServeLimits.head_timeout_s` of
   opening or of its last answer, else it is closed (idle sockets, clients that trickle bytes);
+- a request head (request line and headers) over :attr:`ServeLimits.max_head_bytes` gets a 431
+  and the connection is closed, whether it came in one piece or many (h11's own limit holds
+  only for a head still incomplete when a piece ends);
+- a request that breaks HTTP (a bad chunked body, two lengths) gets a 400 and one log line,
+  also when its head had already started the app (whose answer is then dropped);
 - SIGTERM or Ctrl-C stops taking connections, lets the requests in flight finish (for at most
   :attr:`ServeLimits.drain_s`; a second Ctrl-C stops waiting) and returns; ``dsmd serve`` then
   prints one line and exits 0.
@@ -31,6 +36,7 @@ import threading
 from collections.abc import Callable, Generator
 from types import FrameType
 
+import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -55,12 +61,59 @@ def _busy_response(limits: ServeLimits) -> bytes:
     return head.encode() + body
 
 
+def _too_large_response(limits: ServeLimits) -> bytes:
+    body = json.dumps(
+        {"error": f"the request head is over {limits.max_head_bytes} bytes, the server's limit."}
+    ).encode()
+    head = (
+        "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
 def protocol_class(limits: ServeLimits) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a connection cap and a deadline for each request head."""
-    busy = _busy_response(limits)
+    """uvicorn's h11 protocol with a connection cap, a deadline and a size limit for each request head."""
+    busy, too_large = _busy_response(limits), _too_large_response(limits)
 
     class BoundedH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
+        _head_bytes = 0  # of the request head being received, before the last piece
+        _head_tail = b""  # the last 3 bytes received of it (a blank line may straddle two pieces)
+
+        def data_received(self, data: bytes) -> None:
+            if self.conn.their_state is h11.IDLE and self._head_too_large(data):
+                self.logger.warning(
+                    "a request head over %d bytes from %s: refused (431)", limits.max_head_bytes, self.client
+                )
+                self.transport.write(too_large)
+                self.transport.close()
+                return
+            super().data_received(data)
+
+        def send_400_response(self, msg: str) -> None:
+            # A request whose body breaks the protocol after its head started the app: the app's
+            # answer is dropped (the cycle counts as disconnected) instead of raising in h11.
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+                if cycle.response_started:  # part of the app's answer is out: no 400 can follow it
+                    self.transport.close()
+                    return
+            super().send_400_response(msg)
+
+        def _head_too_large(self, data: bytes) -> bool:
+            """Count ``data`` into the head being received; whether the head is over the limit."""
+            seen = self._head_tail + data
+            end = seen.find(b"\r\n\r\n")
+            if end < 0:
+                self._head_bytes += len(data)
+                self._head_tail = seen[-3:]
+                return self._head_bytes > limits.max_head_bytes
+            size = self._head_bytes + end + 4 - len(self._head_tail)
+            self._head_bytes, self._head_tail = 0, b""
+            return size > limits.max_head_bytes
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)

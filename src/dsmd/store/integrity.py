@@ -19,71 +19,27 @@ What is checked, and when (see also docs/guarantees.md):
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
 from dsmd.errors import DsmdError
-from dsmd.runtime.files import write_json_atomic
+from dsmd.runtime.checksums import is_stamped, load_stamps, stamp_verified
 from dsmd.store.safetensors_mmap import NUMPY_DTYPES, read_header
 
-STAMPS = ".verified.json"
 _BLOCK = 1 << 22
 
 
-def _identity(path: Path) -> list[int]:
-    st = path.stat()
-    return [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+def _records(records: Iterable[dict]) -> dict[str, str]:
+    """Manifest file records as ``{file: sha256}`` (records without a sha256 left out)."""
+    return {r["file"]: r["sha256"] for r in records if "sha256" in r}
 
 
-def _user_stamps(store: Path) -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dsmd" / "verified"
-    return base / (hashlib.sha256(str(store.resolve()).encode()).hexdigest()[:32] + ".json")
-
-
-def _read_stamps(path: Path) -> dict:
-    with contextlib.suppress(OSError, ValueError):
-        data = json.loads(path.read_text())
-        if isinstance(data, dict):
-            return data
-    return {}
-
-
-def load_stamps(store: str | Path) -> dict[str, dict]:
-    """Stamps of ``store``'s files: name -> ``{"identity": [...], "sha256": ...}``."""
-    store = Path(store)
-    return {**_read_stamps(_user_stamps(store)), **_read_stamps(store / STAMPS)}
-
-
-def stamp_verified(store: str | Path, records: Iterable[dict]) -> None:
+def stamp_store_files(store: str | Path, records: Iterable[dict]) -> None:
     """Record that the files of ``records`` (manifest file records) hold their sha256 now."""
-    store = Path(store)
-    stamps = load_stamps(store)
-    for r in records:
-        if "sha256" in r:
-            stamps[r["file"]] = {"identity": _identity(store / r["file"]), "sha256": r["sha256"]}
-    for target in (store / STAMPS, _user_stamps(store)):
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(target, stamps)
-            return
-        except OSError:
-            continue  # a read-only store: the user's cache; neither: verified again next time
-
-
-def is_stamped(store: Path, record: dict, stamps: dict) -> bool:
-    """Whether ``record``'s file was verified and has not changed since."""
-    stamp = stamps.get(record["file"])
-    return (
-        isinstance(stamp, dict)
-        and stamp.get("sha256") == record.get("sha256")
-        and stamp.get("identity") == _identity(store / record["file"])
-    )
+    stamp_verified(store, _records(records))
 
 
 def _finite(chunk: bytes, dtype: np.dtype) -> bool:
@@ -150,7 +106,7 @@ def verify_files(
     """
     store = Path(store)
     stamps = {} if force else load_stamps(store)
-    todo = [r for r in records if "sha256" in r and not is_stamped(store, r, stamps)]
+    todo = [r for r in records if "sha256" in r and not is_stamped(store, r["file"], r["sha256"], stamps)]
     if todo and not allow_hashing:
         size = sum((store / r["file"]).stat().st_size for r in todo)
         raise DsmdError(
@@ -172,5 +128,5 @@ def verify_files(
                 f"cannot be learned. {fix}"
             )
     if todo:
-        stamp_verified(store, todo)
+        stamp_store_files(store, todo)
     return hashed

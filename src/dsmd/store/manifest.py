@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dsmd.errors import DsmdError
+from dsmd.runtime.checksums import seal_holds, sealed
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -33,16 +34,9 @@ _FILE_NAME = re.compile(r"[A-Za-z0-9_.-]+\.safetensors")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def manifest_checksum(manifest: dict[str, Any]) -> str:
-    """sha256 of the manifest without its ``checksum`` entry (sorted keys, compact JSON)."""
-    body = {k: v for k, v in manifest.items() if k != "checksum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 def seal(manifest: dict[str, Any]) -> dict[str, Any]:
-    """``manifest`` with its ``checksum`` (added last)."""
-    body = {k: v for k, v in manifest.items() if k != "checksum"}
-    return {**body, "checksum": manifest_checksum(body)}
+    """``manifest`` with its ``checksum`` (added last): the sha256 of the rest as canonical JSON."""
+    return sealed(manifest, "checksum")
 
 
 def teacher_space(teacher: dict[str, Any]) -> str:
@@ -170,7 +164,7 @@ def read_manifest(path: str | Path, fix: str) -> dict[str, Any]:
     problem = _problem(manifest)
     if problem is not None:
         raise DsmdError(f"{path} is not a valid store manifest: {problem}. {fix}")
-    if "checksum" in manifest and manifest["checksum"] != manifest_checksum(manifest):
+    if "checksum" in manifest and not seal_holds(manifest, "checksum"):
         raise DsmdError(
             f"{path} was modified after the store was written (its checksum does not match). "
             f"Restore the original manifest. {fix}"

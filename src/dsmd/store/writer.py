@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 import dsmd
 from dsmd.runtime.files import atomic_path, write_json_atomic
-from dsmd.store.integrity import stamp_verified
+from dsmd.store.integrity import stamp_store_files
 from dsmd.store.manifest import MANIFEST, seal
 from dsmd.store.safetensors_mmap import file_sha256
 from dsmd.store.split_features import SplitFeatures
@@ -155,7 +155,7 @@ class StoreWriter:
             shutil.rmtree(self.path)
         self.partial.rename(self.path)
         # Every file's sha256 was just computed from the bytes written: nothing to verify later.
-        stamp_verified(self.path, [r for split in splits for r in manifest["files"][split]])
+        stamp_store_files(self.path, [r for split in splits for r in manifest["files"][split]])
         return self.path
 
     def abort(self) -> None:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import statistics
 from pathlib import Path
 from typing import Any
 
+from dsmd.errors import DsmdError
 from dsmd.reports.report import METRIC_KEYS
-from dsmd.runtime.files import atomic_path, write_json_atomic, write_text_atomic
+from dsmd.runtime.files import atomic_path, read_json, write_json_atomic, write_text_atomic
 from dsmd.sweeps.spec import Run, Sweep
 
 
@@ -26,7 +26,9 @@ def _result(run: Run) -> dict[str, float] | None:
     path = run.folder / "test.json"
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
+    data = read_json(path, f"Delete it to score run {run.folder} again (dsmd sweep resumes).")
+    if not all(isinstance(data.get(k, 0.0), int | float) for k in METRIC_KEYS):
+        raise DsmdError(f"{path} is damaged (a metric that is not a number). Delete it to score the run again.")
     return {k: float(data[k]) for k in METRIC_KEYS if k in data}
 
 

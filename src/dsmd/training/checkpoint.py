@@ -7,7 +7,9 @@ trained on, 0 at an epoch boundary; ``step``: optimiser steps) and the best vali
 so ``--resume`` continues exactly, also mid-epoch and on another number of processes, and
 ``dsmd eval`` rebuilds the student from the file alone. Only rank 0 writes.
 
-Reading uses ``torch.load(weights_only=True)``: tensors and plain containers only. A file that
+A checkpoint is a zip file whose members carry the CRC32 of their bytes: reading checks every
+member against it first (torch does not), so a file damaged anywhere is refused in one line
+instead of loading wrong weights. Reading uses ``torch.load(weights_only=True)``: tensors and plain containers only. A file that
 pickles anything else (a crafted checkpoint can carry code that unpickling would run) is
 refused before any of it is used; dsmd's own checkpoints never hold such objects.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +81,41 @@ def _unreadable(path: Path, exc: BaseException) -> DsmdError:
     )
 
 
+def _check_crc(path: Path) -> None:
+    """Every member of a zip checkpoint against the CRC32 it was written with (others: torch decides)."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as exc:  # noqa: BLE001 - zipfile raises several types for a damaged archive
+        raise _unreadable(path, exc) from exc
+    if bad is not None:
+        raise DsmdError(
+            f"checkpoint {path} is damaged: its part {bad} differs from the CRC32 recorded when it was written. "
+            "Use another checkpoint of the run (checkpoints/best.pt, last.pt) or train again."
+        )
+
+
+def verify_checkpoint(path: str | Path) -> str:
+    """``dsmd verify CKPT``: every part against its CRC32, the config and weights loaded, the weights finite.
+
+    Returns:
+        One line saying what was checked.
+    """
+    state = load_checkpoint(path)
+    student = student_from_state(state, str(path))
+    bad = [name for name, t in student.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise DsmdError(
+            f"checkpoint {path}: weights {_summary(bad)} hold NaN or inf. Use another checkpoint of the run."
+        )
+    return (
+        f"checkpoint {path}: every part matches its CRC32; config and {student.num_parameters():,} weights "
+        f"load, all finite (epoch {state.get('epoch')}, step {state.get('step')})"
+    )
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a dsmd checkpoint on the CPU, refusing anything but tensors and plain containers.
 
@@ -88,6 +126,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise DsmdError(f"checkpoint not found: {path}. Train one with `dsmd train`, or check the path.")
+    _check_crc(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -7,7 +7,9 @@
     OUT/epochs.jsonl          one line per validation: val metrics
     OUT/checkpoints/last.pt   the latest checkpoint (every epoch, every checkpoint_every steps)
     OUT/checkpoints/best.pt   the checkpoint of the best validation RSUM
-    OUT/result.json           written when the run finishes
+    OUT/result.json           written when the run finishes, with the size and sha256 of the two
+                              logs and its own (``dsmd report`` checks them); a resumed run
+                              removes it until it finishes again
     OUT/tensorboard/          TensorBoard event files of the same records (when tensorboard is
                               installed; :mod:`dsmd.training.tensorboard`)
 
@@ -26,9 +28,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from dsmd.config import RunConfig, save_config
+from dsmd.runtime.checksums import file_records, sealed
 from dsmd.runtime.files import remove_temporaries, write_json_atomic
 from dsmd.training.checkpoint import save_checkpoint
 from dsmd.training.tensorboard import open_writer, write_scalars
+
+RESULT = "result.json"
+LOGS = ("steps.jsonl", "epochs.jsonl")
 
 
 def _kept_lines(path: Path, last_step: int) -> tuple[list[str], int]:
@@ -83,6 +89,7 @@ class RunFiles:
         if resume_step is None or not (self.out / "config.yaml").is_file():
             save_config(cfg, self.out / "config.yaml")
         if resume_step is not None:
+            (self.out / RESULT).unlink(missing_ok=True)  # not finished until it finishes again
             resumes = self.out / "resumes.jsonl"
             kept = _kept_lines(resumes, resume_step)[0] if resumes.is_file() else []
             if changes:
@@ -140,9 +147,13 @@ class RunFiles:
         save_checkpoint(self.last, state)
 
     def result(self, result: dict[str, Any]) -> None:
-        """Write ``result.json``."""
+        """Write ``result.json``: ``result``, the logs' sizes and sha256 (``logs``), its own sha256."""
         if self.main:
-            write_json_atomic(self.out / "result.json", result)
+            self.flush()
+            if self._epochs is not None:
+                self._epochs.flush()
+            logs = file_records(self.out, [name for name in LOGS if (self.out / name).is_file()])
+            write_json_atomic(self.out / RESULT, sealed({**result, "logs": logs}))
 
     def close(self) -> None:
         for f in (self._steps, self._epochs, self._board):
