@@ -262,7 +262,7 @@ def run(argv: list[str] | None = None) -> int:
     elif args.command == "export":
         from dsmd.export.writer import export_student
 
-        export_student(args.checkpoint, args.out, onnx=args.onnx, overwrite=args.overwrite)
+        export_student(args.checkpoint, args.out, onnx=args.onnx, overwrite=args.overwrite, int8=args.int8)
     elif args.command == "index":
         _index(args, progress)
     elif args.command == "search":

@@ -142,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--checkpoint", required=True, help="a checkpoint written by `dsmd train`")
     q.add_argument("--out", required=True, help="the export folder to write")
     q.add_argument("--onnx", action="store_true", help="also write image_encoder.onnx and text_encoder.onnx")
+    q.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write INT8 ONNX encoders (implies --onnx): calibrated on the run's training images, "
+        "each kept only if it passes the gate on the val split (dsmd_export.int8 in config.json)",
+    )
     q.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
 
     q = add("index", "Encode images (or captions) into a search index; run again to add new ones.")

@@ -72,3 +72,14 @@ def test_result_is_the_median_of_the_timed_calls(monkeypatch, timed, expected_ms
 def test_invalid_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         measure_latency(lambda batch: None, lambda n: None, **kwargs)
+
+
+def test_interleaved_calls_take_turns_after_their_warm_up():
+    from dsmd.evaluation.latency import interleaved_times
+
+    order = []
+    times = interleaved_times({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, rounds=3, warmup=1)
+    assert order == ["a", "b", "a", "b", "a", "b", "a", "b"]  # one warm-up each, then a, b in turn
+    assert set(times) == {"a", "b"} and all(len(t) == 3 and min(t) >= 0 for t in times.values())
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        interleaved_times({"a": lambda: None}, rounds=0)

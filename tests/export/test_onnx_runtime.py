@@ -32,3 +32,40 @@ def test_a_runtime_the_student_cannot_run_is_one_line(paper_like, tmp_path):
     with pytest.raises(DsmdError, match=r"runtime 'tensorrt': choose one of torch, onnx, int8, auto"):
         resolve_runtime(tmp_path, {}, "tensorrt")
     assert resolve_runtime(tmp_path, {}, "auto") == "torch"
+
+
+@pytest.fixture(scope="module")
+def int8_export(paper_like, tmp_path_factory):
+    from dsmd.export.writer import export_student
+
+    out = tmp_path_factory.mktemp("int8") / "export"
+    messages = []
+    export_student(paper_like["checkpoint"], out, int8=True, log=messages.append)
+    return {"export": out, "messages": messages}
+
+
+def test_the_int8_export_records_its_gate_and_runs_what_passed(int8_export, tmp_path):
+    import json
+
+    from dsmd.export.quantize import LIMITS
+
+    folder = int8_export["export"]
+    record = json.loads((folder / "config.json").read_text())["dsmd_export"]["int8"]
+    images = _images(tmp_path)
+    eager = dsmd.load_student(folder)
+    int8 = dsmd.load_student(folder, runtime="int8", threads=1)
+    assert int8.info["runtime"] == "int8" and dsmd.load_student(folder, runtime="auto").info["runtime"] == "int8"
+    for tower, got, want in (
+        ("image", int8.encode_images(images), eager.encode_images(images)),
+        ("text", int8.encode_texts(CAPTIONS), eager.encode_texts(CAPTIONS)),
+    ):
+        about = record[tower]
+        passed = about["mean_cosine"] >= LIMITS["mean_cosine"] and about["min_cosine"] >= LIMITS["min_cosine"]
+        passed = passed and about["val_rsum_drop_percent"] <= LIMITS["rsum_drop_percent"]
+        assert about["passed"] == passed and (folder / f"{tower}_encoder.int8.onnx").is_file() == passed
+        assert about["file"] == (f"{tower}_encoder.int8.onnx" if passed else f"{tower}_encoder.onnx")
+        said = [m for m in int8_export["messages"] if m.startswith(f"int8 {tower} encoder")]
+        assert len(said) == 1 and ("kept in float32" in said[0]) != passed
+        cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+        assert cos.min() > (0.5 if passed else 1 - 1e-5), (tower, cos)  # a kept float tower is exact
+    assert record["image"]["float_nodes"]["input"] >= 1 and record["image"]["float_nodes"]["head"] >= 1

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["measure_latency", "measure_times"]
+__all__ = ["interleaved_times", "measure_latency", "measure_times"]
 
 
 def measure_latency(
@@ -80,6 +80,33 @@ def measure_times(
             _synchronize()
             seconds.append(time.perf_counter() - start)
     return seconds
+
+
+def interleaved_times(calls: dict[str, Callable[[], Any]], rounds: int = 10, warmup: int = 2) -> dict[str, list[float]]:
+    """Wall-clock seconds of each of ``calls`` over ``rounds`` rounds, one call of each per round in turn.
+
+    Timing models in turn (A, B, C, A, B, C, ...) instead of one after the other gives each the
+    same share of whatever else the machine is doing: on a loaded machine the times grow, their
+    ratios hold. Every call runs ``warmup`` times untimed first, under :func:`torch.inference_mode`.
+
+    Returns:
+        ``{name: [seconds of each round]}``.
+    """
+    if rounds < 1 or warmup < 0:
+        raise ValueError(f"rounds must be at least 1 and warmup at least 0, got {rounds} and {warmup}")
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    with torch.inference_mode():
+        for fn in calls.values():
+            for _ in range(warmup):
+                fn()
+        _synchronize()
+        for _ in range(rounds):
+            for name, fn in calls.items():
+                start = time.perf_counter()
+                fn()
+                _synchronize()
+                times[name].append(time.perf_counter() - start)
+    return times
 
 
 def _synchronize() -> None:

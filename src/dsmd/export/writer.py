@@ -98,6 +98,13 @@ def _write(student: DualEncoder, meta: dict[str, Any], folder: Path, log) -> boo
     return hf
 
 
+def _add_meta(folder: Path, entries: dict[str, Any]) -> None:
+    """Add ``entries`` to config.json's ``dsmd_export``."""
+    config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    config["dsmd_export"].update(entries)
+    write_json_atomic(folder / CONFIG, config)
+
+
 def _record_files(folder: Path) -> None:
     """Record every file's size and sha256 in config.json (``dsmd_export.files``), and config.json's
     own (``dsmd_export.sha256``); written last."""
@@ -127,7 +134,7 @@ def _check(student: DualEncoder, folder: Path, cfg, log) -> None:
 
 
 def export_student(
-    checkpoint: str | Path, out: str | Path, onnx: bool = False, overwrite: bool = False, log=print
+    checkpoint: str | Path, out: str | Path, onnx: bool = False, overwrite: bool = False, log=print, int8: bool = False
 ) -> Path:
     """Write the student of ``checkpoint`` into the export folder ``out`` (see the module docstring).
 
@@ -140,10 +147,10 @@ def export_student(
     with exclusive_folder(out, "--out"):  # one writer: a second export into OUT is refused, naming this one
         if out.exists() and any(out.iterdir()) and not overwrite:
             raise DsmdError(f"{out} already exists. Choose another --out, or pass --overwrite to replace it.")
-        return _export(checkpoint, out, onnx, log)
+        return _export(checkpoint, out, onnx or int8, int8, log)
 
 
-def _export(checkpoint: Path, out: Path, onnx: bool, log) -> Path:
+def _export(checkpoint: Path, out: Path, onnx: bool, int8: bool, log) -> Path:
     """Build the export in ``OUT.partial`` and rename it into place (the caller holds OUT's lock)."""
     student, cfg, state = student_from_checkpoint(checkpoint)
     partial = Path(str(out) + ".partial")
@@ -156,6 +163,10 @@ def _export(checkpoint: Path, out: Path, onnx: bool, log) -> Path:
             from dsmd.export.onnx_export import export_onnx
 
             export_onnx(student, partial, cfg, log)
+        if int8:
+            from dsmd.export.quantize import export_int8
+
+            _add_meta(partial, {"int8": export_int8(student, partial, cfg, log)})
         _record_files(partial)
         if out.exists():
             shutil.rmtree(out)
