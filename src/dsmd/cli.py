@@ -122,9 +122,9 @@ def _index(args, progress: bool) -> None:
         if args.teacher_store:
             index_teacher_store(args.out, args.teacher_store, args.split, ctx=ctx, **common)
         elif args.images:
-            index_images(args.out, load_student(args.model, ctx.device), args.images, ctx=ctx, **common)
+            index_images(args.out, load_student(args.model, ctx.device, args.runtime), args.images, ctx=ctx, **common)
         else:
-            index_texts(args.out, load_student(args.model, ctx.device), args.texts, ctx=ctx, **common)
+            index_texts(args.out, load_student(args.model, ctx.device, args.runtime), args.texts, ctx=ctx, **common)
 
 
 def _search(args) -> None:
@@ -132,7 +132,7 @@ def _search(args) -> None:
     from dsmd.search.shards import open_index
 
     index = open_index(args.index)
-    result = run_query(index, query_model(index, args.model, args.device), args.text, args.image, args.k)
+    result = run_query(index, query_model(index, args.model, args.device, args.runtime), args.text, args.image, args.k)
     if args.json:
         print(json.dumps(result))
         return
@@ -147,7 +147,7 @@ def _serve(args) -> None:
     from dsmd.search.shards import open_index
 
     index = open_index(args.index)
-    encoder = query_model(index, args.model, args.device)
+    encoder = query_model(index, args.model, args.device, args.runtime)
     serve(SearchService(index, encoder, show_paths=args.show_paths), args.host, args.port, quiet=args.quiet)
 
 

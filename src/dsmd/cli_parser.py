@@ -153,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = add("index", "Encode images (or captions) into a search index; run again to add new ones.")
     q.add_argument("--out", required=True, help="the index folder")
     q.add_argument("--model", help="export folder or checkpoint that encodes the items")
+    q.add_argument(
+        "--runtime",
+        choices=("torch", "onnx", "int8", "auto"),
+        default="torch",
+        help="what runs an export: torch, onnx (its float32 ONNX files) or int8 (dsmd export --int8) on "
+        "ONNX Runtime, auto (the fastest it has); default: torch",
+    )
     what = q.add_mutually_exclusive_group(required=True)
     what.add_argument(
         "--images",
@@ -197,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--image", help="an image to search with")
     q.add_argument("-k", type=int, default=10, help="results to show (default: 10)")
     q.add_argument("--model", help="the query model (default: the one that built the index)")
+    q.add_argument(
+        "--runtime",
+        choices=("torch", "onnx", "int8", "auto"),
+        default="torch",
+        help="what runs an export: torch, onnx (its float32 ONNX files) or int8 (dsmd export --int8) on "
+        "ONNX Runtime, auto (the fastest it has); default: torch",
+    )
     q.add_argument("--json", action="store_true", help='print {"query", "results": [{"path", "score"}], "ms"}')
     q.add_argument("--device", default="cpu")
 
@@ -263,6 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = add("serve", "Serve a search page and a JSON API over an index.")
     q.add_argument("--index", required=True, nargs="+", help="an index folder (dsmd index), or every shard of one")
     q.add_argument("--model", help="the query model (default: the one that built the index)")
+    q.add_argument(
+        "--runtime",
+        choices=("torch", "onnx", "int8", "auto"),
+        default="torch",
+        help="what runs an export: torch, onnx (its float32 ONNX files) or int8 (dsmd export --int8) on "
+        "ONNX Runtime, auto (the fastest it has); default: torch",
+    )
     q.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     q.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
     q.add_argument("--device", default="cpu")

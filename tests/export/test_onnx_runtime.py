@@ -69,3 +69,37 @@ def test_the_int8_export_records_its_gate_and_runs_what_passed(int8_export, tmp_
         cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
         assert cos.min() > (0.5 if passed else 1 - 1e-5), (tower, cos)  # a kept float tower is exact
     assert record["image"]["float_nodes"]["input"] >= 1 and record["image"]["float_nodes"]["head"] >= 1
+
+
+def test_index_and_search_run_on_the_runtime_asked_for(int8_export, tmp_path, capsys):
+    import json
+
+    from dsmd.cli import main
+
+    (tmp_path / "captions.txt").write_text("".join(c + "\n" for c in CAPTIONS))
+    export, out = str(int8_export["export"]), str(tmp_path / "index")
+    with pytest.raises(SystemExit) as done:
+        main(
+            [
+                "index",
+                "--quiet",
+                "--model",
+                export,
+                "--runtime",
+                "int8",
+                "--texts",
+                str(tmp_path / "captions.txt"),
+                "--out",
+                out,
+            ]
+        )
+    assert done.value.code in (0, None)
+    found = {}
+    for runtime in ("torch", "onnx", "int8"):
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            main(["search", "--index", out, "--text", CAPTIONS[1], "-k", "3", "--json", "--runtime", runtime])
+        found[runtime] = {hit["id"]: hit["score"] for hit in json.loads(capsys.readouterr().out)["results"]}
+    assert len(found["int8"]) == 3  # (the tiny student's captions score nearly alike: no ranking to compare)
+    assert found["onnx"].keys() == found["torch"].keys()
+    assert all(found["onnx"][i] == pytest.approx(score, abs=1e-5) for i, score in found["torch"].items())

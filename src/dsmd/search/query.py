@@ -26,8 +26,8 @@ def check_space(index: Searchable, encoder: Encoder) -> None:
         )
 
 
-def query_model(index: Searchable, model: str | None, device: str = "cpu") -> Encoder:
-    """The query encoder: ``model`` when given, else the one recorded in the index."""
+def query_model(index: Searchable, model: str | None, device: str = "cpu", runtime: str = "torch") -> Encoder:
+    """The query encoder: ``model`` when given, else the one recorded in the index, run by ``runtime``."""
     if model is None:
         recorded = index.meta["model"].get("name", "")
         if "store" in index.meta["model"] or not Path(recorded).exists():
@@ -36,7 +36,7 @@ def query_model(index: Searchable, model: str | None, device: str = "cpu") -> En
                 "with --model (an export folder or checkpoint of a student of that teacher)."
             )
         model = recorded
-    encoder = load_student(model, device)
+    encoder = load_student(model, device, runtime)
     check_space(index, encoder)
     return encoder
 
