@@ -18,7 +18,7 @@ from dsmd.config import load_config, packaged_config
 from dsmd.data.datasets import load_dataset
 from dsmd.extraction import extract
 from dsmd.reports import format_shares, format_table, student_shares, write_report
-from dsmd.reports.compare import student_rows, teacher_row
+from dsmd.reports.compare import add_latencies, student_rows, teacher_row
 from dsmd.reports.heldout import KINDS, build_heldout_sets, heldout_rows
 from dsmd.reports.run_plots import plot_run
 from dsmd.runtime.device import resolve_device
@@ -67,14 +67,19 @@ def run_demo(
     store.check_dataset("test", test.fingerprint())
     sets = build_heldout_sets(out / "heldout", log) if heldout is None else heldout
     teacher = build_teacher(cfg.teacher, device)
-    rows = {"teacher": teacher_row(teacher, store.split("test"), test, device)}
+    rows = {"teacher": teacher_row(teacher, store.split("test"))}
     student, _, state = student_from_checkpoint(result.best_checkpoint, device)
     other = {
         name: heldout_rows(teacher, student, path, out / "heldout" / f"teacher_{name}.safetensors", device)
         for name, path in sets.items()
     }
-    del teacher
     rows["student"], rows["asymmetric"] = student_rows(student, test, store.split("test"), device)
+    timed = {
+        "teacher": (teacher.encode_images, teacher.encode_texts, teacher.image_transform),
+        "student": (student.encode_images, student.encode_captions, student.image_transform(train=False)),
+    }
+    add_latencies(rows, timed, test, device)
+    del teacher
 
     log("4/4 report")
     ratio = rows["student"]["rsum"] / rows["teacher"]["rsum"] if rows["teacher"]["rsum"] else float("nan")

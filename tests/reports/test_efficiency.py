@@ -81,8 +81,9 @@ def test_result_is_json_and_a_table(result):
     again = json.loads(json.dumps(result))
     assert again["device"] == "cpu" and again["batch_sizes"] == [1, 32] and again["latency_batch"] == 32
     assert again["repeats"] == 2 and again["split"] == "test" and again["images"] == 6 and again["captions"] == 12
-    assert any("approximate" in n for n in again["notes"])
+    assert any("approximate" in n for n in again["notes"]) and again["timing"].startswith("interleaved")
     table = format_efficiency(result)
+    assert "student and teacher timed in turn" in table
     assert "| | teacher | student | student/teacher |" in table
     for label in (
         "| parameters |",

@@ -4,8 +4,10 @@ For each model: its parameters, in total and per tower (the student's vision tow
 ``vision_proj`` and text tower with ``text_proj``; the teacher's image and text parts as its
 kind organises them, ``None`` where a teacher cannot be split); the latency per image and per
 caption at batch 1 and at batch 32 (the median over ``repeats`` timed calls after ``warmup``
-untimed ones, with the inter-quartile range and the range of the calls); the throughput at
-batch 32; and the peak memory while the model is built and run.
+untimed ones, with the inter-quartile range and the range of the calls; student and teacher are
+timed in turn, one call of each per round, so a machine busy with other work slows both alike
+and the student's share of the teacher's latency holds); the throughput at batch 32; and the
+peak memory while the model is built and run once on the largest batch.
 
 Inputs are real: images of the run's test split, decoded and preprocessed by each model's own
 transform outside the timed region, and the split's captions as strings (tokenising is timed),
@@ -39,7 +41,7 @@ from torch import nn
 from dsmd.data.datasets import CaptionedImages, load_split
 from dsmd.data.loader import ImageCache
 from dsmd.errors import DsmdError
-from dsmd.evaluation.latency import measure_times
+from dsmd.evaluation.latency import interleaved_times
 from dsmd.reports.compare import timing_captions, timing_pixels
 from dsmd.runtime.device import resolve_device
 from dsmd.teachers.base import Teacher
@@ -179,40 +181,50 @@ def _spread(ms: list[float]) -> tuple[float, list[float], list[float]]:
     return statistics.median(ms), [quartiles[0], quartiles[2]], [min(ms), max(ms)]
 
 
-def _time(
-    model: _Timed, data: CaptionedImages, device: torch.device, batch_sizes: tuple[int, ...], warmup: int, repeats: int
-) -> dict:
-    """Latency per item at each batch size and throughput at the largest (see the module docstring)."""
-    largest = max(batch_sizes)
+def _inputs(model: _Timed, data: CaptionedImages, device: torch.device, largest: int) -> dict[str, Any]:
+    """``largest`` preprocessed images ``(B, 3, S, S)`` and captions of ``data`` (batches cycle through it)."""
     cache = ImageCache(enabled=True, max_side=10**9)  # decoded once, outside the timed calls
     pixels = timing_pixels(model.image_transform, data, largest, cache).to(device=device, dtype=model.pixel_dtype)
-    captions = timing_captions(data, largest)
-    row = {}
-    for kind, fn, inputs in (("image", model.encode_images, pixels), ("text", model.encode_texts, captions)):
+    return {"image": pixels, "text": timing_captions(data, largest)}
+
+
+def _time_together(
+    models: dict[str, tuple[_Timed, dict[str, Any]]], batch_sizes: tuple[int, ...], warmup: int, repeats: int
+) -> dict[str, dict]:
+    """Latency per item at each batch size and throughput at the largest, of every model timed in
+    turn (student, teacher, student, ...: :func:`~dsmd.evaluation.latency.interleaved_times`), so
+    that whatever else the machine does slows each alike and their ratio holds."""
+    largest = max(batch_sizes)
+    rows: dict[str, dict] = {name: {} for name in models}
+    for kind in ("image", "text"):
         for b in batch_sizes:
-            batch = inputs[:b]
-            seconds = measure_times(fn, lambda _, batch=batch: batch, b, warmup, repeats)
-            median, iqr, extremes = _spread([s / b * 1000.0 for s in seconds])
-            row[f"{kind}_latency_ms_b{b}"] = median
-            row[f"{kind}_latency_ms_b{b}_iqr"] = iqr
-            row[f"{kind}_latency_ms_b{b}_range"] = extremes
-        row[f"{kind}_latency_ms"] = row[f"{kind}_latency_ms_b{largest}"]
-    row["images_per_s"] = 1000.0 / row["image_latency_ms"]
-    row["captions_per_s"] = 1000.0 / row["text_latency_ms"]
-    return row
+            calls = {}
+            for name, (model, inputs) in models.items():
+                fn = model.encode_images if kind == "image" else model.encode_texts
+                calls[name] = lambda fn=fn, batch=inputs[kind][:b]: fn(batch)
+            for name, seconds in interleaved_times(calls, rounds=repeats, warmup=warmup).items():
+                median, iqr, extremes = _spread([t / b * 1000.0 for t in seconds])
+                rows[name][f"{kind}_latency_ms_b{b}"] = median
+                rows[name][f"{kind}_latency_ms_b{b}_iqr"] = iqr
+                rows[name][f"{kind}_latency_ms_b{b}_range"] = extremes
+    for row in rows.values():
+        row["image_latency_ms"], row["text_latency_ms"] = (
+            row[f"image_latency_ms_b{largest}"],
+            row[f"text_latency_ms_b{largest}"],
+        )
+        row["images_per_s"], row["captions_per_s"] = 1000.0 / row["image_latency_ms"], 1000.0 / row["text_latency_ms"]
+    return rows
 
 
-def _measure(build: Callable[[], _Timed], data, device, batch_sizes, warmup, repeats) -> tuple[dict, str]:
-    """Build a model and time it inside one peak-memory measurement; the model is freed after."""
-    with _PeakMemory(device) as memory:
+def _build(build: Callable[[], _Timed], data, device, largest: int) -> tuple[_Timed, dict[str, Any], float, str]:
+    """Build a model, prepare its inputs and run it once on the largest batch, inside one peak-memory
+    measurement: ``(model, inputs, peak MiB, method)``."""
+    with _PeakMemory(device) as memory, torch.inference_mode():
         model = build()
-        row = {**model.row, **_time(model, data, device, batch_sizes, warmup, repeats)}
-    del model
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    row["peak_memory_mb"] = memory.bytes / _MIB
-    return row, memory.method
+        inputs = _inputs(model, data, device, largest)
+        model.encode_images(inputs["image"])
+        model.encode_texts(inputs["text"])
+    return model, inputs, memory.bytes / _MIB, memory.method
 
 
 def _check_arguments(batch_sizes, warmup: int, repeats: int) -> tuple[int, ...]:
@@ -236,9 +248,10 @@ def measure_efficiency(
 ) -> dict:
     """Parameters, latency, throughput and peak memory of a checkpoint's student and its teacher.
 
-    The student is measured first, then freed, then the teacher is built from the checkpoint's
-    ``teacher`` config on the same device (``teacher.dtype=auto``: float16 on CUDA). A run whose
-    teacher is ``imported`` has no model to run: ``"teacher"`` is then None, with a note.
+    The student is built and run first, then the teacher from the checkpoint's ``teacher``
+    config on the same device (``teacher.dtype=auto``: float16 on CUDA), each inside its own
+    peak-memory measurement; then both are timed in turn. A run whose teacher is ``imported``
+    has no model to run: ``"teacher"`` is then None, with a note.
 
     Args:
         checkpoint_path: a checkpoint written by ``dsmd train``.
@@ -288,16 +301,21 @@ def measure_efficiency(
             model.encode_images, model.encode_texts, model.image_transform, dtype, {**row, **teacher_params(model)}
         )
 
-    student_row, method = _measure(student, data, device, sizes, warmup, repeats)
+    largest = max(sizes)
+    built = {"student": _build(student, data, device, largest)}
     state.clear()  # the weights and optimiser state read from the file: not needed any more
     notes = []
-    teacher_row = None
     if cfg.teacher.kind == "imported":
         notes.append(
             "the run's teacher is imported (features computed elsewhere): there is no teacher model to measure."
         )
     else:
-        teacher_row, _ = _measure(teacher, data, device, sizes, warmup, repeats)
+        built["teacher"] = _build(teacher, data, device, largest)
+    times = _time_together({name: (b[0], b[1]) for name, b in built.items()}, sizes, warmup, repeats)
+    rows = {name: {**b[0].row, **times[name], "peak_memory_mb": b[2]} for name, b in built.items()}
+    method = built["student"][3]
+    student_row, teacher_row = rows["student"], rows.get("teacher")
+    if teacher_row is not None:
         if teacher_row["image_params"] is None:
             notes.append(f"teacher kind {cfg.teacher.kind}: its parameters are not split into image and text parts.")
         if cfg.teacher.kind == "offline":
@@ -319,6 +337,7 @@ def measure_efficiency(
         "latency_batch": max(sizes),
         "warmup": warmup,
         "repeats": repeats,
+        "timing": "interleaved: student and teacher in turn, each round",
         "torch_threads": torch.get_num_threads(),
         "memory_method": method,
         "notes": notes,
@@ -372,7 +391,8 @@ def format_efficiency(result: dict) -> str:
     lines = [
         f"Efficiency on {result['device']} ({result['torch_threads']} torch threads), split {result['split']} "
         f"({result['images']} images, {result['captions']} captions); latency: median over {result['repeats']} "
-        f"timed runs after {result['warmup']} warm-up [inter-quartile range]; peak memory: {result['memory_method']}",
+        f"timed runs after {result['warmup']} warm-up [inter-quartile range], student and teacher timed in turn; "
+        f"peak memory: {result['memory_method']}",
         "",
         "| | teacher | student | student/teacher |",
         "|---|---:|---:|---:|",
