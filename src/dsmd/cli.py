@@ -60,7 +60,13 @@ def _eval(args, progress: bool) -> None:
         metrics, about = score_store(args.store, args.split, progress=progress)
     else:
         metrics, about = score_checkpoint(
-            args.checkpoint, args.split, args.overrides, progress=progress, gallery=args.gallery
+            args.checkpoint,
+            args.split,
+            args.overrides,
+            progress=progress,
+            gallery=args.gallery,
+            export=args.export,
+            runtime=args.runtime,
         )
     if args.json:
         print(

@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--store", help="feature store written by `dsmd extract` (scores the teacher's features)")
     q.add_argument("--split", default="test", help="train, val or test (default: test)")
     q.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    q.add_argument("--export", help="with --checkpoint: score this export of it instead (in --runtime)")
+    q.add_argument(
+        "--runtime",
+        choices=("torch", "onnx", "int8", "auto"),
+        default="torch",
+        help="with --export: what runs it (torch, onnx, int8 or auto; default: torch)",
+    )
     q.add_argument(
         "--gallery",
         choices=("student", "teacher"),

@@ -47,7 +47,13 @@ def teacher_gallery(store_path: str | Path, split: str, data: CaptionedImages) -
 
 
 def score_checkpoint(
-    path: str | Path, split: str, overrides: list[str] | None = None, progress: bool = False, gallery: str = "student"
+    path: str | Path,
+    split: str,
+    overrides: list[str] | None = None,
+    progress: bool = False,
+    gallery: str = "student",
+    export: str | Path | None = None,
+    runtime: str = "torch",
 ) -> tuple[dict, dict]:
     """Retrieval metrics of a checkpoint's student on ``split`` of its data (or ``data.*`` overrides).
 
@@ -55,6 +61,8 @@ def score_checkpoint(
         gallery: ``student`` (the student encodes queries and gallery) or ``teacher`` (the
             student's queries search the teacher's stored features of the split: asymmetric
             retrieval).
+        export: an export folder of this checkpoint, to score in ``runtime`` (``torch``,
+            ``onnx``, ``int8``: :mod:`dsmd.inference.onnx_runtime`) on the checkpoint's data.
 
     Returns:
         ``(metrics, about)``: ``i2t_r1 .. rsum`` and ``{"model", "data", "split", "images",
@@ -69,7 +77,14 @@ def score_checkpoint(
     device = resolve_device(cfg.train.device)
     data = load_split(cfg.data, split)
     teacher = teacher_gallery(cfg.store, split, data) if gallery == "teacher" else None
-    image, text = encode_split(student.to(device), data, cfg.train.eval_batch_size, device, progress=progress)
+    if export is not None:
+        image, text = _encode_with_export(export, runtime, path, data, cfg.train.eval_batch_size, progress)
+    elif runtime != "torch":
+        raise DsmdError(
+            f"--runtime {runtime} runs an export's files: give --export DIR (dsmd export of this checkpoint)."
+        )
+    else:
+        image, text = encode_split(student.to(device), data, cfg.train.eval_batch_size, device, progress=progress)
     ids = torch.tensor(data.caption_image)
     if teacher is None:
         metrics = retrieval_metrics(image, text, ids)
@@ -77,7 +92,7 @@ def score_checkpoint(
         metrics = asymmetric_metrics(image, text, teacher.image, teacher.text, ids)
     source = cfg.data.manifest or cfg.data.root
     about = {
-        "model": str(path),
+        "model": str(path) if export is None else f"{export} ({runtime})",
         "data": f"{cfg.data.kind} {source}",
         "split": split,
         "images": data.num_images,
@@ -87,6 +102,23 @@ def score_checkpoint(
     if teacher is not None:
         about["gallery"] = f"the teacher's features in {cfg.store}"
     return metrics, about
+
+
+def _encode_with_export(
+    export: str | Path, runtime: str, checkpoint: str | Path, data: CaptionedImages, batch_size: int, progress: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features ``(N_i, D)``, ``(N_t, D)`` of ``data`` by the export, checked to come from ``checkpoint``."""
+    from dsmd.inference import load_student
+    from dsmd.runtime.checksums import sha256_file
+
+    encoder = load_student(export, "cpu", runtime)
+    if encoder.info.get("source", {}).get("sha256") != sha256_file(checkpoint):
+        raise DsmdError(
+            f"{export} was not exported from {checkpoint}: score an export with the checkpoint it came from."
+        )
+    image = encoder.encode_images(list(data.image_paths), batch_size=batch_size, progress=progress)
+    text = encoder.encode_texts(list(data.captions), batch_size=batch_size, progress=progress)
+    return torch.from_numpy(image), torch.from_numpy(text)
 
 
 def score_store(path: str | Path, split: str, progress: bool = False) -> tuple[dict, dict]:

@@ -103,3 +103,22 @@ def test_index_and_search_run_on_the_runtime_asked_for(int8_export, tmp_path, ca
     assert len(found["int8"]) == 3  # (the tiny student's captions score nearly alike: no ranking to compare)
     assert found["onnx"].keys() == found["torch"].keys()
     assert all(found["onnx"][i] == pytest.approx(score, abs=1e-5) for i, score in found["torch"].items())
+
+
+def test_eval_scores_an_export_in_its_runtime_on_the_checkpoints_data(paper_like, int8_export, tmp_path):
+    from dsmd.scoring import score_checkpoint
+
+    checkpoint, export = paper_like["checkpoint"], int8_export["export"]
+    eager, _ = score_checkpoint(checkpoint, "val")
+    for runtime in ("torch", "onnx"):
+        got, about = score_checkpoint(checkpoint, "val", export=export, runtime=runtime)
+        assert got == pytest.approx(eager, abs=1e-6) and about["model"] == f"{export} ({runtime})"
+    assert score_checkpoint(checkpoint, "val", export=export, runtime="int8")[0].keys() == eager.keys()
+    from dsmd.training.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    save_checkpoint(tmp_path / "other.pt", {**state, "step": state["step"] + 1})  # another checkpoint
+    with pytest.raises(DsmdError, match="was not exported from"):
+        score_checkpoint(tmp_path / "other.pt", "val", export=export, runtime="onnx")
+    with pytest.raises(DsmdError, match="give --export DIR"):
+        score_checkpoint(checkpoint, "val", runtime="onnx")
