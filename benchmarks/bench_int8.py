@@ -10,7 +10,10 @@ quartiles) on one thread each, so that the ratios hold on a loaded machine.
         [--heldout demo_out/heldout/emoji.jsonl demo_out/heldout/clipart.jsonl] [--json OUT.json]
 
 ``--checkpoint`` gives the run's data (its config); ``--load`` adds N busy processes beside the
-timing (``--load 2``: the two-hog measurement).
+timing (``--load 2``: the two-hog measurement). ``--teacher-onnx DIR`` also exports the run's
+teacher to float32 ONNX in DIR (the offline teacher: its image path, pixels to features, and its
+MiniLM with mean pooling) and times it in the same rounds, for the student's latency share in
+one runtime.
 """
 
 from __future__ import annotations
@@ -21,14 +24,17 @@ import multiprocessing
 import statistics
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import dsmd
 from dsmd.data.datasets import load_split
+from dsmd.data.images import load_image
 from dsmd.evaluation.latency import interleaved_times
 from dsmd.evaluation.retrieval import retrieval_metrics
 from dsmd.inference.exported import IMAGE_ONNX, TEXT_ONNX
 from dsmd.inference.onnx_runtime import int8_files
+from dsmd.models.text_pooling import mean_pool
 from dsmd.reports.heldout import heldout_data
 from dsmd.training.checkpoint import checkpoint_config, load_checkpoint
 
@@ -62,17 +68,94 @@ def _accuracy(encoders: dict, sets: dict) -> dict:
     return rows
 
 
-def _latency(encoders: dict, data, rounds: int) -> dict:
+class _TeacherImages(torch.nn.Module):
+    def __init__(self, teacher):
+        super().__init__()
+        self.teacher = teacher
+
+    def forward(self, pixel_values):
+        return self.teacher._encode_images(pixel_values)
+
+
+class _TeacherTexts(torch.nn.Module):
+    def __init__(self, teacher):
+        super().__init__()
+        self.teacher = teacher
+
+    def forward(self, input_ids, attention_mask):
+        states = self.teacher.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return mean_pool(states, attention_mask)
+
+
+class _OnnxTeacher:
+    """The offline teacher's two paths as float32 ONNX sessions (one thread each), for timing."""
+
+    def __init__(self, cfg, folder: Path, data):
+        import onnxruntime as ort
+
+        from dsmd.export.onnx_export import export_module
+        from dsmd.teachers import build_teacher
+
+        if cfg.teacher.kind != "offline":
+            raise SystemExit(f"--teacher-onnx exports the offline teacher; this run's is {cfg.teacher.kind}")
+        teacher = build_teacher(cfg.teacher, torch.device("cpu"))
+        self.teacher, self.transform = teacher, teacher.image_transform
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = torch.stack([self.transform(load_image(p)) for p in list(data.image_paths)[:2]])
+        tokens = teacher.tokenizer(list(data.captions)[:2], padding=True, return_tensors="pt")
+        batch, length = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("length", min=2, max=4096)
+        export_module(
+            _TeacherImages(teacher).eval(),
+            (pixels,),
+            ["pixel_values"],
+            {"pixel_values": {0: batch}},
+            folder / "teacher_image.onnx",
+        )
+        export_module(
+            _TeacherTexts(teacher).eval(),
+            (tokens["input_ids"], tokens["attention_mask"]),
+            ["input_ids", "attention_mask"],
+            {"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}},
+            folder / "teacher_text.onnx",
+        )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+        cpu = ["CPUExecutionProvider"]
+        self.image = ort.InferenceSession(str(folder / "teacher_image.onnx"), options, providers=cpu)
+        self.text = ort.InferenceSession(str(folder / "teacher_text.onnx"), options, providers=cpu)
+        with torch.inference_mode():
+            want = teacher._encode_images(pixels)
+        got = self.image.run(["features"], {"pixel_values": pixels.numpy()})[0]
+        self.max_difference = float(np.abs(got - want.numpy()).max())
+
+    def encode_images(self, pixel_values: torch.Tensor):
+        return self.image.run(["features"], {"pixel_values": pixel_values.numpy()})[0]
+
+    def encode_captions(self, texts: list[str]):
+        t = self.teacher.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.teacher.max_length, return_tensors="np"
+        )
+        feeds = {k: t[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
+        return self.text.run(["features"], feeds)[0]
+
+
+def _latency(encoders: dict, data, rounds: int, teacher: _OnnxTeacher | None = None) -> dict:
     paths = list(data.image_paths)
     pixels = {b: torch.stack([encoders["torch"]._pixels(paths[i % len(paths)]) for i in range(b)]) for b in (1, 32)}
+    models = {r: (e.backend, pixels) for r, e in encoders.items()}
+    if teacher is not None:
+        theirs = {
+            b: torch.stack([teacher.transform(load_image(paths[i % len(paths)])) for i in range(b)]) for b in (1, 32)
+        }
+        models["teacher_onnx"] = (teacher, theirs)
     caption = [data.captions[0]]
     out = {}
     for what, batch in (("image_b1", 1), ("image_b32", 32), ("caption_b1", 1)):
         calls = {
-            r: (lambda e=e, batch=batch: e.backend.encode_images(pixels[batch]))
+            r: (lambda m=m, x=x, batch=batch: m.encode_images(x[batch]))
             if what.startswith("image")
-            else (lambda e=e: e.backend.encode_captions(caption))
-            for r, e in encoders.items()
+            else (lambda m=m: m.encode_captions(caption))
+            for r, (m, x) in models.items()
         }
         times = interleaved_times(calls, rounds=rounds, warmup=3)
         for runtime, seconds in times.items():
@@ -92,6 +175,7 @@ def main() -> None:
     p.add_argument("--heldout", nargs="*", default=[])
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--load", type=int, default=0, help="busy processes beside the timing")
+    p.add_argument("--teacher-onnx", help="folder to export the run's teacher to ONNX in, to time it too")
     p.add_argument("--json")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -104,12 +188,13 @@ def main() -> None:
     sets = {"test": load_split(cfg.data, "test")}
     sets.update({Path(m).stem: heldout_data(m) for m in args.heldout})
     accuracy = _accuracy(encoders, sets)
+    teacher = _OnnxTeacher(cfg, Path(args.teacher_onnx), sets["test"]) if args.teacher_onnx else None
     stop = multiprocessing.Event()
     hogs = [multiprocessing.Process(target=_hog, args=(stop,), daemon=True) for _ in range(args.load)]
     for h in hogs:
         h.start()
     try:
-        latency = _latency(encoders, sets["test"], args.rounds)
+        latency = _latency(encoders, sets["test"], args.rounds, teacher)
     finally:
         stop.set()
         for h in hogs:
@@ -146,6 +231,17 @@ def main() -> None:
             f"| {what.replace('_b', ', batch ')} | "
             + " | ".join(f"{latency[r][what]['median_ms']:.2f}" for r in RUNTIMES)
             + " |"
+        )
+    if teacher is not None:
+        t = latency["teacher_onnx"]
+        share = (latency["int8"]["image_b1"]["median_ms"] + latency["int8"]["caption_b1"]["median_ms"]) / (
+            t["image_b1"]["median_ms"] + t["caption_b1"]["median_ms"]
+        )
+        result["teacher_onnx"] = {"max_difference_from_pytorch": teacher.max_difference, "int8_share_b1": share}
+        print(
+            f"teacher in float32 ONNX (largest difference from PyTorch {teacher.max_difference:.1e}): image "
+            f"{t['image_b1']['median_ms']:.2f} ms, caption {t['caption_b1']['median_ms']:.2f} ms at batch 1; "
+            f"the INT8 student's image + caption: {100 * share:.1f}% of the teacher's"
         )
     for tower in ("image", "text"):
         print(

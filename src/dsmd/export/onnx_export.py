@@ -46,7 +46,8 @@ class _Texts(nn.Module):
         return self.student.encode_texts(input_ids, attention_mask)
 
 
-def _export(module: nn.Module, args: tuple, names: list[str], dynamic: dict, path: Path) -> None:
+def export_module(module: nn.Module, args: tuple, names: list[str], dynamic: dict, path: Path) -> None:
+    """``module(*args)`` as an ONNX file at ``path`` (inputs ``names``, output ``features``; ``dynamic`` shapes)."""
     try:
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
     except ImportError as exc:
@@ -90,8 +91,8 @@ def export_onnx(student: DualEncoder, folder: Path, cfg, log) -> dict[str, float
     pixels = torch.stack([student.image_transform(train=False)(im) for im in images])
     tokens = student.tokenize(captions)
     ids, mask = tokens["input_ids"], tokens["attention_mask"]
-    _export(_Images(student), (pixels,), ["pixel_values"], {"pixel_values": {0: batch}}, folder / IMAGE_ONNX)
-    _export(
+    export_module(_Images(student), (pixels,), ["pixel_values"], {"pixel_values": {0: batch}}, folder / IMAGE_ONNX)
+    export_module(
         _Texts(student),
         (ids, mask),
         ["input_ids", "attention_mask"],
