@@ -4,6 +4,7 @@ a bad key refused before anything runs, and every shipped sweep file checked."""
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import yaml
 from dsmd.cli import main, run
 from dsmd.errors import DsmdError
 from dsmd.sweeps import load_sweep, print_commands, run_sweep, write_table
+from dsmd.sweeps.records import read_records, record_path, write_records
 from dsmd.sweeps.spec import SWEEP_DIR
 from tiny_runs import write_base_config
 
@@ -53,7 +55,24 @@ def test_a_tiny_grid_gives_the_runs_means_and_resumes(tiny_overrides, tmp_path, 
     assert run_sweep(load_sweep(path), jobs=2, log=messages.append) == []
     assert "4 distinct runs, 4 finished before, 0 to run" in messages[-1]
     assert {r.folder: (r.folder / "test.json").stat().st_mtime_ns for r in sweep.runs} == stamps
-    # --print-commands: torchrun lines for unfinished runs (none now)
+    # the study's record: one line per run, enough to rebuild the table without any run folder
+    records = read_records(record_path(sweep.runs_dir))
+    assert sorted(records) == sorted(r.folder.name for r in sweep.runs)
+    for r in sweep.runs:
+        record = records[r.folder.name]
+        assert record["test"] == json.loads((r.folder / "test.json").read_text())
+        assert record["validation"] and record["result"]["best_val_rsum"] == max(
+            v["val_rsum"] for v in record["validation"]
+        )
+        assert record["config"]["loss"]["margin"] == r.cfg.loss.margin
+    shutil.rmtree(sweep.runs[1].folder)  # a fresh clone holds no run folders
+    assert write_table(load_sweep(path))["rows"] == table["rows"]
+    messages.clear()
+    assert run_sweep(load_sweep(path), jobs=2, log=messages.append) == []
+    assert "4 distinct runs, 4 finished before, 0 to run" in messages[-1]
+    # --print-commands: torchrun lines for unfinished runs (the record line removed: to be run again)
+    del records[sweep.runs[0].folder.name]
+    write_records(record_path(sweep.runs_dir), records)
     (sweep.runs[0].folder / "test.json").unlink()
     lines = print_commands(load_sweep(path))
     assert len(lines) == 2 and lines[0].startswith("python -m dsmd extract --config ")

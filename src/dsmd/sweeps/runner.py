@@ -1,9 +1,10 @@
 """Running a sweep: the teacher once per store, then every unfinished run, several at a time.
 
 Each run is ``dsmd train`` on its own folder (``RUN/request.yaml`` is its config) followed by
-``dsmd eval --checkpoint RUN/checkpoints/best.pt --split test --json`` into ``RUN/test.json``; a
-run with ``test.json`` is finished and skipped, one with a checkpoint is resumed, so an
-interrupted sweep continues where it stopped. Runs go in separate processes: ``jobs`` at a time,
+``dsmd eval --checkpoint RUN/checkpoints/best.pt --split test --json`` into ``RUN/test.json``,
+then the run's line in the study's record (``RUNS.jsonl``, :mod:`dsmd.sweeps.records`); a run
+in the record is finished and skipped (its folder may be gone), one with a checkpoint is
+resumed, so an interrupted sweep continues where it stopped. Runs go in separate processes: ``jobs`` at a time,
 the CPU threads shared between them (or one GPU each, when there are GPUs). A failed run is
 reported by name (its error in ``RUN/error.txt``) and the others go on.
 
@@ -40,6 +41,7 @@ from dsmd.extraction import extract
 from dsmd.runtime.files import write_text_atomic
 from dsmd.runtime.lock import FolderInUse, FolderLock, acquire_folder, describe_holder, holder_of
 from dsmd.runtime.signals import Stopped, Terminated, signal_of, stopped_word
+from dsmd.sweeps.records import add_record, read_records, record_path, run_record
 from dsmd.sweeps.spec import Run, Sweep
 
 STORE_KEYS = ("data", "teacher", "store", "store_dtype", "store_views", "store_shard_rows")
@@ -81,7 +83,19 @@ def extract_stores(runs: list[Run], log: Callable[[str], None], progress: bool) 
 
 
 def finished(run: Run) -> bool:
-    return (run.folder / "test.json").is_file()
+    """Whether ``run`` is scored: its record holds test metrics (:mod:`dsmd.sweeps.records`), or its
+    folder holds ``test.json`` (a run scored before records, recorded when the sweep starts)."""
+    return run.folder.name in read_records(record_path(run.folder.parent)) or (run.folder / "test.json").is_file()
+
+
+def record_scored(runs: list[Run]) -> int:
+    """Add the record of every run whose folder holds ``test.json`` but whose record is missing; how many."""
+    added = 0
+    for run in runs:
+        if (run.folder / "test.json").is_file() and run.folder.name not in read_records(record_path(run.folder.parent)):
+            add_record(run.folder.parent, run_record(run))
+            added += 1
+    return added
 
 
 def distinct_runs(sweeps: Sweep | list[Sweep]) -> list[Run]:
@@ -189,6 +203,7 @@ class _Job:
             return None
         write_text_atomic(self.run.folder / "test.json", out.strip().splitlines()[-1] + "\n")
         (self.run.folder / "error.txt").unlink(missing_ok=True)
+        add_record(self.run.folder.parent, run_record(self.run))
         return "done"
 
     def stop(self, signum: int) -> None:
@@ -242,6 +257,8 @@ def run_sweep(
         raise DsmdError(f"--jobs must be at least 1, got {jobs}.")
     sweeps = sweep if isinstance(sweep, list) else [sweep]
     unique = distinct_runs(sweeps)
+    if added := record_scored(unique):
+        log(f"recorded {added} runs scored before records existed")
     todo = [run for run in unique if not finished(run)]
     for s in sweeps:
         log(f"sweep {s.name}: {len(s.runs)} runs ({len(s.variants)} variants x {len(s.seeds)} seeds)")

@@ -19,14 +19,20 @@ from typing import Any
 from dsmd.errors import DsmdError
 from dsmd.reports.report import METRIC_KEYS
 from dsmd.runtime.files import atomic_path, read_json, write_json_atomic, write_text_atomic
+from dsmd.sweeps.records import read_records, record_path
 from dsmd.sweeps.spec import Run, Sweep
 
 
 def _result(run: Run) -> dict[str, float] | None:
+    """The run's test metrics: from its record (:mod:`dsmd.sweeps.records`), else its folder's ``test.json``."""
+    record = read_records(record_path(run.folder.parent)).get(run.folder.name)
     path = run.folder / "test.json"
-    if not path.is_file():
+    if record is not None:
+        data = record["test"]
+    elif path.is_file():
+        data = read_json(path, f"Delete it to score run {run.folder} again (dsmd sweep resumes).")
+    else:
         return None
-    data = read_json(path, f"Delete it to score run {run.folder} again (dsmd sweep resumes).")
     if not all(isinstance(data.get(k, 0.0), int | float) for k in METRIC_KEYS):
         raise DsmdError(f"{path} is damaged (a metric that is not a number). Delete it to score the run again.")
     return {k: float(data[k]) for k in METRIC_KEYS if k in data}
