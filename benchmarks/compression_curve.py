@@ -17,11 +17,15 @@ a rank-64 ImageNet head, 6.8M parameters: G at 112 px, H at 104 px, the demo's s
 on their own off the line of A-E, then F, the sweeps' student.
 
 Each run has its folder ``OUT/<student>/seed<S>`` (``<student>`` is the part of the name before
-':'); a scored run (its ``curve_seed.json``) and a finished measurement (``OUT/<student>/efficiency.json``)
-are skipped when run again, so adding a seed trains only that seed, and an interrupted run resumes
-from its last checkpoint. Delete the ``efficiency.json`` files to measure again (on a quiet machine).
+':'), which git does not track; what is kept is the study's record ``OUT.jsonl`` beside it
+(``sweeps/compression/runs.jsonl``): a line per scored run (``{"kind": "seed", "student", "seed",
+"rsum", "teacher_rsum", "validation", "result"}``) and per measured student (``{"kind":
+"efficiency", "student", ...}``). What the record holds is skipped when run again (a fresh clone
+rebuilds the curve without training), so adding a seed trains only that seed, and an interrupted
+run resumes from its last checkpoint. Delete a student's ``efficiency`` line to measure it again
+(on a quiet machine; it needs its first seed's checkpoint).
 
-    .venv/bin/python benchmarks/compression_curve.py --out runs/compression --png docs/compression.png --seeds 0 1 2
+    .venv/bin/python benchmarks/compression_curve.py --png docs/compression.png --seeds 0 1 2
 
 Writes ``OUT/curve.json`` (one row per student: ``rsums``, ``rsum_mean``, ``rsum_std``, ``seeds``,
 ``rsum_share`` of the mean, the latencies) and ``OUT/curve.md``, and prints the table.
@@ -44,6 +48,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from dsmd.config import load_config  # noqa: E402
 from dsmd.reports.efficiency import measure_efficiency  # noqa: E402
+from dsmd.runtime.files import read_json_lines, write_text_atomic  # noqa: E402
 
 # The demo's recipe: the whole Lite0 with its ImageNet head, the image projection started from
 # the teacher's prompt matrix, and the first layers of MiniLM.
@@ -88,6 +93,42 @@ def _dsmd(*args: str) -> str:
 def _slug(name: str) -> str:
     """The student's folder name: the part of its name before ':'."""
     return name.split(":")[0]
+
+
+def _record_file(out: Path) -> Path:
+    return out.with_name(out.name + ".jsonl")
+
+
+def _record(out: Path) -> dict[tuple, dict]:
+    """The study's record by ``(kind, student, seed)`` (seed None for efficiency lines)."""
+    path = _record_file(out)
+    lines = read_json_lines(path, "Restore it from git.") if path.is_file() else []
+    return {(r["kind"], r["student"], r.get("seed")): r for r in lines}
+
+
+def _remember(out: Path, line: dict) -> dict:
+    """Add ``line`` to the study's record (rewritten sorted, atomically); returns it."""
+    records = _record(out)
+    records[(line["kind"], line["student"], line.get("seed"))] = {"format": 1, **line}
+    ordered = sorted(records.values(), key=lambda r: (r["student"], r["kind"], r.get("seed") or 0))
+    write_text_atomic(_record_file(out), "".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered))
+    return records[(line["kind"], line["student"], line.get("seed"))]
+
+
+def _seed_line(folder: Path, student: str, seed: int, scored: dict) -> dict:
+    """The record line of a scored run: its score, validation curve and training result."""
+    epochs = read_json_lines(folder / "epochs.jsonl", "") if (folder / "epochs.jsonl").is_file() else []
+    result = json.loads((folder / "result.json").read_text()) if (folder / "result.json").is_file() else {}
+    return {
+        "kind": "seed",
+        "student": student,
+        "seed": seed,
+        "rsum": scored["rsum"],
+        "teacher_rsum": scored["teacher_rsum"],
+        "checkpoint": scored.get("checkpoint"),
+        "validation": [{k: e[k] for k in ("epoch", "step", "val_rsum") if k in e} for e in epochs],
+        "result": {k: result[k] for k in ("best_val_rsum", "best_epoch", "steps", "seconds") if k in result},
+    }
 
 
 def _train_seed(overrides: list[str], folder: Path, epochs: int, seed: int) -> dict:
@@ -155,14 +196,25 @@ def _measure_once(checkpoint: Path, repeats: int) -> dict:
 def _student(
     name: str, overrides: list[str], out: Path, epochs: int, seeds: list[int], repeats: int, rounds: int
 ) -> dict:
-    """One student's row: its test RSUM per seed, their mean and sample std, and its efficiency."""
-    folder = out / _slug(name)
-    results = [_train_seed(overrides, folder / f"seed{seed}", epochs, seed) for seed in seeds]
+    """One student's row: its test RSUM per seed, their mean and sample std, and its efficiency
+    (each read from the study's record when it holds them, else run and recorded)."""
+    folder, slug = out / _slug(name), _slug(name)
+    results = []
+    for seed in seeds:
+        line = _record(out).get(("seed", slug, seed))
+        if line is None:
+            scored = _train_seed(overrides, folder / f"seed{seed}", epochs, seed)
+            line = _remember(out, _seed_line(folder / f"seed{seed}", slug, seed, scored))
+        results.append(line)
     rsums = [r["rsum"] for r in results]
     teacher_rsum = results[0]["teacher_rsum"]
     mean = statistics.fmean(rsums)
     std = statistics.stdev(rsums) if len(rsums) > 1 else 0.0
-    eff = _efficiency(Path(results[0]["checkpoint"]), folder, repeats, rounds)
+    eff = _record(out).get(("efficiency", slug, None))
+    if eff is None:
+        measured = _efficiency(Path(results[0]["checkpoint"]), folder, repeats, rounds)
+        eff = _remember(out, {"kind": "efficiency", "student": slug, **measured})
+    eff = {k: v for k, v in eff.items() if k not in ("format", "kind", "student")}
     return {
         "name": name,
         "overrides": overrides,
@@ -282,8 +334,12 @@ def _markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/compression", help="OUT/<student>/seed<S> per run, curve.json, curve.md")
-    parser.add_argument("--png", default="runs/compression/compression.png")
+    parser.add_argument(
+        "--out",
+        default="sweeps/compression/runs",
+        help="OUT/<student>/seed<S> per run, curve.json, curve.md; OUT.jsonl the record",
+    )
+    parser.add_argument("--png", default="sweeps/compression/compression.png")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed of each student's runs")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per latency (median)")

@@ -79,3 +79,30 @@ def test_the_efficiency_row_is_the_median_of_its_rounds_and_is_kept(curve, tmp_p
     assert curve._share_cell(row) == "20.0 (10.0-30.0)"
     monkeypatch.setattr(curve, "_measure_once", lambda ck, repeats: pytest.fail("measured again"))
     assert curve._efficiency(tmp_path / "best.pt", tmp_path, repeats=10, rounds=3) == row
+
+
+def test_the_record_keeps_the_study_and_the_curve_needs_no_run_folder(curve, tmp_path, monkeypatch):
+    out = tmp_path / "runs"
+    measured = {
+        "checkpoint": "c.pt",
+        "params": 5,
+        "image_latency_ms": 1.0,
+        "text_latency_ms": 0.5,
+        "latency_share": 0.1,
+    }
+    monkeypatch.setattr(curve, "_efficiency", lambda *a: dict(measured))
+    row = curve._student("S: a student", ["student.image_size=64"], out, 6, [0, 1], repeats=1, rounds=1)
+    assert _commands(curve.calls) == ["train", "eval", "train", "eval"] and row["rsums"] == [42.0, 42.0]
+    lines = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["student"], r.get("seed")) for r in lines] == [
+        ("efficiency", "S", None),
+        ("seed", "S", 0),
+        ("seed", "S", 1),
+    ]
+    import shutil
+
+    shutil.rmtree(out)  # a fresh clone: the record only
+    curve.calls.clear()
+    monkeypatch.setattr(curve, "_efficiency", lambda *a: pytest.fail("measured again"))
+    assert curve._student("S: a student", ["student.image_size=64"], out, 6, [0, 1], repeats=1, rounds=1) == row
+    assert curve.calls == []
