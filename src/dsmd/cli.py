@@ -279,6 +279,15 @@ def run(argv: list[str] | None = None) -> int:
         from dsmd.data.offline_benchmark import build_offline_benchmark
 
         build_offline_benchmark(args.out, unpaired=args.unpaired)
+        if args.pairs:
+            from dsmd.data.pair_subsets import write_pair_subset
+
+            for manifest in sorted(Path(args.out).glob("manifest*.jsonl")):
+                if "_pairs_" in manifest.stem:
+                    continue
+                for fraction in args.pairs:
+                    made = write_pair_subset(manifest, fraction)
+                    print(f"{made['manifest']}: {made['pairs']} training pairs, {made['rest']} images to the pools")
     elif args.command == "sweep":
         _sweep(args, progress)
     elif args.command == "report":

@@ -235,6 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
         "benchmark does not use (no benchmark image, no Tux Paint stamp), for data.unpaired_images / "
         "data.unpaired_texts",
     )
+    q.add_argument(
+        "--pairs",
+        type=float,
+        nargs="+",
+        metavar="FRACTION",
+        help="also write, for each manifest, one per FRACTION keeping that share of its training images as "
+        "pairs (nested: one permutation) and the rest as pools without pairs (M_pairs_<percent>.jsonl, "
+        "..._pool_images.jsonl, ..._pool_captions.jsonl)",
+    )
 
     q = add("sweep", "Run a sweep (a grid or named variants, times seeds) and write its mean ± std table and plots.")
     q.add_argument(
