@@ -77,12 +77,6 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
-def copy_atomic(src: str | Path, dst: str | Path) -> None:
-    """Copy ``src`` to ``dst`` atomically."""
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
-
-
 def remove_temporaries(folder: str | Path) -> list[Path]:
     """Delete the ``*.tmp`` files a killed writer left directly in ``folder``; returns them."""
     folder = Path(folder)
@@ -93,31 +87,6 @@ def remove_temporaries(folder: str | Path) -> list[Path]:
         with contextlib.suppress(OSError):
             p.unlink() if p.is_file() or p.is_symlink() else shutil.rmtree(p)
     return stale
-
-
-def ensure_folder(path: str | Path, key: str) -> Path:
-    """Create folder ``path`` (and its parents) for writing, or say in one line why it cannot be.
-
-    Args:
-        key: the config key or option that named it (``out_dir``, ``store``), for the message.
-
-    Raises:
-        DsmdError: ``path`` (or a parent) is a file, or the folder cannot be created or written.
-    """
-    path = Path(path)
-    for parent in (path, *path.parents):
-        if parent.exists() and not parent.is_dir():
-            raise DsmdError(f"{key}={path}: {parent} is a file, not a folder. Choose another {key}=.")
-        if parent.exists():
-            break
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".dsmd-write-probe-{os.getpid()}{TMP_SUFFIX}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise os_error(exc) from exc
-    return path
 
 
 def os_error(exc: OSError) -> DsmdError:
