@@ -192,6 +192,23 @@ def _sweep(args, progress: bool) -> None:
         )
 
 
+def _zero_shot(args, progress: bool) -> None:
+    from dsmd.runtime.files import write_json_atomic
+    from dsmd.scoring import score_zero_shot
+
+    result = score_zero_shot(
+        args.folder, args.model, args.teacher, args.runtime, args.classnames, args.templates, progress=progress
+    )
+    if args.out:
+        write_json_atomic(args.out, result)
+    m = result["metrics"]
+    print(
+        f"{result['model']} on {result['dataset']} ({result['images']} images, {result['classes']} classes, "
+        f"{result['templates']} templates): top-1 {100 * m['acc1']:.1f}%, top-5 {100 * m['acc5']:.1f}%, "
+        f"mean per-class recall {100 * m['mean_per_class_recall']:.1f}%"
+    )
+
+
 def _efficiency(args) -> None:
     from dsmd.reports.efficiency import format_efficiency, measure_efficiency
 
@@ -279,6 +296,11 @@ def run(argv: list[str] | None = None) -> int:
         from dsmd.data.offline_benchmark import build_offline_benchmark
 
         build_offline_benchmark(args.out, unpaired=args.unpaired)
+        if args.zero_shot:
+            from dsmd.data.offline_benchmark import write_zero_shot_folders
+
+            counts = write_zero_shot_folders(args.out, Path(args.out) / "manifest.jsonl")
+            print(f"{Path(args.out) / 'zero_shot' / 'clipart'}: {sum(counts.values())} images in {len(counts)} classes")
         if args.pairs:
             from dsmd.data.pair_subsets import write_pair_subset
 
@@ -297,6 +319,8 @@ def run(argv: list[str] | None = None) -> int:
         print(f"{Path(args.run) / 'report.md'}: " + ", ".join(str(p) for p in plots))
     elif args.command == "efficiency":
         _efficiency(args)
+    elif args.command == "zero-shot":
+        _zero_shot(args, progress)
     elif args.command == "plot-space":
         _plot_space(args, progress)
     return 0

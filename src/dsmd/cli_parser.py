@@ -31,6 +31,8 @@ EXAMPLES = {
     "plot-space": "dsmd plot-space --checkpoint demo_out/train/checkpoints/best.pt --out demo_out/feature_space.png\n"
     "  dsmd plot-space --checkpoint runs/exp1/checkpoints/best.pt --store moved/store --split val --out val_space.png",
     "build-benchmark": "dsmd build-benchmark --out benchmark_data",
+    "zero-shot": "dsmd zero-shot my_classes/ --model demo_out/export --out result.json\n"
+    "  dsmd zero-shot my_classes/ --teacher demo --templates prompts.txt",
     "sweep": "dsmd sweep offline_table5_balancer --jobs 2\n  dsmd sweep offline_table4_losses offline_table5_balancer offline_table6_l2 --jobs 2\n  dsmd sweep my_sweep.yaml train.epochs=2 --print-commands",
 }
 
@@ -236,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
         "data.unpaired_texts",
     )
     q.add_argument(
+        "--zero-shot",
+        action="store_true",
+        help="also write OUT/zero_shot/clipart/<category>/: the clip art test images by category, for dsmd zero-shot",
+    )
+    q.add_argument(
         "--pairs",
         type=float,
         nargs="+",
@@ -244,6 +251,20 @@ def build_parser() -> argparse.ArgumentParser:
         "pairs (nested: one permutation) and the rest as pools without pairs (M_pairs_<percent>.jsonl, "
         "..._pool_images.jsonl, ..._pool_captions.jsonl)",
     )
+
+    q = add(
+        "zero-shot",
+        "Zero-shot classification of a folder of class folders, as CLIP_benchmark reports it (top-1, top-5, "
+        "mean per-class recall), by a student or a config's teacher.",
+    )
+    q.add_argument("folder", help="a folder with one sub-folder of images per class (its name is the class name)")
+    who = q.add_mutually_exclusive_group(required=True)
+    who.add_argument("--model", help="a student: an export folder or a checkpoint")
+    who.add_argument("--teacher", help="a config (packaged name or YAML) whose teacher is scored")
+    q.add_argument("--runtime", choices=("torch", "onnx", "int8", "auto"), default="torch", help="what runs an export")
+    q.add_argument("--classnames", help="a file of class names, one a line, in the folders' sorted order")
+    q.add_argument("--templates", help="a file of prompt templates, one a line with {c} for the class name")
+    q.add_argument("--out", help="also write the result as CLIP_benchmark's JSON record here")
 
     q = add("sweep", "Run a sweep (a grid or named variants, times seeds) and write its mean ± std table and plots.")
     q.add_argument(

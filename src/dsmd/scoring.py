@@ -136,3 +136,66 @@ def score_store(path: str | Path, split: str, progress: bool = False) -> tuple[d
         "captions": feats.num_captions,
         "overrides": [],
     }
+
+
+def score_zero_shot(
+    folder: str | Path,
+    model: str | None = None,
+    teacher_config: str | None = None,
+    runtime: str = "torch",
+    classnames: str | None = None,
+    templates: str | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> dict:
+    """``dsmd eval --zero-shot``: zero-shot classification of a folder of class folders
+    (:mod:`dsmd.evaluation.zero_shot`) by a student (export or checkpoint) or a config's teacher.
+
+    Returns:
+        CLIP_benchmark's result record: ``{"dataset", "model", "pretrained", "task", "metrics":
+        {"acc1", "acc5", "mean_per_class_recall"}, "language", "images", "classes", "templates"}``.
+    """
+    from dsmd.evaluation.zero_shot import class_folders, read_templates, zero_shot_classifier, zero_shot_metrics
+
+    if (model is None) == (teacher_config is None):
+        raise DsmdError(
+            "--zero-shot scores one model: give --model STUDENT (an export or checkpoint) or --teacher CONFIG."
+        )
+    paths, labels, names = class_folders(folder, classnames)
+    prompts = read_templates(templates)
+    if model is not None:
+        from dsmd.inference import load_student
+
+        encoder = load_student(model, "cpu", runtime)
+        classifier = zero_shot_classifier(lambda texts: torch.from_numpy(encoder.encode_texts(texts)), names, prompts)
+        images = torch.from_numpy(encoder.encode_images(paths, batch_size=batch_size, progress=progress))
+        name, pretrained = str(model), encoder.model_id
+    else:
+        from dsmd.config import load_config, packaged_config
+        from dsmd.data.images import load_image
+        from dsmd.teachers import build_teacher
+
+        source = teacher_config if Path(teacher_config).is_file() else packaged_config(teacher_config)
+        teacher = build_teacher(load_config(source, []).teacher, torch.device("cpu"))
+        with torch.inference_mode():
+            classifier = zero_shot_classifier(lambda texts: teacher.encode_texts(list(texts)), names, prompts)
+            images = torch.cat(
+                [
+                    teacher.encode_images(
+                        torch.stack([teacher.image_transform(load_image(p)) for p in paths[s : s + batch_size]])
+                    )
+                    for s in range(0, len(paths), batch_size)
+                ]
+            )
+        name, pretrained = f"teacher of {teacher_config}", teacher.name
+    return {
+        "dataset": Path(folder).name,
+        "model": name,
+        "pretrained": pretrained,
+        "task": "zeroshot_classification",
+        "metrics": zero_shot_metrics(images, classifier, labels),
+        "language": "en",
+        "images": len(paths),
+        "classes": len(names),
+        "templates": len(prompts),
+    }

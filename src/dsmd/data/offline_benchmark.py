@@ -321,6 +321,37 @@ def _build(out: Path, test_images: int, val_images: int, seed: int, log, unpaire
     return manifest
 
 
+def write_zero_shot_folders(out: str | Path, manifest: str | Path) -> dict[str, int]:
+    """``OUT/zero_shot/clipart/<category>/``: the benchmark's clip art *test* images (links), one
+    folder per top-level Open Clip Art category, for ``dsmd zero-shot``; returns the images per category.
+
+    Categories with fewer than two test images are left out (no class to recall).
+    """
+    records = [json.loads(line) for line in Path(manifest).read_text(encoding="utf-8").splitlines() if line.strip()]
+    by_class: dict[str, list[Path]] = {}
+    for r in records:
+        if r["source"] == "clipart" and r["split"] == "test":
+            image = (Path(manifest).parent / r["image"]).resolve()
+            top = (
+                image.relative_to(OPENCLIPART / "png").parts[0]
+                if (OPENCLIPART / "png") in image.parents
+                else image.parent.name
+            )
+            by_class.setdefault(top, []).append(image)
+    root = Path(out) / "zero_shot" / "clipart"
+    counts = {}
+    for name, images in sorted(by_class.items()):
+        if len(images) < 2:
+            continue
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for image in images:
+            link = root / name / image.name
+            if not link.is_symlink():
+                link.symlink_to(image)
+        counts[name] = len(images)
+    return counts
+
+
 def _readme(counts: dict[str, dict[str, int]], ood: dict[str, dict[str, int]]) -> str:
     rows = "\n".join(f"| {s} | {c['train']} | {c['val']} | {c['test']} |" for s, c in counts.items())
     ood_rows = "\n".join(
