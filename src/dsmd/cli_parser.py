@@ -37,6 +37,20 @@ EXAMPLES = {
 }
 
 
+# dsmd.inference.onnx_runtime.RUNTIMES (not imported here: the parser loads no torch)
+RUNTIME_CHOICES = ("torch", "onnx", "int8", "auto")
+
+
+def _add_runtime(q: argparse.ArgumentParser, when: str = "") -> None:
+    q.add_argument(
+        "--runtime",
+        choices=RUNTIME_CHOICES,
+        default="torch",
+        help=f"{when}what runs an export: torch, onnx (its float32 ONNX files) or int8 (dsmd export --int8) on "
+        "ONNX Runtime, auto (the fastest it has); default: torch",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dsmd",
@@ -116,12 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--split", default="test", help="train, val or test (default: test)")
     q.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     q.add_argument("--export", help="with --checkpoint: score this export of it instead (in --runtime)")
-    q.add_argument(
-        "--runtime",
-        choices=("torch", "onnx", "int8", "auto"),
-        default="torch",
-        help="with --export: what runs it (torch, onnx, int8 or auto; default: torch)",
-    )
+    _add_runtime(q, "with --export: ")
     q.add_argument(
         "--gallery",
         choices=("student", "teacher"),
@@ -162,13 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = add("index", "Encode images (or captions) into a search index; run again to add new ones.")
     q.add_argument("--out", required=True, help="the index folder")
     q.add_argument("--model", help="export folder or checkpoint that encodes the items")
-    q.add_argument(
-        "--runtime",
-        choices=("torch", "onnx", "int8", "auto"),
-        default="torch",
-        help="what runs an export: torch, onnx (its float32 ONNX files) or int8 (dsmd export --int8) on "
-        "ONNX Runtime, auto (the fastest it has); default: torch",
-    )
+    _add_runtime(q)
     what = q.add_mutually_exclusive_group(required=True)
     what.add_argument(
         "--images",
@@ -213,13 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--image", help="an image to search with")
     q.add_argument("-k", type=int, default=10, help="results to show (default: 10)")
     q.add_argument("--model", help="the query model (default: the one that built the index)")
-    q.add_argument(
-        "--runtime",
-        choices=("torch", "onnx", "int8", "auto"),
-        default="torch",
-        help="what runs an export: torch, onnx (its float32 ONNX files) or int8 (dsmd export --int8) on "
-        "ONNX Runtime, auto (the fastest it has); default: torch",
-    )
+    _add_runtime(q)
     q.add_argument("--json", action="store_true", help='print {"query", "results": [{"path", "score"}], "ms"}')
     q.add_argument("--device", default="cpu")
 
@@ -261,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     who = q.add_mutually_exclusive_group(required=True)
     who.add_argument("--model", help="a student: an export folder or a checkpoint")
     who.add_argument("--teacher", help="a config (packaged name or YAML) whose teacher is scored")
-    q.add_argument("--runtime", choices=("torch", "onnx", "int8", "auto"), default="torch", help="what runs an export")
+    _add_runtime(q)
     q.add_argument("--classnames", help="a file of class names, one a line, in the folders' sorted order")
     q.add_argument("--templates", help="a file of prompt templates, one a line with {c} for the class name")
     q.add_argument("--out", help="also write the result as CLIP_benchmark's JSON record here")
@@ -314,13 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = add("serve", "Serve a search page and a JSON API over an index.")
     q.add_argument("--index", required=True, nargs="+", help="an index folder (dsmd index), or every shard of one")
     q.add_argument("--model", help="the query model (default: the one that built the index)")
-    q.add_argument(
-        "--runtime",
-        choices=("torch", "onnx", "int8", "auto"),
-        default="torch",
-        help="what runs an export: torch, onnx (its float32 ONNX files) or int8 (dsmd export --int8) on "
-        "ONNX Runtime, auto (the fastest it has); default: torch",
-    )
+    _add_runtime(q)
     q.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     q.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
     q.add_argument("--device", default="cpu")

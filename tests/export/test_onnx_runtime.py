@@ -122,3 +122,10 @@ def test_eval_scores_an_export_in_its_runtime_on_the_checkpoints_data(paper_like
         score_checkpoint(tmp_path / "other.pt", "val", export=export, runtime="onnx")
     with pytest.raises(DsmdError, match="give --export DIR"):
         score_checkpoint(checkpoint, "val", runtime="onnx")
+
+
+def test_the_command_line_offers_the_runtimes_the_library_has():
+    from dsmd.cli_parser import RUNTIME_CHOICES
+    from dsmd.inference.onnx_runtime import RUNTIMES
+
+    assert RUNTIME_CHOICES == RUNTIMES

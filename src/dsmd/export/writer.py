@@ -98,18 +98,11 @@ def _write(student: DualEncoder, meta: dict[str, Any], folder: Path, log) -> boo
     return hf
 
 
-def _add_meta(folder: Path, entries: dict[str, Any]) -> None:
-    """Add ``entries`` to config.json's ``dsmd_export``."""
+def _record_files(folder: Path, extra: dict[str, Any]) -> None:
+    """Add ``extra`` to config.json's ``dsmd_export``, record every file's size and sha256 there
+    (``files``) and config.json's own (``sha256``); written last."""
     config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
-    config["dsmd_export"].update(entries)
-    write_json_atomic(folder / CONFIG, config)
-
-
-def _record_files(folder: Path) -> None:
-    """Record every file's size and sha256 in config.json (``dsmd_export.files``), and config.json's
-    own (``dsmd_export.sha256``); written last."""
-    config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
-    config["dsmd_export"]["files"] = file_records(folder, export_files(folder))
+    config["dsmd_export"].update(extra, files=file_records(folder, export_files(folder)))
     write_json_atomic(folder / CONFIG, seal_config(config))
 
 
@@ -163,11 +156,12 @@ def _export(checkpoint: Path, out: Path, onnx: bool, int8: bool, log) -> Path:
             from dsmd.export.onnx_export import export_onnx
 
             export_onnx(student, partial, cfg, log)
+        extra = {}
         if int8:
             from dsmd.export.quantize import export_int8
 
-            _add_meta(partial, {"int8": export_int8(student, partial, cfg, log)})
-        _record_files(partial)
+            extra["int8"] = export_int8(student, partial, cfg, log)
+        _record_files(partial, extra)
         if out.exists():
             shutil.rmtree(out)
         partial.rename(out)

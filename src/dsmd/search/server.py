@@ -50,26 +50,24 @@ FD_HEADROOM = 256  # descriptors beyond the connections: the index, images read 
 BACKLOG = 2048
 
 
-def _busy_response(limits: ServeLimits) -> bytes:
-    body = json.dumps(
-        {"error": f"the server holds {limits.max_connections} connections, its limit. Try again shortly."}
-    ).encode()
+def _refusal(status: str, message: str, headers: str = "") -> bytes:
+    """A whole HTTP/1.1 answer that closes the connection: ``status`` and ``{"error": message}``."""
+    body = json.dumps({"error": message}).encode()
     head = (
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{headers}Connection: close\r\n\r\n"
     )
     return head.encode() + body
+
+
+def _busy_response(limits: ServeLimits) -> bytes:
+    message = f"the server holds {limits.max_connections} connections, its limit. Try again shortly."
+    return _refusal("503 Service Unavailable", message, "Retry-After: 1\r\n")
 
 
 def _too_large_response(limits: ServeLimits) -> bytes:
-    body = json.dumps(
-        {"error": f"the request head is over {limits.max_head_bytes} bytes, the server's limit."}
-    ).encode()
-    head = (
-        "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    )
-    return head.encode() + body
+    message = f"the request head is over {limits.max_head_bytes} bytes, the server's limit."
+    return _refusal("431 Request Header Fields Too Large", message)
 
 
 def protocol_class(limits: ServeLimits) -> type[H11Protocol]:
